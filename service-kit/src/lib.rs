@@ -1,0 +1,23 @@
+//! Plumbing shared by every server binary of the platform (backends and gateway).
+//!
+//! What lives here is protocol-level and service-agnostic: TLS setup, request ids, the JSON
+//! error shape, Prometheus HTTP metrics, structured logs, the accept loop with graceful drain,
+//! the common command-line settings and a small HTTPS client for probes. It knows nothing of
+//! any particular service's routes or store.
+
+pub mod client;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod json;
+pub mod metrics;
+#[cfg(feature = "pki")]
+pub mod pki;
+pub mod request_id;
+pub mod server;
+pub mod settings;
+pub mod telemetry;
+pub mod tls;
+
+pub use error::ApiError;
+pub use request_id::RequestId;
