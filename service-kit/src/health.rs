@@ -1,15 +1,16 @@
 //! Liveness and readiness state shared by a server's handlers and its accept loop.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+use tokio::sync::watch;
 
 use serde::Serialize;
 
 /// Whether the process is draining, and since when it runs. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Lifecycle {
-    draining: Arc<AtomicBool>,
+    draining: Arc<watch::Sender<bool>>,
     started: Instant,
 }
 
@@ -22,18 +23,24 @@ impl Default for Lifecycle {
 impl Lifecycle {
     pub fn new() -> Self {
         Lifecycle {
-            draining: Arc::new(AtomicBool::new(false)),
+            draining: Arc::new(watch::Sender::new(false)),
             started: Instant::now(),
         }
     }
 
     /// Flips readiness to "not ready"; the accept loop calls this on SIGTERM.
     pub fn begin_drain(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.draining.send_replace(true);
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        *self.draining.borrow()
+    }
+
+    /// Resolves once draining has begun: long-lived streams (WebSockets) use it to close cleanly.
+    pub async fn drain_started(&self) {
+        let mut rx = self.draining.subscribe();
+        let _ = rx.wait_for(|draining| *draining).await;
     }
 
     pub fn uptime_seconds(&self) -> u64 {
@@ -85,4 +92,91 @@ impl Readiness {
             checks,
         }
     }
+}
+
+/// A readiness check: `Ok` when the dependency is usable, `Err(detail)` otherwise.
+pub type ReadyCheck = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Longest a readiness check may take before it counts as failed.
+pub const READY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the standard `/health`, `/ready` and `/metrics` endpoints report.
+pub struct Endpoints {
+    pub info: crate::boot::ServiceInfo,
+    pub instance_id: String,
+    pub lifecycle: Lifecycle,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub checks: Vec<(&'static str, ReadyCheck)>,
+}
+
+/// `/health`, `/ready` and `/metrics`, plus `/health` again at each of `health_aliases`
+/// (e.g. `/api/v1/admin/health`, reachable through the gateway's admin route).
+pub fn standard_routes(endpoints: Endpoints, health_aliases: &[&str]) -> axum::Router {
+    use axum::routing::get;
+    let endpoints = Arc::new(endpoints);
+    let mut router = axum::Router::new()
+        .route("/health", get(liveness))
+        .route("/ready", get(readiness))
+        .route("/metrics", get(metrics));
+    for alias in health_aliases {
+        router = router.route(alias, get(liveness));
+    }
+    router.with_state(endpoints)
+}
+
+async fn liveness(
+    axum::extract::State(e): axum::extract::State<Arc<Endpoints>>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!(Liveness {
+        status: "ok",
+        service: e.info.name,
+        instance: &e.instance_id,
+        version: e.info.version,
+        uptime_seconds: e.lifecycle.uptime_seconds(),
+    }))
+}
+
+async fn readiness(
+    axum::extract::State(e): axum::extract::State<Arc<Endpoints>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut checks = Vec::with_capacity(e.checks.len());
+    for (name, check) in &e.checks {
+        let outcome = tokio::time::timeout(READY_CHECK_TIMEOUT, check()).await;
+        let detail = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(detail)) => Some(detail),
+            Err(_) => Some("timed out".to_string()),
+        };
+        checks.push(Check {
+            name,
+            ok: detail.is_none(),
+            detail,
+        });
+    }
+    let report = Readiness::evaluate(&e.lifecycle, checks);
+    let status = if report.ready {
+        http::StatusCode::OK
+    } else {
+        http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(report)).into_response()
+}
+
+async fn metrics(
+    axum::extract::State(e): axum::extract::State<Arc<Endpoints>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        e.metrics.render(),
+    )
+        .into_response()
 }

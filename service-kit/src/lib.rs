@@ -5,6 +5,7 @@
 //! the common command-line settings and a small HTTPS client for probes. It knows nothing of
 //! any particular service's routes or store.
 
+pub mod boot;
 pub mod client;
 pub mod error;
 pub mod health;
@@ -16,6 +17,8 @@ pub mod pki;
 pub mod request_id;
 pub mod server;
 pub mod settings;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 pub mod telemetry;
 pub mod tls;
 

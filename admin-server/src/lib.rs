@@ -1,0 +1,81 @@
+//! The admin API: users and stats over a SQLite store shared by all replicas.
+//!
+//! Routes are built by [`build`]; the shared boot sequence (service-kit) adds request ids,
+//! metrics, logs and the JSON 404 fallback around them.
+
+pub mod store;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use service_kit::boot::{AppContext, BootError, ServiceInfo};
+use service_kit::health::{standard_routes, Endpoints};
+use service_kit::ApiError;
+
+use crate::store::UserStore;
+
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: "admin-server",
+    version: env!("CARGO_PKG_VERSION"),
+};
+
+/// Database file inside `--data-dir`.
+pub const DB_FILE: &str = "admin.sqlite";
+
+pub struct AppState {
+    pub store: UserStore,
+    pub instance_id: String,
+    pub started: std::time::Instant,
+}
+
+pub type SharedState = Arc<AppState>;
+
+/// Opens the store and returns the service's routes.
+pub async fn build(ctx: AppContext) -> Result<Router, BootError> {
+    let path = ctx.data_dir.join(DB_FILE);
+    let store = UserStore::open(&path).map_err(|e| BootError::Runtime(e.to_string()))?;
+    let standard = standard_routes(
+        Endpoints {
+            info: INFO,
+            instance_id: ctx.instance_id.clone(),
+            lifecycle: ctx.lifecycle,
+            metrics: ctx.metrics,
+            checks: vec![("store", store.db().ready_check())],
+        },
+        &["/api/v1/admin/health"],
+    );
+    let state = Arc::new(AppState {
+        store,
+        instance_id: ctx.instance_id.clone(),
+        started: std::time::Instant::now(),
+    });
+    Ok(routes(state).merge(standard))
+}
+
+/// The admin API routes.
+pub fn routes(state: SharedState) -> Router {
+    Router::new()
+        .route("/api/v1/admin/stats", get(users::stats))
+        .route(
+            "/api/v1/admin/users",
+            get(users::list).post(users::create),
+        )
+        .route(
+            "/api/v1/admin/users/{id}",
+            get(users::get_one)
+                .patch(users::update)
+                .delete(users::delete),
+        )
+        .with_state(state)
+}
+
+/// Converts store failures into JSON errors, mapping a UNIQUE conflict to 409.
+pub(crate) fn conflict_or(err: service_kit::sqlite::StoreError, what: &str) -> ApiError {
+    if err.is_constraint() {
+        ApiError::conflict(what.to_string())
+    } else {
+        err.into()
+    }
+}

@@ -1,0 +1,213 @@
+//! Users CRUD and stats handlers: input validation and HTTP mapping only; SQL is in `store`.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use service_kit::json::{ApiJson, ApiPath, ApiQuery};
+use service_kit::ApiError;
+
+use crate::store::{NewUser, Role, UserChanges};
+use crate::{conflict_or, SharedState};
+
+pub const MAX_PAGE: i64 = 100;
+pub const DEFAULT_PAGE: i64 = 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    email: String,
+    name: String,
+    role: Role,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    email: Option<String>,
+    name: Option<String>,
+    role: Option<Role>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+    role: Option<Role>,
+}
+
+/// A plausible address: one `@`, non-empty local part, a dotted domain, no spaces, ≤ 254 bytes.
+pub fn validate_email(raw: &str) -> Result<String, ApiError> {
+    let email = raw.trim();
+    let invalid = |why: &str| ApiError::validation("email", why.to_string());
+    if email.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if email.len() > 254 {
+        return Err(invalid("must be at most 254 characters"));
+    }
+    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("must not contain spaces"));
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return Err(invalid("must contain @"));
+    };
+    if local.is_empty() || domain.contains('@') {
+        return Err(invalid("must have exactly one @ after a non-empty local part"));
+    }
+    let labels_ok = domain.split('.').count() >= 2
+        && domain
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-'));
+    if !labels_ok {
+        return Err(invalid("must have a domain such as example.com"));
+    }
+    Ok(email.to_string())
+}
+
+pub fn validate_name(raw: &str) -> Result<String, ApiError> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(ApiError::validation("name", "must not be empty"));
+    }
+    if name.chars().count() > 100 {
+        return Err(ApiError::validation("name", "must be at most 100 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::validation("name", "must not contain control characters"));
+    }
+    Ok(name.to_string())
+}
+
+pub async fn create(
+    State(state): State<SharedState>,
+    ApiJson(body): ApiJson<CreateUser>,
+) -> Result<Response, ApiError> {
+    let new = NewUser {
+        email: validate_email(&body.email)?,
+        name: validate_name(&body.name)?,
+        role: body.role,
+    };
+    let email = new.email.clone();
+    let user = state
+        .store
+        .create(new)
+        .await
+        .map_err(|e| conflict_or(e, &format!("a user with email {email} already exists")))?;
+    let location = format!("/api/v1/admin/users/{}", user.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(user),
+    )
+        .into_response())
+}
+
+pub async fn list(
+    State(state): State<SharedState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::validation(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let offset = query.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::validation("offset", "must not be negative"));
+    }
+    let page = state.store.list(query.role, limit, offset).await?;
+    Ok(Json(page).into_response())
+}
+
+pub async fn get_one(
+    State(state): State<SharedState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Response, ApiError> {
+    match state.store.get(id).await? {
+        Some(user) => Ok(Json(user).into_response()),
+        None => Err(ApiError::not_found(format!("no user with id {id}"))),
+    }
+}
+
+pub async fn update(
+    State(state): State<SharedState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<UpdateUser>,
+) -> Result<Response, ApiError> {
+    if body.email.is_none() && body.name.is_none() && body.role.is_none() {
+        return Err(ApiError::validation(
+            "body",
+            "give at least one of email, name, role",
+        ));
+    }
+    let changes = UserChanges {
+        email: body.email.as_deref().map(validate_email).transpose()?,
+        name: body.name.as_deref().map(validate_name).transpose()?,
+        role: body.role,
+    };
+    let email = changes.email.clone().unwrap_or_default();
+    match state
+        .store
+        .update(id, changes)
+        .await
+        .map_err(|e| conflict_or(e, &format!("a user with email {email} already exists")))?
+    {
+        Some(user) => Ok(Json(user).into_response()),
+        None => Err(ApiError::not_found(format!("no user with id {id}"))),
+    }
+}
+
+pub async fn delete(
+    State(state): State<SharedState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiError> {
+    if state.store.delete(id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no user with id {id}")))
+    }
+}
+
+pub async fn stats(State(state): State<SharedState>) -> Result<Response, ApiError> {
+    let by_role = state.store.count_by_role().await?;
+    let total: i64 = by_role.iter().map(|(_, n)| n).sum();
+    let by_role: serde_json::Map<String, serde_json::Value> = by_role
+        .into_iter()
+        .map(|(role, n)| (role.as_str().to_string(), n.into()))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "users": { "total": total, "by_role": by_role },
+        "instance": state.instance_id,
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    }))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_validation() {
+        for ok in ["a@b.co", " ops@insightserenity.com ", "x.y+z@sub.example.org"] {
+            assert!(validate_email(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "no-at", "@b.co", "a@b", "a@@b.co", "a b@c.co", "a@b..co", "a@b.co\n"] {
+            let err = validate_email(bad).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some("email"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn name_validation() {
+        assert_eq!(validate_name("  Ada  ").unwrap(), "Ada");
+        assert!(validate_name("   ").is_err());
+        assert!(validate_name(&"n".repeat(101)).is_err());
+        assert!(validate_name(&"é".repeat(100)).is_ok());
+    }
+}

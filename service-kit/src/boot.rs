@@ -1,0 +1,162 @@
+//! The start-up sequence every backend shares, so each `main` only parses flags and builds
+//! its routes: resolve settings, init logs, build the app, bind, serve until SIGTERM, drain.
+//!
+//! Failures carry their exit code: 2 for configuration the process refuses (bad flag values,
+//! unreadable certificates, unwritable data dir), 1 for everything else.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::health::Lifecycle;
+use crate::http::{instrument, HttpContext};
+use crate::metrics::Metrics;
+use crate::server::{self, Drained};
+use crate::settings::{ServerArgs, EXIT_CONFIG};
+
+/// Names the service in logs, metrics and `/health`.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceInfo {
+    pub name: &'static str,
+    pub version: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl BootError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            BootError::Config(_) => EXIT_CONFIG,
+            BootError::Runtime(_) => 1,
+        }
+    }
+}
+
+/// Everything a service needs to build its routes.
+pub struct AppContext {
+    pub info: ServiceInfo,
+    pub instance_id: String,
+    pub data_dir: std::path::PathBuf,
+    pub lifecycle: Lifecycle,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Runs a service to completion.
+pub async fn run<B, Fut>(
+    info: ServiceInfo,
+    args: &ServerArgs,
+    port: u16,
+    build: B,
+) -> Result<Drained, BootError>
+where
+    B: FnOnce(AppContext) -> Fut,
+    Fut: Future<Output = Result<Router, BootError>>,
+{
+    crate::tls::install_default_provider();
+    let settings = args
+        .resolve(port)
+        .map_err(|e| BootError::Config(e.to_string()))?;
+    crate::telemetry::init();
+    let metrics = Arc::new(
+        Metrics::new(info.name, info.version)
+            .map_err(|e| BootError::Runtime(format!("metrics registry: {e}")))?,
+    );
+    let lifecycle = Lifecycle::new();
+    let routes = build(AppContext {
+        info,
+        instance_id: settings.instance_id.clone(),
+        data_dir: settings.data_dir.clone(),
+        lifecycle: lifecycle.clone(),
+        metrics: metrics.clone(),
+    })
+    .await?;
+    let app = instrument(
+        routes,
+        Arc::new(HttpContext::new(metrics, &settings.instance_id)),
+    );
+
+    let listener = TcpListener::bind(settings.addr)
+        .await
+        .map_err(|e| BootError::Runtime(format!("cannot listen on {}: {e}", settings.addr)))?;
+    let tls = settings.tls.clone().map(TlsAcceptor::from);
+    tracing::info!(
+        service = info.name,
+        version = info.version,
+        instance = %settings.instance_id,
+        addr = %settings.addr,
+        tls = tls.is_some(),
+        "listening"
+    );
+    let drained = server::serve(
+        listener,
+        tls,
+        app,
+        lifecycle,
+        server::shutdown_signal(),
+        settings.serve.clone(),
+    )
+    .await;
+    Ok(drained)
+}
+
+/// Flags of the `healthcheck` subcommand that Docker's HEALTHCHECK runs in a scratch image.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthcheckArgs {
+    /// URL to probe. Default: this service's own `/health` on its configured port.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Give up after this long.
+    #[arg(long, default_value = "5s", value_parser = crate::settings::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Probes the service's `/health`; true when it answers 200.
+///
+/// Under mTLS the probe presents the server's own certificate (devctl issues leaves valid for
+/// client auth too); the server certificate itself is not verified since the probe only asks
+/// whether the local listener answers.
+pub async fn healthcheck(args: &HealthcheckArgs, server: &ServerArgs, port: u16) -> bool {
+    crate::tls::install_default_provider();
+    let url = args.url.clone().unwrap_or_else(|| {
+        let scheme = if server.plain_http { "http" } else { "https" };
+        let host = match server.host.parse::<std::net::IpAddr>() {
+            Ok(ip) if !ip.is_unspecified() => server.host.clone(),
+            _ => "127.0.0.1".to_string(),
+        };
+        format!("{scheme}://{host}:{port}/health")
+    });
+    let identity = match (&server.tls_cert, &server.tls_key) {
+        (Some(cert), Some(key)) => crate::tls::load_certs(cert, "TLS certificate")
+            .ok()
+            .zip(crate::tls::load_key(key).ok()),
+        _ => None,
+    };
+    let tls = match crate::tls::insecure_client_config(identity) {
+        Ok(config) => Arc::new(config),
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            return false;
+        }
+    };
+    match crate::client::get(&url, Some(tls), args.timeout).await {
+        Ok(response) if response.status.is_success() => true,
+        Ok(response) => {
+            eprintln!("healthcheck: {url} answered {}", response.status);
+            false
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {url}: {e}");
+            false
+        }
+    }
+}

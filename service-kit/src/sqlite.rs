@@ -1,0 +1,218 @@
+//! SQLite as the backends use it: one database file shared by every replica of a service.
+//!
+//! Several processes open the same file (a shared Docker volume), so: WAL journal for
+//! concurrent readers, a busy timeout so writers queue instead of failing, `BEGIN IMMEDIATE`
+//! for writes (a deferred transaction that upgrades to a writer can fail with SQLITE_BUSY
+//! regardless of the timeout), and migrations applied under that same lock so five replicas
+//! starting at once apply each migration exactly once.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+
+use crate::error::ApiError;
+
+/// How long a writer waits for another process's lock before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("migration {index}: {source}")]
+    Migration {
+        index: usize,
+        source: rusqlite::Error,
+    },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database worker failed: {0}")]
+    Worker(String),
+}
+
+impl StoreError {
+    /// A UNIQUE or other constraint failed: the caller's input conflicts with stored data.
+    pub fn is_constraint(&self) -> bool {
+        matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation)
+    }
+
+    fn is_busy(&self) -> bool {
+        matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+            if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        if err.is_busy() {
+            ApiError::unavailable("the store is busy; retry shortly")
+        } else {
+            ApiError::internal(&err)
+        }
+    }
+}
+
+/// A handle to the database; clones share one connection used from blocking threads.
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    /// Opens (creating if needed) `path` and applies `migrations` not yet applied. The schema
+    /// version is SQLite's `user_version`: migration `i` takes it from `i` to `i + 1`.
+    pub fn open(path: &Path, migrations: &[&str]) -> Result<Db, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // Switching to WAL takes a lock too; the busy timeout above covers racing replicas.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        migrate(&mut conn, migrations)?;
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on a blocking thread with the connection.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Worker("connection lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+
+    /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`), committed if `f` succeeds.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
+    }
+
+    /// A cheap query proving the file is readable; used by `/ready`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.call(|conn| {
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
+                row.get::<_, i64>(0)
+            })?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|source| StoreError::Migration { index: 0, source })?;
+    let current: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|source| StoreError::Migration { index: 0, source })?;
+    let current = usize::try_from(current).unwrap_or(0);
+    for (index, sql) in migrations.iter().enumerate().skip(current) {
+        tx.execute_batch(sql)
+            .map_err(|source| StoreError::Migration { index, source })?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)
+            .map_err(|source| StoreError::Migration { index, source })?;
+    }
+    tx.commit()
+        .map_err(|source| StoreError::Migration { index: current, source })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIGRATIONS: &[&str] = &[
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE);",
+        "ALTER TABLE t ADD COLUMN n INTEGER NOT NULL DEFAULT 0;",
+    ];
+
+    #[test]
+    fn concurrent_openers_apply_each_migration_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let handles: Vec<_> = (0..5)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || Db::open(&path, MIGRATIONS).map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn constraint_violations_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite"), MIGRATIONS).unwrap();
+        let insert = |db: Db| async move {
+            db.write(|tx| {
+                tx.execute("INSERT INTO t (v) VALUES ('x')", [])?;
+                Ok(())
+            })
+            .await
+        };
+        insert(db.clone()).await.unwrap();
+        let err = insert(db.clone()).await.unwrap_err();
+        assert!(err.is_constraint(), "{err}");
+        db.ping().await.unwrap();
+    }
+}
+
+impl Db {
+    /// This database as a `/ready` check.
+    pub fn ready_check(&self) -> crate::health::ReadyCheck {
+        let db = self.clone();
+        Arc::new(move || {
+            let db = db.clone();
+            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+        })
+    }
+}
