@@ -21,6 +21,8 @@ pub const INFO: ServiceInfo = ServiceInfo {
     version: env!("CARGO_PKG_VERSION"),
 };
 
+pub const DEFAULT_PORT: u16 = 3002;
+
 /// Database file inside `--data-dir`.
 pub const DB_FILE: &str = "admin.sqlite";
 

@@ -89,11 +89,12 @@ where
         .await
         .map_err(|e| BootError::Runtime(format!("cannot listen on {}: {e}", settings.addr)))?;
     let tls = settings.tls.clone().map(TlsAcceptor::from);
+    let local_addr = listener.local_addr().unwrap_or(settings.addr);
     tracing::info!(
         service = info.name,
         version = info.version,
         instance = %settings.instance_id,
-        addr = %settings.addr,
+        addr = %local_addr,
         tls = tls.is_some(),
         "listening"
     );
@@ -160,3 +161,80 @@ pub async fn healthcheck(args: &HealthcheckArgs, server: &ServerArgs, port: u16)
         }
     }
 }
+
+/// The command line every backend shares, plus its own `extra` flags.
+#[derive(Debug, clap::Parser)]
+pub struct ServiceCli<E: clap::Args> {
+    #[command(subcommand)]
+    pub command: Option<ServiceCommand>,
+
+    /// Port to listen on.
+    #[arg(long, env = "PORT")]
+    pub port: u16,
+
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    #[command(flatten)]
+    pub extra: E,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ServiceCommand {
+    /// Probe this service's /health; exit 0 when healthy, 1 otherwise (Docker HEALTHCHECK).
+    Healthcheck(HealthcheckArgs),
+}
+
+/// A backend's whole `main`: parse flags (with `default_port`), then either probe
+/// (`healthcheck`) or run until SIGTERM. Returns the process exit code.
+pub fn main<E, B, Fut>(info: ServiceInfo, about: &'static str, default_port: u16, build: B) -> std::process::ExitCode
+where
+    E: clap::Args + Send,
+    B: FnOnce(AppContext, E) -> Fut,
+    Fut: Future<Output = Result<Router, BootError>>,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let command = ServiceCli::<E>::command()
+        .name(info.name)
+        .version(info.version)
+        .about(about)
+        .mut_arg("port", |a| {
+            a.default_value(default_port.to_string()).required(false)
+        });
+    let cli = match ServiceCli::<E>::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Some(ServiceCommand::Healthcheck(args)) => {
+                if healthcheck(&args, &cli.server, cli.port).await {
+                    std::process::ExitCode::SUCCESS
+                } else {
+                    std::process::ExitCode::from(1)
+                }
+            }
+            None => {
+                let extra = cli.extra;
+                match run(info, &cli.server, cli.port, move |ctx| build(ctx, extra)).await {
+                    Ok(_) => std::process::ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        std::process::ExitCode::from(e.exit_code() as u8)
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// For services without flags of their own.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct NoExtraArgs {}

@@ -20,6 +20,8 @@ pub mod settings;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod tls;
 
 pub use error::ApiError;

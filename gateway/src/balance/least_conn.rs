@@ -55,7 +55,10 @@ mod tests {
     #[test]
     fn busy_peer_gets_fewer_picks() {
         let t0 = t0();
-        let mut pool = pool_of(Algorithm::LeastConn, weighted(&[("a", 1), ("b", 1), ("c", 1)]));
+        let mut pool = pool_of(
+            Algorithm::LeastConn,
+            weighted(&[("a", 1), ("b", 1), ("c", 1)]),
+        );
         // A long request stays parked on a.
         let long = pool.select(t0, &mut Attempt::new(), None).unwrap();
         assert_eq!(pool.key(long), Some("a"));
@@ -146,14 +149,25 @@ mod tests {
         assert_eq!(pool.key(d), Some("d"), "a full, b down, c failed");
         let mut attempt = Attempt::new();
         let again = pool.select(t0, &mut attempt, None).unwrap();
-        assert_eq!(pool.key(again), Some("d"), "d is busier but the only one left");
-        assert_eq!(pool.select(t0, &mut attempt, None), None, "nothing else left");
+        assert_eq!(
+            pool.key(again),
+            Some("d"),
+            "d is busier but the only one left"
+        );
+        assert_eq!(
+            pool.select(t0, &mut attempt, None),
+            None,
+            "nothing else left"
+        );
     }
 
     #[test]
     fn retries_skip_tried_peers() {
         let t0 = t0();
-        let mut pool = pool_of(Algorithm::LeastConn, weighted(&[("a", 1), ("b", 1), ("c", 1)]));
+        let mut pool = pool_of(
+            Algorithm::LeastConn,
+            weighted(&[("a", 1), ("b", 1), ("c", 1)]),
+        );
         let mut attempt = Attempt::new();
         let mut seen = Vec::new();
         while let Some(id) = pool.select(t0, &mut attempt, None) {

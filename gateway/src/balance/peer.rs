@@ -261,9 +261,10 @@ impl Peer {
                     self.fails = self.fails.saturating_add(1);
                     self.accessed = Some(now);
                     self.checked = Some(now);
-                    if self.max_fails != 0 {
-                        let penalty = i64::from(self.weight / self.max_fails);
-                        self.effective_weight = self.effective_weight.saturating_sub(penalty);
+                    // max_fails == 0 (no accounting) means no penalty either.
+                    if let Some(penalty) = self.weight.checked_div(self.max_fails) {
+                        self.effective_weight =
+                            self.effective_weight.saturating_sub(i64::from(penalty));
                     }
                     self.effective_weight = self.effective_weight.max(0);
                 }
@@ -385,7 +386,11 @@ mod tests {
         // (offset, failed?)
         let cases = [(0, true), (5, true), (10, true), (11, false)];
         for (secs, failed) in cases {
-            assert_eq!(p.is_failed(t0 + Duration::from_secs(secs)), failed, "{secs}s");
+            assert_eq!(
+                p.is_failed(t0 + Duration::from_secs(secs)),
+                failed,
+                "{secs}s"
+            );
         }
     }
 

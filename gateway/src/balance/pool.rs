@@ -220,8 +220,7 @@ impl Pool {
                 if usable {
                     return Some((false, 0));
                 }
-            } else if let Some(index) = round_robin::pick(&mut self.primary, &attempt.tried, now)
-            {
+            } else if let Some(index) = round_robin::pick(&mut self.primary, &attempt.tried, now) {
                 return Some((false, index));
             }
             if !self.enter_backup(attempt) {
@@ -331,7 +330,8 @@ impl Pool {
             } else {
                 &self.primary
             };
-            set.get(id.index).is_some_and(|peer| peer.serial == id.serial)
+            set.get(id.index)
+                .is_some_and(|peer| peer.serial == id.serial)
         };
         if direct {
             let set = if id.backup {
@@ -412,7 +412,12 @@ mod tests {
         let a = pool.select(t0, &mut Attempt::new(), None).unwrap();
         let b = pool.select(t0, &mut Attempt::new(), None).unwrap();
         let a2 = pool.select(t0, &mut Attempt::new(), None).unwrap();
-        let conns = |pool: &Pool| pool.snapshot(t0).iter().map(|p| p.conns).collect::<Vec<_>>();
+        let conns = |pool: &Pool| {
+            pool.snapshot(t0)
+                .iter()
+                .map(|p| p.conns)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(conns(&pool), [2, 1]);
         assert!(pool.release(a, t0, Outcome::Success));
         assert!(pool.release(b, t0, Outcome::Success));
@@ -432,7 +437,9 @@ mod tests {
         pool.release(a, t0, Outcome::Failure);
         assert_eq!(
             state_of(&pool, t0, "a"),
-            PeerState::Failed { until: t0 + secs(10) }
+            PeerState::Failed {
+                until: t0 + secs(10)
+            }
         );
 
         // Inside the window (inclusive at 10 s, like NGINX's `<=`) only b is used.
@@ -474,26 +481,18 @@ mod tests {
         let now = t0 + secs(11);
         let probe = loop {
             let id = pool.select(now, &mut Attempt::new(), None).unwrap();
-            pool.release(id, now, Outcome::Success);
-            if pool.key(id) == Some("a") {
-                break id;
-            }
-        };
-        // The loop released the probe as a success; redo it as a failure on a fresh pool
-        // state to check the other branch.
-        assert_eq!(pool.snapshot(now)[0].fails, 0);
-        let _ = probe;
-        let a = loop {
-            let id = pool.select(now, &mut Attempt::new(), None).unwrap();
             if pool.key(id) == Some("a") {
                 break id;
             }
             pool.release(id, now, Outcome::Success);
         };
-        pool.release(a, now, Outcome::Failure);
+        pool.release(probe, now, Outcome::Failure);
+        assert_eq!(pool.snapshot(now)[0].fails, 2);
         assert_eq!(
             state_of(&pool, now + secs(10), "a"),
-            PeerState::Failed { until: now + secs(10) }
+            PeerState::Failed {
+                until: now + secs(10)
+            }
         );
         assert_eq!(state_of(&pool, now + secs(11), "a"), PeerState::Up);
     }
@@ -507,7 +506,12 @@ mod tests {
         let steps = [
             (0, PeerState::Up),
             (2, PeerState::Up),
-            (4, PeerState::Failed { until: t0 + secs(14) }),
+            (
+                4,
+                PeerState::Failed {
+                    until: t0 + secs(14),
+                },
+            ),
         ];
         for (at, expected) in steps {
             let now = t0 + secs(at);
@@ -519,7 +523,11 @@ mod tests {
                 pool.release(id, now, Outcome::Success);
             };
             pool.release(id, now, Outcome::Failure);
-            assert_eq!(state_of(&pool, now, "a"), expected, "after failure at {at}s");
+            assert_eq!(
+                state_of(&pool, now, "a"),
+                expected,
+                "after failure at {at}s"
+            );
         }
     }
 
@@ -587,10 +595,11 @@ mod tests {
             let mut seq = String::new();
             for _ in 0..4 {
                 let id = pool.select(t0, &mut Attempt::new(), None).unwrap();
+                assert!(id.is_backup());
                 pool.release(id, t0, Outcome::Success);
                 seq.push_str(pool.key(id).unwrap());
             }
-            assert_eq!(seq, "xyxy", "{algorithm:?}");
+            assert!(seq == "xyxy" || seq == "yxyx", "{algorithm:?}: {seq}");
         }
     }
 
@@ -606,10 +615,16 @@ mod tests {
         }
         for at in [1, 5, 10] {
             let now = t0 + secs(at);
-            assert_eq!(pool.select(now, &mut Attempt::new(), None), None, "at {at}s");
+            assert_eq!(
+                pool.select(now, &mut Attempt::new(), None),
+                None,
+                "at {at}s"
+            );
             assert!(pool.snapshot(now).iter().all(|p| p.fails == 1));
         }
-        assert!(pool.select(t0 + secs(11), &mut Attempt::new(), None).is_some());
+        assert!(pool
+            .select(t0 + secs(11), &mut Attempt::new(), None)
+            .is_some());
     }
 
     #[test]
@@ -628,7 +643,11 @@ mod tests {
                 let id = pool.select(t0, &mut attempt, Some(b"k")).unwrap();
                 pool.release(id, t0, Outcome::Failure);
                 // NGINX sets tries to 0 for a lone server: no second try.
-                assert_eq!(pool.select(t0, &mut attempt, Some(b"k")), None, "{algorithm:?}");
+                assert_eq!(
+                    pool.select(t0, &mut attempt, Some(b"k")),
+                    None,
+                    "{algorithm:?}"
+                );
             }
             let snap = &pool.snapshot(t0)[0];
             assert_eq!(snap.fails, 0, "{algorithm:?}");
@@ -649,7 +668,11 @@ mod tests {
         assert_eq!(pool.select(t0, &mut Attempt::new(), None), None, "full");
         pool.release(held, t0, Outcome::Success);
         pool.set_healthy("only:80", false);
-        assert_eq!(pool.select(t0, &mut Attempt::new(), None), None, "unhealthy");
+        assert_eq!(
+            pool.select(t0, &mut Attempt::new(), None),
+            None,
+            "unhealthy"
+        );
         pool.set_healthy("only:80", true);
         pool.set_down("only:80", true);
         assert_eq!(pool.select(t0, &mut Attempt::new(), None), None, "down");
@@ -658,10 +681,7 @@ mod tests {
     #[test]
     fn one_primary_with_a_backup_is_not_single() {
         let t0 = t0();
-        let specs = vec![
-            ServerSpec::new("a"),
-            ServerSpec::new("z").with_backup(true),
-        ];
+        let specs = vec![ServerSpec::new("a"), ServerSpec::new("z").with_backup(true)];
         let mut pool = Pool::new(Algorithm::RoundRobin, specs);
         assert!(!pool.is_single());
         let a = pool.select(t0, &mut Attempt::new(), None).unwrap();
@@ -717,10 +737,18 @@ mod tests {
         let specs = weighted(&[("a", u32::MAX), ("b", u32::MAX), ("c", 1)]);
         for algorithm in [Algorithm::RoundRobin, Algorithm::LeastConn] {
             let mut pool = Pool::new(algorithm, specs.clone());
-            for _ in 0..100 {
-                let id = pool.select(t0, &mut Attempt::new(), None).unwrap();
-                pool.release(id, t0, Outcome::Failure);
+            for i in 0..300 {
+                let now = t0 + secs(i);
+                if let Some(id) = pool.select(now, &mut Attempt::new(), None) {
+                    let outcome = if i % 7 == 0 {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    };
+                    pool.release(id, now, outcome);
+                }
             }
+            assert!(pool.snapshot(t0).iter().all(|p| p.effective_weight >= 0));
         }
     }
 
@@ -753,7 +781,13 @@ mod tests {
             ("up", false, PeerState::Up),
             ("down", false, PeerState::Down),
             ("sick", false, PeerState::Unhealthy),
-            ("failed", false, PeerState::Failed { until: t0 + secs(10) }),
+            (
+                "failed",
+                false,
+                PeerState::Failed {
+                    until: t0 + secs(10),
+                },
+            ),
             ("full", false, PeerState::Full),
             ("spare", true, PeerState::Up),
         ];
@@ -794,8 +828,10 @@ mod tests {
         let in_flight: Vec<PeerId> = (0..2)
             .map(|_| old.select(t0, &mut Attempt::new(), None).unwrap())
             .collect();
-        assert!(in_flight.iter().all(|&id| old.key(id) == Some("10.0.2.11:3002")
-            || old.key(id) == Some("10.0.2.12:3002")));
+        assert!(in_flight
+            .iter()
+            .all(|&id| old.key(id) == Some("10.0.2.11:3002")
+                || old.key(id) == Some("10.0.2.12:3002")));
         let eleven_conns = old.snapshot(t0)[1].conns;
         old.set_healthy("10.0.2.12:3002", false);
 
@@ -816,7 +852,12 @@ mod tests {
         assert_eq!(ten_now.weight, 4);
         // Penalty of 2 (weight 2 / max_fails 1) carried onto the new weight 4.
         assert_eq!(ten_now.effective_weight, 2);
-        assert_eq!(ten_now.state, PeerState::Failed { until: t0 + secs(10) });
+        assert_eq!(
+            ten_now.state,
+            PeerState::Failed {
+                until: t0 + secs(10)
+            }
+        );
         assert_eq!(ten_now.index, 2);
 
         assert_eq!(by_key("10.0.2.11:3002").conns, eleven_conns);
@@ -832,7 +873,6 @@ mod tests {
             // The old pool object also still accepts it.
             assert!(old.release(id, t0, Outcome::Success));
         }
-        assert_eq!(by_key("10.0.2.11:3002").conns, eleven_conns);
         assert_eq!(new.snapshot(t0)[1].conns, 0);
 
         // New servers get serials that do not collide with anything the old pool issued.
@@ -866,8 +906,16 @@ mod tests {
         let t0 = t0();
         let mut gen1 = Pool::new(Algorithm::RoundRobin, two());
         let id = gen1.select(t0, &mut Attempt::new(), None).unwrap();
-        let gen2 = Pool::reloaded(&gen1, Algorithm::RoundRobin, vec![ServerSpec::new("b"), ServerSpec::new("a")]);
-        let mut gen3 = Pool::reloaded(&gen2, Algorithm::LeastConn, vec![ServerSpec::new("c"), ServerSpec::new("a")]);
+        let gen2 = Pool::reloaded(
+            &gen1,
+            Algorithm::RoundRobin,
+            vec![ServerSpec::new("b"), ServerSpec::new("a")],
+        );
+        let mut gen3 = Pool::reloaded(
+            &gen2,
+            Algorithm::LeastConn,
+            vec![ServerSpec::new("c"), ServerSpec::new("a")],
+        );
         assert_eq!(gen3.snapshot(t0)[1].conns, 1);
         assert!(gen3.release(id, t0, Outcome::Success));
         assert_eq!(gen3.snapshot(t0)[1].conns, 0);

@@ -50,12 +50,15 @@ pub(crate) fn pick(peers: &mut [Peer], tried: &TriedSet, now: Instant) -> Option
 mod tests {
     use std::time::Duration;
 
-    use super::super::testutil::{names, pool_of, run, weighted};
-    use super::super::{Algorithm, Attempt, Outcome, ServerSpec};
+    use super::super::testutil::{names, pool_of, run, t0, weighted};
+    use super::super::{Algorithm, Attempt, Outcome, Pool, ServerSpec};
 
     #[test]
     fn classic_five_one_one_sequence() {
-        let mut pool = pool_of(Algorithm::RoundRobin, weighted(&[("a", 5), ("b", 1), ("c", 1)]));
+        let mut pool = pool_of(
+            Algorithm::RoundRobin,
+            weighted(&[("a", 5), ("b", 1), ("c", 1)]),
+        );
         let ids = run(&mut pool, 14);
         let seq = names(&pool, &ids);
         assert_eq!(seq, "aabacaa".repeat(2));
@@ -63,7 +66,10 @@ mod tests {
 
     #[test]
     fn equal_weights_rotate_in_order() {
-        let mut pool = pool_of(Algorithm::RoundRobin, weighted(&[("a", 1), ("b", 1), ("c", 1)]));
+        let mut pool = pool_of(
+            Algorithm::RoundRobin,
+            weighted(&[("a", 1), ("b", 1), ("c", 1)]),
+        );
         let ids = run(&mut pool, 9);
         let seq = names(&pool, &ids);
         assert_eq!(seq, "abcabcabc");
@@ -82,7 +88,7 @@ mod tests {
             let mut pool = pool_of(Algorithm::RoundRobin, weighted(weights));
             let n = cycle.len() * 3;
             let ids = run(&mut pool, n);
-        let seq = names(&pool, &ids);
+            let seq = names(&pool, &ids);
             assert_eq!(seq, cycle.repeat(3), "{weights:?}");
         }
     }
@@ -109,12 +115,12 @@ mod tests {
             .unwrap();
         assert!(longest_run <= 2, "burst of {longest_run}");
         // After a whole cycle the accumulators are back to zero, which is why it repeats.
-        assert!(pool.snapshot(super::super::testutil::t0()).iter().all(|p| p.current_weight == 0));
+        assert!(pool.snapshot(t0()).iter().all(|p| p.current_weight == 0));
     }
 
     #[test]
     fn skips_down_unhealthy_full_and_tried() {
-        let t0 = super::super::testutil::t0();
+        let t0 = t0();
         let specs = vec![
             ServerSpec::new("a").with_down(true),
             ServerSpec::new("b"),
@@ -133,12 +139,13 @@ mod tests {
         assert_eq!(pool.key(first), Some("b"));
         assert_eq!(pool.select(t0, &mut attempt, None), None, "b already tried");
         pool.release(held_c, t0, Outcome::Success);
-        assert_eq!(pool.key(pool.select(t0, &mut attempt, None).unwrap()), Some("c"));
+        let c = pool.select(t0, &mut attempt, None).unwrap();
+        assert_eq!(pool.key(c), Some("c"));
     }
 
     #[test]
     fn effective_weight_recovers_one_per_round() {
-        let t0 = super::super::testutil::t0();
+        let t0 = t0();
         let specs = vec![
             ServerSpec::new("a").with_weight(10).with_max_fails(2),
             ServerSpec::new("b").with_weight(10).with_max_fails(2),
@@ -146,7 +153,7 @@ mod tests {
         let mut pool = pool_of(Algorithm::RoundRobin, specs);
         let id = pool.select(t0, &mut Attempt::new(), None).unwrap();
         pool.release(id, t0, Outcome::Failure);
-        let eff = |pool: &super::super::Pool| pool.snapshot(t0)[id.index()].effective_weight;
+        let eff = |pool: &Pool| pool.snapshot(t0)[id.index()].effective_weight;
         assert_eq!(eff(&pool), 5);
         // Still below max_fails, so it stays eligible and heals by one per round.
         for expected in 6..=10 {

@@ -1,0 +1,165 @@
+//! Consultations CRUD handlers: validation and HTTP mapping; SQL is in `store`.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use service_kit::json::{ApiJson, ApiPath, ApiQuery};
+use service_kit::ApiError;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::store::{Changes, NewConsultation, Status};
+use crate::SharedState;
+
+pub const MAX_PAGE: i64 = 100;
+pub const DEFAULT_PAGE: i64 = 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConsultation {
+    client: String,
+    topic: String,
+    scheduled_at: String,
+    status: Option<Status>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConsultation {
+    client: Option<String>,
+    topic: Option<String>,
+    scheduled_at: Option<String>,
+    status: Option<Status>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+    status: Option<Status>,
+}
+
+fn text(field: &str, raw: &str, max: usize) -> Result<String, ApiError> {
+    let value = raw.trim();
+    if value.is_empty() {
+        return Err(ApiError::validation(field, "must not be empty"));
+    }
+    if value.chars().count() > max {
+        return Err(ApiError::validation(field, format!("must be at most {max} characters")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::validation(field, "must not contain control characters"));
+    }
+    Ok(value.to_string())
+}
+
+/// An RFC 3339 timestamp, stored normalized to UTC so stored values sort in time order.
+pub fn scheduled_at(raw: &str) -> Result<String, ApiError> {
+    let parsed = OffsetDateTime::parse(raw.trim(), &Rfc3339).map_err(|_| {
+        ApiError::validation(
+            "scheduled_at",
+            "must be an RFC 3339 timestamp such as 2027-01-15T09:30:00Z",
+        )
+    })?;
+    parsed
+        .to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .map_err(|_| ApiError::validation("scheduled_at", "is out of range"))
+}
+
+pub async fn create(
+    State(state): State<SharedState>,
+    ApiJson(body): ApiJson<CreateConsultation>,
+) -> Result<Response, ApiError> {
+    let new = NewConsultation {
+        client: text("client", &body.client, 200)?,
+        topic: text("topic", &body.topic, 500)?,
+        scheduled_at: scheduled_at(&body.scheduled_at)?,
+        status: body.status.unwrap_or(Status::Scheduled),
+    };
+    let consultation = state.store.create(new).await?;
+    let location = format!("/api/v1/consultations/{}", consultation.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(consultation)).into_response())
+}
+
+pub async fn list(
+    State(state): State<SharedState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::validation("limit", format!("must be between 1 and {MAX_PAGE}")));
+    }
+    let offset = query.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::validation("offset", "must not be negative"));
+    }
+    Ok(Json(state.store.list(query.status, limit, offset).await?).into_response())
+}
+
+pub async fn get_one(
+    State(state): State<SharedState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Response, ApiError> {
+    match state.store.get(id).await? {
+        Some(c) => Ok(Json(c).into_response()),
+        None => Err(ApiError::not_found(format!("no consultation with id {id}"))),
+    }
+}
+
+pub async fn update(
+    State(state): State<SharedState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<UpdateConsultation>,
+) -> Result<Response, ApiError> {
+    let changes = Changes {
+        client: body.client.as_deref().map(|v| text("client", v, 200)).transpose()?,
+        topic: body.topic.as_deref().map(|v| text("topic", v, 500)).transpose()?,
+        scheduled_at: body.scheduled_at.as_deref().map(scheduled_at).transpose()?,
+        status: body.status,
+    };
+    if changes.client.is_none()
+        && changes.topic.is_none()
+        && changes.scheduled_at.is_none()
+        && changes.status.is_none()
+    {
+        return Err(ApiError::validation(
+            "body",
+            "give at least one of client, topic, scheduled_at, status",
+        ));
+    }
+    match state.store.update(id, changes).await? {
+        Some(c) => Ok(Json(c).into_response()),
+        None => Err(ApiError::not_found(format!("no consultation with id {id}"))),
+    }
+}
+
+pub async fn delete(
+    State(state): State<SharedState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiError> {
+    if state.store.delete(id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no consultation with id {id}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduled_at_is_normalized_to_utc() {
+        assert_eq!(
+            scheduled_at("2027-01-15T10:30:00+01:00").unwrap(),
+            "2027-01-15T09:30:00Z"
+        );
+        for bad in ["tomorrow", "2027-13-01T00:00:00Z", "2027-01-15", ""] {
+            assert_eq!(scheduled_at(bad).unwrap_err().field.as_deref(), Some("scheduled_at"));
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The customer API: consultations CRUD, slow report generation and a WebSocket of
+//! consultation changes, over a SQLite store shared by all replicas.
+
+pub mod consultations;
+pub mod notifications;
+pub mod reports;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use service_kit::boot::{AppContext, BootError, ServiceInfo};
+use service_kit::health::{standard_routes, Endpoints, Lifecycle};
+
+use crate::notifications::Notifier;
+use crate::store::ConsultationStore;
+
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: "customer-services",
+    version: env!("CARGO_PKG_VERSION"),
+};
+
+pub const DEFAULT_PORT: u16 = 3001;
+
+/// Database file inside `--data-dir`.
+pub const DB_FILE: &str = "customer.sqlite";
+
+/// Flags of this service beyond the shared ones.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// How long generating a report takes (the seed's slow "generate reports" request).
+    #[arg(long, env = "REPORT_DURATION", default_value = "5s", value_parser = service_kit::settings::parse_duration)]
+    pub report_duration: Duration,
+
+    /// How often the change feed polls the shared database for other replicas' writes.
+    #[arg(long, env = "NOTIFY_POLL", default_value = "250ms", value_parser = service_kit::settings::parse_duration)]
+    pub notify_poll: Duration,
+}
+
+pub struct AppState {
+    pub store: ConsultationStore,
+    pub instance_id: String,
+    pub lifecycle: Lifecycle,
+    pub notifier: Notifier,
+    pub report_duration: Duration,
+}
+
+pub type SharedState = Arc<AppState>;
+
+/// Opens the store, starts the change feed and returns the service's routes.
+pub async fn build(ctx: AppContext, options: Options) -> Result<Router, BootError> {
+    let path = ctx.data_dir.join(DB_FILE);
+    let store = ConsultationStore::open(&path).map_err(|e| BootError::Runtime(e.to_string()))?;
+    let notifier = Notifier::start(store.clone(), options.notify_poll)
+        .await
+        .map_err(|e| BootError::Runtime(e.to_string()))?;
+    let standard = standard_routes(
+        Endpoints {
+            info: INFO,
+            instance_id: ctx.instance_id.clone(),
+            lifecycle: ctx.lifecycle.clone(),
+            metrics: ctx.metrics,
+            checks: vec![("store", store.db().ready_check())],
+        },
+        &["/api/v1/health"],
+    );
+    let state = Arc::new(AppState {
+        store,
+        instance_id: ctx.instance_id,
+        lifecycle: ctx.lifecycle,
+        notifier,
+        report_duration: options.report_duration,
+    });
+    Ok(routes(state).merge(standard))
+}
+
+/// The customer API routes.
+pub fn routes(state: SharedState) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/consultations",
+            get(consultations::list).post(consultations::create),
+        )
+        .route(
+            "/api/v1/consultations/{id}",
+            get(consultations::get_one)
+                .patch(consultations::update)
+                .delete(consultations::delete),
+        )
+        .route("/api/v1/reports", post(reports::generate))
+        .route("/api/v1/notifications", get(notifications::subscribe))
+        .with_state(state)
+}

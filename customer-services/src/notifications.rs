@@ -1,0 +1,137 @@
+//! The consultation change feed and its WebSocket.
+//!
+//! One poller per process tails the shared change log (so changes made through any replica
+//! reach every subscriber) and fans events out over a broadcast channel. A WebSocket client
+//! first gets `{"type":"hello","instance":...}` naming the replica it landed on (the gateway's
+//! sticky-session tests rely on it), then one message per change. On drain the server closes
+//! with 1001 (going away) so clients reconnect elsewhere.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use service_kit::sqlite::StoreError;
+use service_kit::ApiError;
+use tokio::sync::broadcast;
+
+use crate::store::{ChangeEvent, ConsultationStore};
+use crate::SharedState;
+
+/// Events buffered per subscriber before it is told it lagged.
+const CHANNEL_CAPACITY: usize = 1024;
+const BATCH: i64 = 500;
+
+#[derive(Clone)]
+pub struct Notifier {
+    tx: broadcast::Sender<ChangeEvent>,
+}
+
+impl Notifier {
+    /// Starts tailing the change log from its current end.
+    pub async fn start(store: ConsultationStore, poll: Duration) -> Result<Self, StoreError> {
+        let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
+        let mut last = store.last_seq().await?;
+        let feed = tx.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(poll);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut pruned_at = last;
+            loop {
+                ticker.tick().await;
+                match store.events_after(last, BATCH).await {
+                    Ok(events) => {
+                        for event in events {
+                            last = event.seq;
+                            // No subscribers is fine: the event is simply not delivered.
+                            let _ = feed.send(event);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "change feed poll failed"),
+                }
+                if last - pruned_at >= 1000 {
+                    if let Err(e) = store.prune_events(last).await {
+                        tracing::warn!(error = %e, "change log prune failed");
+                    }
+                    pruned_at = last;
+                }
+            }
+        });
+        Ok(Notifier { tx })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.tx.subscribe()
+    }
+}
+
+pub async fn subscribe(
+    State(state): State<SharedState>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    match upgrade {
+        Ok(upgrade) => upgrade
+            .on_upgrade(move |socket| session(socket, state))
+            .into_response(),
+        Err(rejection) => ApiError::new(
+            rejection.status(),
+            "websocket_required",
+            format!("this endpoint speaks WebSocket: {}", rejection.body_text()),
+        )
+        .into_response(),
+    }
+}
+
+async fn session(mut socket: WebSocket, state: SharedState) {
+    let mut events = state.notifier.subscribe();
+    let hello = serde_json::json!({
+        "type": "hello",
+        "service": crate::INFO.name,
+        "instance": state.instance_id,
+    });
+    if socket
+        .send(Message::Text(hello.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let message = match event {
+                    Ok(e) => serde_json::json!({
+                        "type": format!("consultation.{}", e.action),
+                        "consultation_id": e.consultation_id,
+                        "status": e.status,
+                        "seq": e.seq,
+                        "at": e.at,
+                    }),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        serde_json::json!({ "type": "lagged", "missed": missed })
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                if socket.send(Message::Text(message.to_string().into())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(Message::Text(text))) if text.as_str() == "ping" => {
+                    if socket.send(Message::Text("pong".into())).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+            },
+            () = state.lifecycle.drain_started() => break,
+        }
+    }
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: axum::extract::ws::close_code::AWAY,
+            reason: "server shutting down".into(),
+        })))
+        .await;
+}

@@ -1,0 +1,332 @@
+//! Consultations in SQLite, with an append-only change log that feeds the WebSocket.
+//!
+//! Each write records its event in the same transaction, so every replica sharing the file
+//! sees every change in order (by `seq`), whichever replica made it.
+
+use std::path::Path;
+
+use rusqlite::{params, OptionalExtension, Row, Transaction};
+use serde::{Deserialize, Serialize};
+use service_kit::sqlite::{Db, StoreError};
+
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE consultations (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        client        TEXT NOT NULL,
+        topic         TEXT NOT NULL,
+        scheduled_at  TEXT NOT NULL,
+        status        TEXT NOT NULL
+                      CHECK (status IN ('scheduled', 'in_progress', 'completed', 'cancelled')),
+        created_at    TEXT NOT NULL,
+        updated_at    TEXT NOT NULL
+    );
+    CREATE INDEX consultations_status ON consultations (status);
+    CREATE TABLE consultation_events (
+        seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+        consultation_id  INTEGER NOT NULL,
+        action           TEXT NOT NULL,
+        status           TEXT,
+        at               TEXT NOT NULL
+    );
+"];
+
+/// Events kept in the change log; older ones are pruned by the feed.
+pub const EVENTS_KEPT: i64 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Scheduled,
+    InProgress,
+    Completed,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 4] = [
+        Status::Scheduled,
+        Status::InProgress,
+        Status::Completed,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Scheduled => "scheduled",
+            Status::InProgress => "in_progress",
+            Status::Completed => "completed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Consultation {
+    pub id: i64,
+    pub client: String,
+    pub topic: String,
+    pub scheduled_at: String,
+    pub status: Status,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewConsultation {
+    pub client: String,
+    pub topic: String,
+    pub scheduled_at: String,
+    pub status: Status,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub client: Option<String>,
+    pub topic: Option<String>,
+    pub scheduled_at: Option<String>,
+    pub status: Option<Status>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub items: Vec<Consultation>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeEvent {
+    pub seq: i64,
+    pub consultation_id: i64,
+    pub action: String,
+    pub status: Option<String>,
+    pub at: String,
+}
+
+#[derive(Clone)]
+pub struct ConsultationStore {
+    db: Db,
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+const COLUMNS: &str = "id, client, topic, scheduled_at, status, created_at, updated_at";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<Consultation> {
+    let status: String = row.get(4)?;
+    Ok(Consultation {
+        id: row.get(0)?,
+        client: row.get(1)?,
+        topic: row.get(2)?,
+        scheduled_at: row.get(3)?,
+        status: Status::parse(&status).unwrap_or(Status::Scheduled),
+        created_at: row.get(5)?,
+        updated_at: row.get(6)?,
+    })
+}
+
+fn record(tx: &Transaction<'_>, id: i64, action: &str, status: Option<Status>) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO consultation_events (consultation_id, action, status, at) VALUES (?1, ?2, ?3, ?4)",
+        params![id, action, status.map(Status::as_str), now_rfc3339()],
+    )?;
+    Ok(())
+}
+
+fn fetch(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<Consultation> {
+    tx.query_row(
+        &format!("SELECT {COLUMNS} FROM consultations WHERE id = ?1"),
+        [id],
+        from_row,
+    )
+}
+
+impl ConsultationStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(ConsultationStore {
+            db: Db::open(path, MIGRATIONS)?,
+        })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub async fn create(&self, new: NewConsultation) -> Result<Consultation, StoreError> {
+        self.db
+            .write(move |tx| {
+                let at = now_rfc3339();
+                tx.execute(
+                    "INSERT INTO consultations (client, topic, scheduled_at, status, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                    params![new.client, new.topic, new.scheduled_at, new.status.as_str(), at],
+                )?;
+                let id = tx.last_insert_rowid();
+                record(tx, id, "created", Some(new.status))?;
+                Ok(fetch(tx, id)?)
+            })
+            .await
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Option<Consultation>, StoreError> {
+        self.db
+            .call(move |conn| {
+                Ok(conn
+                    .query_row(
+                        &format!("SELECT {COLUMNS} FROM consultations WHERE id = ?1"),
+                        [id],
+                        from_row,
+                    )
+                    .optional()?)
+            })
+            .await
+    }
+
+    pub async fn list(&self, status: Option<Status>, limit: i64, offset: i64) -> Result<Page, StoreError> {
+        self.db
+            .call(move |conn| {
+                let status = status.map(Status::as_str);
+                let total: i64 = conn.query_row(
+                    "SELECT count(*) FROM consultations WHERE ?1 IS NULL OR status = ?1",
+                    [status],
+                    |r| r.get(0),
+                )?;
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM consultations WHERE ?1 IS NULL OR status = ?1
+                     ORDER BY id LIMIT ?2 OFFSET ?3"
+                ))?;
+                let items = stmt
+                    .query_map(params![status, limit, offset], from_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Page { items, total, limit, offset })
+            })
+            .await
+    }
+
+    pub async fn update(&self, id: i64, changes: Changes) -> Result<Option<Consultation>, StoreError> {
+        self.db
+            .write(move |tx| {
+                let changed = tx.execute(
+                    "UPDATE consultations SET
+                        client = coalesce(?2, client),
+                        topic = coalesce(?3, topic),
+                        scheduled_at = coalesce(?4, scheduled_at),
+                        status = coalesce(?5, status),
+                        updated_at = ?6
+                     WHERE id = ?1",
+                    params![
+                        id,
+                        changes.client,
+                        changes.topic,
+                        changes.scheduled_at,
+                        changes.status.map(Status::as_str),
+                        now_rfc3339()
+                    ],
+                )?;
+                if changed == 0 {
+                    return Ok(None);
+                }
+                let consultation = fetch(tx, id)?;
+                record(tx, id, "updated", Some(consultation.status))?;
+                Ok(Some(consultation))
+            })
+            .await
+    }
+
+    pub async fn delete(&self, id: i64) -> Result<bool, StoreError> {
+        self.db
+            .write(move |tx| {
+                let deleted = tx.execute("DELETE FROM consultations WHERE id = ?1", [id])? > 0;
+                if deleted {
+                    record(tx, id, "deleted", None)?;
+                }
+                Ok(deleted)
+            })
+            .await
+    }
+
+    /// Consultations per status (every status present) and how many are still ahead.
+    pub async fn summary(&self) -> Result<(Vec<(Status, i64)>, i64), StoreError> {
+        self.db
+            .call(|conn| {
+                let mut stmt =
+                    conn.prepare_cached("SELECT status, count(*) FROM consultations GROUP BY status")?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let by_status = Status::ALL
+                    .into_iter()
+                    .map(|s| {
+                        let n = rows.iter().find(|(r, _)| r == s.as_str()).map_or(0, |(_, n)| *n);
+                        (s, n)
+                    })
+                    .collect();
+                // RFC 3339 UTC strings of equal shape compare in time order.
+                let upcoming: i64 = conn.query_row(
+                    "SELECT count(*) FROM consultations WHERE status = 'scheduled' AND scheduled_at > ?1",
+                    [now_rfc3339()],
+                    |r| r.get(0),
+                )?;
+                Ok((by_status, upcoming))
+            })
+            .await
+    }
+
+    /// The newest sequence number in the change log (0 when empty).
+    pub async fn last_seq(&self) -> Result<i64, StoreError> {
+        self.db
+            .call(|conn| {
+                Ok(conn.query_row("SELECT coalesce(max(seq), 0) FROM consultation_events", [], |r| {
+                    r.get(0)
+                })?)
+            })
+            .await
+    }
+
+    /// Change-log entries after `seq`, oldest first, at most `limit`.
+    pub async fn events_after(&self, seq: i64, limit: i64) -> Result<Vec<ChangeEvent>, StoreError> {
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT seq, consultation_id, action, status, at FROM consultation_events
+                     WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let events = stmt
+                    .query_map(params![seq, limit], |r| {
+                        Ok(ChangeEvent {
+                            seq: r.get(0)?,
+                            consultation_id: r.get(1)?,
+                            action: r.get(2)?,
+                            status: r.get(3)?,
+                            at: r.get(4)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(events)
+            })
+            .await
+    }
+
+    /// Drops change-log entries more than [`EVENTS_KEPT`] behind `newest`.
+    pub async fn prune_events(&self, newest: i64) -> Result<(), StoreError> {
+        self.db
+            .write(move |tx| {
+                tx.execute(
+                    "DELETE FROM consultation_events WHERE seq <= ?1",
+                    [newest - EVENTS_KEPT],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+}

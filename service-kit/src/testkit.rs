@@ -1,0 +1,185 @@
+//! Helpers for integration tests across the workspace: a throwaway PKI on disk, client TLS
+//! configs, and real server processes started and awaited by their "listening" log line.
+//!
+//! Servers are started with `--port 0`; the helper reads the bound address from the JSON log
+//! instead of guessing free ports, so tests never race each other for ports.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::pki::{CertificateAuthority, LeafSpec};
+
+/// A CA plus one server and one client certificate, written as PEM files under `dir`.
+pub struct TestPki {
+    pub ca: CertificateAuthority,
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    /// `sans`: names and IPs the server certificate must cover.
+    pub fn new(dir: &Path, sans: &[&str]) -> TestPki {
+        crate::tls::install_default_provider();
+        let ca = CertificateAuthority::generate("test ca").expect("CA");
+        let server = ca.issue(&LeafSpec::new("server", sans)).expect("server cert");
+        let client = ca.issue(&LeafSpec::new("client", &["client"])).expect("client cert");
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("write PEM");
+            path
+        };
+        TestPki {
+            ca_cert: write("ca.crt", &ca.cert_pem),
+            server_cert: write("server.crt", &server.cert_pem),
+            server_key: write("server.key", &server.key_pem),
+            client_cert: write("client.crt", &client.cert_pem),
+            client_key: write("client.key", &client.key_pem),
+            ca,
+        }
+    }
+
+    fn identity(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        (
+            crate::tls::load_certs(&self.client_cert, "client cert").expect("client cert"),
+            crate::tls::load_key(&self.client_key).expect("client key"),
+        )
+    }
+
+    /// A client trusting this CA; ALPN h2 + http/1.1.
+    pub fn client(&self) -> Arc<ClientConfig> {
+        self.client_with(&[b"h2", b"http/1.1"], false)
+    }
+
+    /// A client trusting this CA with the given ALPN list, optionally presenting the client cert.
+    pub fn client_with(&self, alpn: &[&[u8]], with_client_cert: bool) -> Arc<ClientConfig> {
+        let roots = crate::tls::root_store(&self.ca_cert, "CA").expect("roots");
+        let identity = with_client_cert.then(|| self.identity());
+        Arc::new(crate::tls::client_config(roots, identity, alpn).expect("client config"))
+    }
+
+    /// A client limited to one TLS version.
+    pub fn client_for_version(&self, version: &'static rustls::SupportedProtocolVersion) -> Arc<ClientConfig> {
+        let roots = crate::tls::root_store(&self.ca_cert, "CA").expect("roots");
+        let mut config = ClientConfig::builder_with_protocol_versions(&[version])
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+/// A server process under test; killed on drop.
+pub struct ServerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// How long a server may take to log that it is listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl ServerProcess {
+    /// Starts `command` (stdout piped) and waits for its `"listening"` log line.
+    pub fn start(mut command: Command) -> ServerProcess {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if v["message"] == "listening" {
+                            if let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok()) {
+                                let _ = tx.send(Ok::<SocketAddr, String>(addr));
+                            }
+                        }
+                    }
+                    log.lock().expect("log lock").push(line);
+                }
+                let _ = tx.send(Err("server output closed".to_string()));
+            });
+        }
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Ok(addr)) => addr,
+            other => {
+                let _ = child.kill();
+                panic!(
+                    "server did not start ({other:?}); output:\n{}",
+                    log.lock().expect("log lock").join("\n")
+                );
+            }
+        };
+        ServerProcess { child, addr, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lines the process printed so far (stdout and stderr).
+    pub fn output(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Waits until some output line contains `needle`.
+    pub fn wait_for_output(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.output().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
