@@ -1,0 +1,464 @@
+//! admin-server over real TLS sockets with a real SQLite file: the binary is started as a
+//! process, exactly as Docker and devctl will run it.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use service_kit::client::{self, Connection, Target};
+use service_kit::testkit::{ServerProcess, TestPki};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_admin-server");
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    pki: TestPki,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::new(dir.path(), &["localhost", "127.0.0.1"]);
+        Fixture { dir, pki }
+    }
+
+    fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn command(&self, instance: &str, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear()
+            .args(["--host", "127.0.0.1", "--port", "0", "--instance-id", instance])
+            .arg("--tls-cert")
+            .arg(&self.pki.server_cert)
+            .arg("--tls-key")
+            .arg(&self.pki.server_key)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--drain-delay", "100ms"])
+            .args(extra);
+        cmd
+    }
+
+    fn start(&self, instance: &str) -> ServerProcess {
+        ServerProcess::start(self.command(instance, &[]))
+    }
+
+    async fn connect(&self, server: &ServerProcess) -> Connection {
+        connect_with(server, self.pki.client()).await.unwrap()
+    }
+}
+
+async fn connect_with(
+    server: &ServerProcess,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Connection, client::ClientError> {
+    let url = format!("https://localhost:{}", server.addr.port());
+    let target = Target::from_url(&url, Some(tls)).await?;
+    client::connect(&target).await
+}
+
+async fn json(
+    conn: &mut Connection,
+    method: Method,
+    path: &str,
+    body: &str,
+) -> client::Response {
+    conn.request(
+        method,
+        path,
+        &[("content-type", "application/json")],
+        Bytes::from(body.to_string()),
+    )
+    .await
+    .unwrap()
+}
+
+/// Asserts the contract error shape and that it names the response's request id.
+fn assert_error(resp: &client::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(resp.status.as_u16(), status, "body: {}", resp.text());
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    let body = resp.json().unwrap();
+    let err = &body["error"];
+    assert_eq!(err["status"], status);
+    assert_eq!(err["code"], code, "{body}");
+    assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+    let id = resp.header("x-request-id").expect("x-request-id header");
+    assert_eq!(err["request_id"], id);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_policy_versions_alpn_and_identity_headers() {
+    let fx = Fixture::new();
+    let server = fx.start("admin-1");
+
+    // TLS 1.0 and 1.1 ClientHellos get an alert, never a ServerHello.
+    for legacy in [0x01u8, 0x02] {
+        let reply = raw_client_hello(server.addr, legacy).await;
+        assert_eq!(reply.first(), Some(&0x15), "TLS 1.{} got {reply:02x?}", legacy - 1);
+    }
+
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut conn = connect_with(&server, fx.pki.client_for_version(version))
+            .await
+            .unwrap();
+        assert_eq!(conn.tls_version, Some(version.version));
+        let resp = conn.get("/health").await.unwrap();
+        assert_eq!(resp.status, StatusCode::OK);
+    }
+
+    let mut conn = fx.connect(&server).await;
+    assert_eq!(conn.alpn.as_deref(), Some(&b"h2"[..]));
+    let resp = conn.get("/health").await.unwrap();
+    assert_eq!(resp.version, http::Version::HTTP_2);
+    assert_eq!(resp.header("x-served-by"), Some("admin-1"));
+    let body = resp.json().unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["service"], "admin-server");
+    assert_eq!(body["instance"], "admin-1");
+    assert!(body["uptime_seconds"].is_u64());
+
+    // HTTP/1.1 when only it is offered; keep-alive reuses the connection.
+    let mut h1 = connect_with(&server, fx.pki.client_with(&[b"http/1.1"], false))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let resp = h1.get("/api/v1/admin/health").await.unwrap();
+        assert_eq!(resp.version, http::Version::HTTP_11);
+        assert_eq!(resp.status, StatusCode::OK);
+    }
+    let resp = h1.get("/ready").await.unwrap();
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.json().unwrap()["ready"], true);
+}
+
+/// A minimal ClientHello offering only TLS 1.`minor - 1` (no supported_versions extension).
+async fn raw_client_hello(addr: std::net::SocketAddr, minor: u8) -> Vec<u8> {
+    let mut body = vec![0x03, minor];
+    body.extend([7u8; 32]);
+    body.push(0);
+    let suites: [u16; 4] = [0xc013, 0xc014, 0x002f, 0x0035];
+    body.extend(((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        body.extend(s.to_be_bytes());
+    }
+    body.extend([1, 0]);
+    let mut handshake = vec![0x01];
+    handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![0x16, 0x03, minor];
+    record.extend((handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&record).await.unwrap();
+    let mut reply = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut reply))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    reply.truncate(n);
+    reply
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_refuses_clients_without_a_certificate() {
+    let fx = Fixture::new();
+    let ca = fx.pki.ca_cert.to_str().unwrap().to_string();
+    let server = ServerProcess::start(fx.command("admin-m", &["--client-ca", &ca]));
+
+    let anonymous = async {
+        let mut conn = connect_with(&server, fx.pki.client()).await?;
+        conn.get("/health").await
+    };
+    assert!(anonymous.await.is_err(), "a client without a certificate was served");
+
+    let mut conn = connect_with(&server, fx.pki.client_with(&[b"h2"], true))
+        .await
+        .unwrap();
+    assert_eq!(conn.get("/health").await.unwrap().status, StatusCode::OK);
+
+    // The healthcheck presents the server's own certificate (valid for client auth too).
+    let status = Command::new(BIN)
+        .env_clear()
+        .env("PORT", server.addr.port().to_string())
+        .env("HOST", "127.0.0.1")
+        .env("TLS_CERT", &fx.pki.server_cert)
+        .env("TLS_KEY", &fx.pki.server_key)
+        .env("CLIENT_CA", &fx.pki.ca_cert)
+        .arg("healthcheck")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_crud_across_two_replicas_sharing_one_database() {
+    let fx = Fixture::new();
+    let a = fx.start("admin-a");
+    let b = fx.start("admin-b");
+    let mut ca = fx.connect(&a).await;
+    let mut cb = fx.connect(&b).await;
+
+    let created = json(
+        &mut ca,
+        Method::POST,
+        "/api/v1/admin/users",
+        r#"{"email":"Ada@Example.com","name":" Ada Lovelace ","role":"admin"}"#,
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let user = created.json().unwrap();
+    let id = user["id"].as_i64().unwrap();
+    assert_eq!(user["name"], "Ada Lovelace");
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/api/v1/admin/users/{id}").as_str())
+    );
+
+    let path = format!("/api/v1/admin/users/{id}");
+    let read = cb.get(&path).await.unwrap();
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.header("x-served-by"), Some("admin-b"));
+    assert_eq!(read.json().unwrap()["email"], "Ada@Example.com");
+
+    let updated = json(&mut cb, Method::PATCH, &path, r#"{"role":"viewer"}"#).await;
+    assert_eq!(updated.status, StatusCode::OK);
+    assert_eq!(ca.get(&path).await.unwrap().json().unwrap()["role"], "viewer");
+
+    // Email uniqueness ignores case, on either replica.
+    let dup = json(
+        &mut cb,
+        Method::POST,
+        "/api/v1/admin/users",
+        r#"{"email":"ada@example.com","name":"Other","role":"viewer"}"#,
+    )
+    .await;
+    assert_error(&dup, 409, "conflict");
+
+    // Concurrent writes from both replicas lose nothing.
+    let mut tasks = Vec::new();
+    for (server, prefix) in [(&a, "a"), (&b, "b")] {
+        for worker in 0..4 {
+            let tls = fx.pki.client();
+            let port = server.addr.port();
+            tasks.push(tokio::spawn(async move {
+                let target = Target::from_url(&format!("https://localhost:{port}"), Some(tls))
+                    .await
+                    .unwrap();
+                let mut conn = client::connect(&target).await.unwrap();
+                for i in 0..10 {
+                    let body = format!(
+                        r#"{{"email":"{prefix}{worker}-{i}@load.test","name":"n","role":"support"}}"#
+                    );
+                    let resp = json(&mut conn, Method::POST, "/api/v1/admin/users", &body).await;
+                    assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text());
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let page = ca
+        .get("/api/v1/admin/users?role=support&limit=100")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(page["total"], 80);
+    assert_eq!(page["items"].as_array().unwrap().len(), 80);
+    let second = cb
+        .get("/api/v1/admin/users?limit=30&offset=60&role=support")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(second["items"].as_array().unwrap().len(), 20);
+
+    let stats = cb.get("/api/v1/admin/stats").await.unwrap().json().unwrap();
+    assert_eq!(stats["users"]["total"], 81);
+    assert_eq!(stats["users"]["by_role"]["support"], 80);
+    assert_eq!(stats["users"]["by_role"]["viewer"], 1);
+
+    let deleted = ca
+        .request(Method::DELETE, &path, &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_error(&cb.get(&path).await.unwrap(), 404, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_json_errors_with_the_request_id() {
+    let fx = Fixture::new();
+    let server = fx.start("admin-1");
+    let mut conn = fx.connect(&server).await;
+    let users = "/api/v1/admin/users";
+
+    let cases: Vec<(Method, &str, &str, u16, &str, Option<&str>)> = vec![
+        (Method::POST, users, "{not json", 400, "malformed_json", None),
+        (Method::POST, users, r#"{"email":"a@b.co","name":"A"}"#, 422, "validation_failed", Some("role")),
+        (Method::POST, users, r#"{"email":"a@b.co","name":"A","role":"admin","x":1}"#, 422, "validation_failed", Some("x")),
+        (Method::POST, users, r#"{"email":"nope","name":"A","role":"admin"}"#, 422, "validation_failed", Some("email")),
+        (Method::POST, users, r#"{"email":"a@b.co","name":"","role":"admin"}"#, 422, "validation_failed", Some("name")),
+        (Method::POST, users, r#"{"email":"a@b.co","name":"A","role":"root"}"#, 422, "validation_failed", Some("role")),
+        (Method::POST, users, r#"{"email":7,"name":"A","role":"admin"}"#, 422, "validation_failed", Some("email")),
+        (Method::PATCH, "/api/v1/admin/users/1", "{}", 422, "validation_failed", Some("body")),
+        (Method::GET, "/api/v1/admin/users/999", "", 404, "not_found", None),
+        (Method::GET, "/api/v1/admin/users/abc", "", 400, "bad_request", None),
+        (Method::GET, "/api/v1/admin/users?limit=0", "", 422, "validation_failed", Some("limit")),
+        (Method::GET, "/api/v1/admin/users?page=2", "", 400, "bad_request", None),
+        (Method::GET, "/no/such/route", "", 404, "not_found", None),
+        (Method::DELETE, "/api/v1/admin/users/999", "", 404, "not_found", None),
+    ];
+    for (method, path, body, status, code, field) in cases {
+        let resp = json(&mut conn, method.clone(), path, body).await;
+        let err = assert_error(&resp, status, code);
+        assert_eq!(err["error"]["field"].as_str(), field, "{method} {path} {body}");
+    }
+
+    let wrong_type = conn
+        .request(
+            Method::POST,
+            users,
+            &[("content-type", "text/plain")],
+            Bytes::from_static(b"{}"),
+        )
+        .await
+        .unwrap();
+    assert_error(&wrong_type, 415, "unsupported_media_type");
+
+    let huge = format!(
+        r#"{{"email":"a@b.co","name":"{}","role":"admin"}}"#,
+        "x".repeat(1 << 20)
+    );
+    assert_error(&json(&mut conn, Method::POST, users, &huge).await, 413, "payload_too_large");
+
+    // Request ids: a well-formed one is kept, anything else is replaced.
+    let kept = conn
+        .request(Method::GET, "/nope", &[("x-request-id", "trace-42.a:b_c")], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(kept.header("x-request-id"), Some("trace-42.a:b_c"));
+    assert_eq!(kept.json().unwrap()["error"]["request_id"], "trace-42.a:b_c");
+    let replaced = conn
+        .request(Method::GET, "/health", &[("x-request-id", "bad id with spaces")], Bytes::new())
+        .await
+        .unwrap();
+    let id = replaced.header("x-request-id").unwrap();
+    assert_ne!(id, "bad id with spaces");
+    assert_eq!(id.len(), 36);
+
+    // The process survived all of it.
+    assert_eq!(conn.get("/health").await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_promtool_clean_and_count_requests() {
+    let fx = Fixture::new();
+    let server = fx.start("admin-1");
+    let mut conn = fx.connect(&server).await;
+    for _ in 0..3 {
+        conn.get("/api/v1/admin/users/1").await.unwrap();
+    }
+    conn.get("/missing").await.unwrap();
+    let text = conn.get("/metrics").await.unwrap().text();
+    assert!(text.contains(
+        r#"http_requests_total{method="GET",route="/api/v1/admin/users/{id}",status="404"} 3"#
+    ));
+    assert!(text.contains(r#"http_requests_total{method="GET",route="unmatched",status="404"} 1"#));
+    assert!(text.contains(r#"build_info{service="admin-server",version=""#));
+    assert!(text.contains("process_resident_memory_bytes"));
+    promtool_check(&text, fx.dir.path());
+}
+
+fn promtool_check(text: &str, dir: &Path) {
+    let Ok(path) = which("promtool") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is required in CI (Debian package prometheus)"
+        );
+        eprintln!("skipping promtool check: promtool not installed (apt-get install prometheus)");
+        return;
+    };
+    let file = dir.join("metrics.txt");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(path)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}");
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_subcommand_reports_health() {
+    let fx = Fixture::new();
+    let server = fx.start("admin-1");
+    let url = format!("https://127.0.0.1:{}/health", server.addr.port());
+    let ok = Command::new(BIN)
+        .env_clear()
+        .args(["healthcheck", "--url", &url])
+        .status()
+        .unwrap();
+    assert_eq!(ok.code(), Some(0));
+
+    drop(server);
+    let down = Command::new(BIN)
+        .env_clear()
+        .args(["healthcheck", "--url", &url, "--timeout", "2s"])
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("healthcheck"));
+}
+
+#[test]
+fn misconfiguration_is_one_line_and_exit_code_2() {
+    let fx = Fixture::new();
+    let cert = fx.pki.server_cert.to_str().unwrap().to_string();
+    let key = fx.pki.server_key.to_str().unwrap().to_string();
+    let data = fx.data_dir().to_str().unwrap().to_string();
+    let blocker = fx.dir.path().join("a-file");
+    std::fs::write(&blocker, "x").unwrap();
+    let under_file = blocker.join("data").to_str().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--data-dir", &data], "--tls-cert is required"),
+        (vec!["--tls-cert", "/nonexistent.crt", "--tls-key", &key, "--data-dir", &data], "cannot read TLS certificate /nonexistent.crt"),
+        (vec!["--tls-cert", &key, "--tls-key", &key, "--data-dir", &data], "holds no PEM certificate"),
+        (vec!["--tls-cert", &cert, "--tls-key", &cert, "--data-dir", &data], "holds no PEM private key"),
+        (vec!["--plain-http", "--host", "not-an-ip", "--data-dir", &data], "invalid --host"),
+        (vec!["--plain-http", "--data-dir", &under_file], "is not writable"),
+        (vec!["--plain-http", "--port", "70000"], "invalid value '70000'"),
+    ];
+    for (args, expected) in cases {
+        let out = Command::new(BIN).env_clear().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        if !expected.starts_with("invalid value") {
+            assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        }
+    }
+}
