@@ -60,10 +60,7 @@ pub async fn build(ctx: AppContext) -> Result<Router, BootError> {
 pub fn routes(state: SharedState) -> Router {
     Router::new()
         .route("/api/v1/admin/stats", get(users::stats))
-        .route(
-            "/api/v1/admin/users",
-            get(users::list).post(users::create),
-        )
+        .route("/api/v1/admin/users", get(users::list).post(users::create))
         .route(
             "/api/v1/admin/users/{id}",
             get(users::get_one)

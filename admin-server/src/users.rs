@@ -55,7 +55,9 @@ pub fn validate_email(raw: &str) -> Result<String, ApiError> {
         return Err(invalid("must contain @"));
     };
     if local.is_empty() || domain.contains('@') {
-        return Err(invalid("must have exactly one @ after a non-empty local part"));
+        return Err(invalid(
+            "must have exactly one @ after a non-empty local part",
+        ));
     }
     let labels_ok = domain.split('.').count() >= 2
         && domain
@@ -73,10 +75,16 @@ pub fn validate_name(raw: &str) -> Result<String, ApiError> {
         return Err(ApiError::validation("name", "must not be empty"));
     }
     if name.chars().count() > 100 {
-        return Err(ApiError::validation("name", "must be at most 100 characters"));
+        return Err(ApiError::validation(
+            "name",
+            "must be at most 100 characters",
+        ));
     }
     if name.chars().any(char::is_control) {
-        return Err(ApiError::validation("name", "must not contain control characters"));
+        return Err(ApiError::validation(
+            "name",
+            "must not contain control characters",
+        ));
     }
     Ok(name.to_string())
 }
@@ -194,10 +202,16 @@ mod tests {
 
     #[test]
     fn email_validation() {
-        for ok in ["a@b.co", " ops@insightserenity.com ", "x.y+z@sub.example.org"] {
+        for ok in [
+            "a@b.co",
+            " ops@insightserenity.com ",
+            "x.y+z@sub.example.org",
+        ] {
             assert!(validate_email(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "no-at", "@b.co", "a@b", "a@@b.co", "a b@c.co", "a@b..co", "a\t@b.co"] {
+        for bad in [
+            "", "no-at", "@b.co", "a@b", "a@@b.co", "a b@c.co", "a@b..co", "a\t@b.co",
+        ] {
             let err = validate_email(bad).unwrap_err();
             assert_eq!(err.field.as_deref(), Some("email"), "{bad:?}");
         }

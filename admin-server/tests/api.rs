@@ -1,6 +1,8 @@
 //! admin-server over real TLS sockets with a real SQLite file: the binary is started as a
 //! process, exactly as Docker and devctl will run it.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -33,7 +35,14 @@ impl Fixture {
     fn command(&self, instance: &str, extra: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.env_clear()
-            .args(["--host", "127.0.0.1", "--port", "0", "--instance-id", instance])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--instance-id",
+                instance,
+            ])
             .arg("--tls-cert")
             .arg(&self.pki.server_cert)
             .arg("--tls-key")
@@ -63,12 +72,7 @@ async fn connect_with(
     client::connect(&target).await
 }
 
-async fn json(
-    conn: &mut Connection,
-    method: Method,
-    path: &str,
-    body: &str,
-) -> client::Response {
+async fn json(conn: &mut Connection, method: Method, path: &str, body: &str) -> client::Response {
     conn.request(
         method,
         path,
@@ -101,7 +105,12 @@ async fn tls_policy_versions_alpn_and_identity_headers() {
     // TLS 1.0 and 1.1 ClientHellos get an alert, never a ServerHello.
     for legacy in [0x01u8, 0x02] {
         let reply = raw_client_hello(server.addr, legacy).await;
-        assert_eq!(reply.first(), Some(&0x15), "TLS 1.{} got {reply:02x?}", legacy - 1);
+        assert_eq!(
+            reply.first(),
+            Some(&0x15),
+            "TLS 1.{} got {reply:02x?}",
+            legacy - 1
+        );
     }
 
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
@@ -177,7 +186,10 @@ async fn mtls_refuses_clients_without_a_certificate() {
         let mut conn = connect_with(&server, fx.pki.client()).await?;
         conn.get("/health").await
     };
-    assert!(anonymous.await.is_err(), "a client without a certificate was served");
+    assert!(
+        anonymous.await.is_err(),
+        "a client without a certificate was served"
+    );
 
     let mut conn = connect_with(&server, fx.pki.client_with(&[b"h2"], true))
         .await
@@ -230,7 +242,10 @@ async fn users_crud_across_two_replicas_sharing_one_database() {
 
     let updated = json(&mut cb, Method::PATCH, &path, r#"{"role":"viewer"}"#).await;
     assert_eq!(updated.status, StatusCode::OK);
-    assert_eq!(ca.get(&path).await.unwrap().json().unwrap()["role"], "viewer");
+    assert_eq!(
+        ca.get(&path).await.unwrap().json().unwrap()["role"],
+        "viewer"
+    );
 
     // Email uniqueness ignores case, on either replica.
     let dup = json(
@@ -302,26 +317,122 @@ async fn bad_input_gets_json_errors_with_the_request_id() {
     let mut conn = fx.connect(&server).await;
     let users = "/api/v1/admin/users";
 
-    let cases: Vec<(Method, &str, &str, u16, &str, Option<&str>)> = vec![
-        (Method::POST, users, "{not json", 400, "malformed_json", None),
-        (Method::POST, users, r#"{"email":"a@b.co","name":"A"}"#, 422, "validation_failed", Some("role")),
-        (Method::POST, users, r#"{"email":"a@b.co","name":"A","role":"admin","x":1}"#, 422, "validation_failed", Some("x")),
-        (Method::POST, users, r#"{"email":"nope","name":"A","role":"admin"}"#, 422, "validation_failed", Some("email")),
-        (Method::POST, users, r#"{"email":"a@b.co","name":"","role":"admin"}"#, 422, "validation_failed", Some("name")),
-        (Method::POST, users, r#"{"email":"a@b.co","name":"A","role":"root"}"#, 422, "validation_failed", Some("role")),
-        (Method::POST, users, r#"{"email":7,"name":"A","role":"admin"}"#, 422, "validation_failed", Some("email")),
-        (Method::PATCH, "/api/v1/admin/users/1", "{}", 422, "validation_failed", Some("body")),
-        (Method::GET, "/api/v1/admin/users/999", "", 404, "not_found", None),
-        (Method::GET, "/api/v1/admin/users/abc", "", 400, "bad_request", None),
-        (Method::GET, "/api/v1/admin/users?limit=0", "", 422, "validation_failed", Some("limit")),
-        (Method::GET, "/api/v1/admin/users?page=2", "", 400, "bad_request", None),
+    type Case<'a> = (Method, &'a str, &'a str, u16, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            Method::POST,
+            users,
+            "{not json",
+            400,
+            "malformed_json",
+            None,
+        ),
+        (
+            Method::POST,
+            users,
+            r#"{"email":"a@b.co","name":"A"}"#,
+            422,
+            "validation_failed",
+            Some("role"),
+        ),
+        (
+            Method::POST,
+            users,
+            r#"{"email":"a@b.co","name":"A","role":"admin","x":1}"#,
+            422,
+            "validation_failed",
+            Some("x"),
+        ),
+        (
+            Method::POST,
+            users,
+            r#"{"email":"nope","name":"A","role":"admin"}"#,
+            422,
+            "validation_failed",
+            Some("email"),
+        ),
+        (
+            Method::POST,
+            users,
+            r#"{"email":"a@b.co","name":"","role":"admin"}"#,
+            422,
+            "validation_failed",
+            Some("name"),
+        ),
+        (
+            Method::POST,
+            users,
+            r#"{"email":"a@b.co","name":"A","role":"root"}"#,
+            422,
+            "validation_failed",
+            Some("role"),
+        ),
+        (
+            Method::POST,
+            users,
+            r#"{"email":7,"name":"A","role":"admin"}"#,
+            422,
+            "validation_failed",
+            Some("email"),
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/admin/users/1",
+            "{}",
+            422,
+            "validation_failed",
+            Some("body"),
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/users/999",
+            "",
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/users/abc",
+            "",
+            400,
+            "bad_request",
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/users?limit=0",
+            "",
+            422,
+            "validation_failed",
+            Some("limit"),
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/users?page=2",
+            "",
+            400,
+            "bad_request",
+            None,
+        ),
         (Method::GET, "/no/such/route", "", 404, "not_found", None),
-        (Method::DELETE, "/api/v1/admin/users/999", "", 404, "not_found", None),
+        (
+            Method::DELETE,
+            "/api/v1/admin/users/999",
+            "",
+            404,
+            "not_found",
+            None,
+        ),
     ];
     for (method, path, body, status, code, field) in cases {
         let resp = json(&mut conn, method.clone(), path, body).await;
         let err = assert_error(&resp, status, code);
-        assert_eq!(err["error"]["field"].as_str(), field, "{method} {path} {body}");
+        assert_eq!(
+            err["error"]["field"].as_str(),
+            field,
+            "{method} {path} {body}"
+        );
     }
 
     let wrong_type = conn
@@ -339,17 +450,34 @@ async fn bad_input_gets_json_errors_with_the_request_id() {
         r#"{{"email":"a@b.co","name":"{}","role":"admin"}}"#,
         "x".repeat(1 << 20)
     );
-    assert_error(&json(&mut conn, Method::POST, users, &huge).await, 413, "payload_too_large");
+    assert_error(
+        &json(&mut conn, Method::POST, users, &huge).await,
+        413,
+        "payload_too_large",
+    );
 
     // Request ids: a well-formed one is kept, anything else is replaced.
     let kept = conn
-        .request(Method::GET, "/nope", &[("x-request-id", "trace-42.a:b_c")], Bytes::new())
+        .request(
+            Method::GET,
+            "/nope",
+            &[("x-request-id", "trace-42.a:b_c")],
+            Bytes::new(),
+        )
         .await
         .unwrap();
     assert_eq!(kept.header("x-request-id"), Some("trace-42.a:b_c"));
-    assert_eq!(kept.json().unwrap()["error"]["request_id"], "trace-42.a:b_c");
+    assert_eq!(
+        kept.json().unwrap()["error"]["request_id"],
+        "trace-42.a:b_c"
+    );
     let replaced = conn
-        .request(Method::GET, "/health", &[("x-request-id", "bad id with spaces")], Bytes::new())
+        .request(
+            Method::GET,
+            "/health",
+            &[("x-request-id", "bad id with spaces")],
+            Bytes::new(),
+        )
         .await
         .unwrap();
     let id = replaced.header("x-request-id").unwrap();
@@ -400,7 +528,10 @@ fn promtool_check(text: &str, dir: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}");
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
 }
 
 fn which(name: &str) -> Result<std::path::PathBuf, ()> {
@@ -445,12 +576,37 @@ fn misconfiguration_is_one_line_and_exit_code_2() {
     let under_file = blocker.join("data").to_str().unwrap().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--data-dir", &data], "--tls-cert is required"),
-        (vec!["--tls-cert", "/nonexistent.crt", "--tls-key", &key, "--data-dir", &data], "cannot read TLS certificate /nonexistent.crt"),
-        (vec!["--tls-cert", &key, "--tls-key", &key, "--data-dir", &data], "holds no PEM certificate"),
-        (vec!["--tls-cert", &cert, "--tls-key", &cert, "--data-dir", &data], "holds no PEM private key"),
-        (vec!["--plain-http", "--host", "not-an-ip", "--data-dir", &data], "invalid --host"),
-        (vec!["--plain-http", "--data-dir", &under_file], "is not writable"),
-        (vec!["--plain-http", "--port", "70000"], "invalid value '70000'"),
+        (
+            vec![
+                "--tls-cert",
+                "/nonexistent.crt",
+                "--tls-key",
+                &key,
+                "--data-dir",
+                &data,
+            ],
+            "cannot read TLS certificate /nonexistent.crt",
+        ),
+        (
+            vec!["--tls-cert", &key, "--tls-key", &key, "--data-dir", &data],
+            "holds no PEM certificate",
+        ),
+        (
+            vec!["--tls-cert", &cert, "--tls-key", &cert, "--data-dir", &data],
+            "holds no PEM private key",
+        ),
+        (
+            vec!["--plain-http", "--host", "not-an-ip", "--data-dir", &data],
+            "invalid --host",
+        ),
+        (
+            vec!["--plain-http", "--data-dir", &under_file],
+            "is not writable",
+        ),
+        (
+            vec!["--plain-http", "--port", "70000"],
+            "invalid value '70000'",
+        ),
     ];
     for (args, expected) in cases {
         let out = Command::new(BIN).env_clear().args(&args).output().unwrap();

@@ -48,10 +48,16 @@ fn text(field: &str, raw: &str, max: usize) -> Result<String, ApiError> {
         return Err(ApiError::validation(field, "must not be empty"));
     }
     if value.chars().count() > max {
-        return Err(ApiError::validation(field, format!("must be at most {max} characters")));
+        return Err(ApiError::validation(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     if value.chars().any(char::is_control) {
-        return Err(ApiError::validation(field, "must not contain control characters"));
+        return Err(ApiError::validation(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(value.to_string())
 }
@@ -82,7 +88,12 @@ pub async fn create(
     };
     let consultation = state.store.create(new).await?;
     let location = format!("/api/v1/consultations/{}", consultation.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(consultation)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(consultation),
+    )
+        .into_response())
 }
 
 pub async fn list(
@@ -91,7 +102,10 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::validation("limit", format!("must be between 1 and {MAX_PAGE}")));
+        return Err(ApiError::validation(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}"),
+        ));
     }
     let offset = query.offset.unwrap_or(0);
     if offset < 0 {
@@ -116,8 +130,16 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateConsultation>,
 ) -> Result<Response, ApiError> {
     let changes = Changes {
-        client: body.client.as_deref().map(|v| text("client", v, 200)).transpose()?,
-        topic: body.topic.as_deref().map(|v| text("topic", v, 500)).transpose()?,
+        client: body
+            .client
+            .as_deref()
+            .map(|v| text("client", v, 200))
+            .transpose()?,
+        topic: body
+            .topic
+            .as_deref()
+            .map(|v| text("topic", v, 500))
+            .transpose()?,
         scheduled_at: body.scheduled_at.as_deref().map(scheduled_at).transpose()?,
         status: body.status,
     };
@@ -159,7 +181,10 @@ mod tests {
             "2027-01-15T09:30:00Z"
         );
         for bad in ["tomorrow", "2027-13-01T00:00:00Z", "2027-01-15", ""] {
-            assert_eq!(scheduled_at(bad).unwrap_err().field.as_deref(), Some("scheduled_at"));
+            assert_eq!(
+                scheduled_at(bad).unwrap_err().field.as_deref(),
+                Some("scheduled_at")
+            );
         }
     }
 }

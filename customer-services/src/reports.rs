@@ -35,7 +35,10 @@ pub async fn generate(State(state): State<SharedState>, body: Bytes) -> Result<R
     };
     let kind = request.kind.as_deref().unwrap_or("consultations_summary");
     if kind != "consultations_summary" {
-        return Err(ApiError::validation("kind", "must be consultations_summary"));
+        return Err(ApiError::validation(
+            "kind",
+            "must be consultations_summary",
+        ));
     }
     let duration = match request.duration_ms {
         Some(ms) if ms > MAX_DURATION_MS => {

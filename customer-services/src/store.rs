@@ -135,7 +135,12 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Consultation> {
     })
 }
 
-fn record(tx: &Transaction<'_>, id: i64, action: &str, status: Option<Status>) -> rusqlite::Result<()> {
+fn record(
+    tx: &Transaction<'_>,
+    id: i64,
+    action: &str,
+    status: Option<Status>,
+) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO consultation_events (consultation_id, action, status, at) VALUES (?1, ?2, ?3, ?4)",
         params![id, action, status.map(Status::as_str), now_rfc3339()],
@@ -192,7 +197,12 @@ impl ConsultationStore {
             .await
     }
 
-    pub async fn list(&self, status: Option<Status>, limit: i64, offset: i64) -> Result<Page, StoreError> {
+    pub async fn list(
+        &self,
+        status: Option<Status>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Page, StoreError> {
         self.db
             .call(move |conn| {
                 let status = status.map(Status::as_str);
@@ -208,12 +218,21 @@ impl ConsultationStore {
                 let items = stmt
                     .query_map(params![status, limit, offset], from_row)?
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok(Page { items, total, limit, offset })
+                Ok(Page {
+                    items,
+                    total,
+                    limit,
+                    offset,
+                })
             })
             .await
     }
 
-    pub async fn update(&self, id: i64, changes: Changes) -> Result<Option<Consultation>, StoreError> {
+    pub async fn update(
+        &self,
+        id: i64,
+        changes: Changes,
+    ) -> Result<Option<Consultation>, StoreError> {
         self.db
             .write(move |tx| {
                 let changed = tx.execute(
@@ -286,9 +305,11 @@ impl ConsultationStore {
     pub async fn last_seq(&self) -> Result<i64, StoreError> {
         self.db
             .call(|conn| {
-                Ok(conn.query_row("SELECT coalesce(max(seq), 0) FROM consultation_events", [], |r| {
-                    r.get(0)
-                })?)
+                Ok(conn.query_row(
+                    "SELECT coalesce(max(seq), 0) FROM consultation_events",
+                    [],
+                    |r| r.get(0),
+                )?)
             })
             .await
     }

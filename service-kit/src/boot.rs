@@ -187,7 +187,12 @@ pub enum ServiceCommand {
 
 /// A backend's whole `main`: parse flags (with `default_port`), then either probe
 /// (`healthcheck`) or run until SIGTERM. Returns the process exit code.
-pub fn main<E, B, Fut>(info: ServiceInfo, about: &'static str, default_port: u16, build: B) -> std::process::ExitCode
+pub fn main<E, B, Fut>(
+    info: ServiceInfo,
+    about: &'static str,
+    default_port: u16,
+    build: B,
+) -> std::process::ExitCode
 where
     E: clap::Args + Send,
     B: FnOnce(AppContext, E) -> Fut,

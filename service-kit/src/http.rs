@@ -28,10 +28,7 @@ impl HttpContext {
     pub fn new(metrics: Arc<Metrics>, instance_id: &str) -> Self {
         let served_by = HeaderValue::from_str(instance_id)
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        HttpContext {
-            metrics,
-            served_by,
-        }
+        HttpContext { metrics, served_by }
     }
 }
 

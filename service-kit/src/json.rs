@@ -59,7 +59,10 @@ fn body_rejection(rejection: BytesRejection) -> ApiError {
             format!("request body exceeds {MAX_BODY_BYTES} bytes"),
         )
     } else {
-        ApiError::bad_request(format!("could not read request body: {}", rejection.body_text()))
+        ApiError::bad_request(format!(
+            "could not read request body: {}",
+            rejection.body_text()
+        ))
     }
 }
 

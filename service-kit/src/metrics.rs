@@ -33,7 +33,10 @@ impl Metrics {
     pub fn new(service: &str, version: &str) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests served, by method, route and status."),
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests served, by method, route and status.",
+            ),
             &["method", "route", "status"],
         )?;
         let duration = HistogramVec::new(
@@ -146,8 +149,11 @@ mod tests {
             Duration::from_millis(1),
         );
         let text = m.render();
-        assert!(text.contains(r#"http_requests_total{method="GET",route="/health",status="200"} 1"#));
-        assert!(text.contains(r#"http_requests_total{method="OTHER",route="unmatched",status="404"} 1"#));
+        assert!(
+            text.contains(r#"http_requests_total{method="GET",route="/health",status="200"} 1"#)
+        );
+        assert!(text
+            .contains(r#"http_requests_total{method="OTHER",route="unmatched",status="404"} 1"#));
         assert!(text.contains(r#"build_info{service="test-svc",version="1.2.3"} 1"#));
         assert!(text.contains("http_requests_in_flight 0"));
         assert!(text.contains("http_request_duration_seconds_bucket"));

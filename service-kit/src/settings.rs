@@ -167,9 +167,13 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("invalid duration unit {other:?} in {raw:?}: use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {raw:?}: use ms, s, m or h"
+            ))
+        }
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 1e9 {
+    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
         return Err(format!("duration {raw:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))

@@ -150,9 +150,22 @@ fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), StoreError>
         tx.pragma_update(None, "user_version", (index + 1) as i64)
             .map_err(|source| StoreError::Migration { index, source })?;
     }
-    tx.commit()
-        .map_err(|source| StoreError::Migration { index: current, source })?;
+    tx.commit().map_err(|source| StoreError::Migration {
+        index: current,
+        source,
+    })?;
     Ok(())
+}
+
+impl Db {
+    /// This database as a `/ready` check.
+    pub fn ready_check(&self) -> crate::health::ReadyCheck {
+        let db = self.clone();
+        Arc::new(move || {
+            let db = db.clone();
+            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+        })
+    }
 }
 
 #[cfg(test)]
@@ -203,16 +216,5 @@ mod tests {
         let err = insert(db.clone()).await.unwrap_err();
         assert!(err.is_constraint(), "{err}");
         db.ping().await.unwrap();
-    }
-}
-
-impl Db {
-    /// This database as a `/ready` check.
-    pub fn ready_check(&self) -> crate::health::ReadyCheck {
-        let db = self.clone();
-        Arc::new(move || {
-            let db = db.clone();
-            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
-        })
     }
 }

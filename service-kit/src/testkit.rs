@@ -31,8 +31,12 @@ impl TestPki {
     pub fn new(dir: &Path, sans: &[&str]) -> TestPki {
         crate::tls::install_default_provider();
         let ca = CertificateAuthority::generate("test ca").expect("CA");
-        let server = ca.issue(&LeafSpec::new("server", sans)).expect("server cert");
-        let client = ca.issue(&LeafSpec::new("client", &["client"])).expect("client cert");
+        let server = ca
+            .issue(&LeafSpec::new("server", sans))
+            .expect("server cert");
+        let client = ca
+            .issue(&LeafSpec::new("client", &["client"]))
+            .expect("client cert");
         let write = |name: &str, pem: &str| {
             let path = dir.join(name);
             std::fs::write(&path, pem).expect("write PEM");
@@ -68,7 +72,10 @@ impl TestPki {
     }
 
     /// A client limited to one TLS version.
-    pub fn client_for_version(&self, version: &'static rustls::SupportedProtocolVersion) -> Arc<ClientConfig> {
+    pub fn client_for_version(
+        &self,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> Arc<ClientConfig> {
         let roots = crate::tls::root_store(&self.ca_cert, "CA").expect("roots");
         let mut config = ClientConfig::builder_with_protocol_versions(&[version])
             .with_root_certificates(roots)
@@ -99,8 +106,14 @@ impl ServerProcess {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()

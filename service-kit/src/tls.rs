@@ -134,8 +134,8 @@ pub fn client_config(
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     alpn: &[&[u8]],
 ) -> Result<ClientConfig, TlsError> {
-    let builder =
-        ClientConfig::builder_with_protocol_versions(PROTOCOL_VERSIONS).with_root_certificates(roots);
+    let builder = ClientConfig::builder_with_protocol_versions(PROTOCOL_VERSIONS)
+        .with_root_certificates(roots);
     let mut config = match identity {
         Some((certs, key)) => builder.with_client_auth_cert(certs, key)?,
         None => builder.with_no_client_auth(),

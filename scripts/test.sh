@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need on a fresh Debian machine, then runs every
+# test of the workspace with cargo-nextest (cargo test when nextest is absent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "note: not root, cannot install ${missing[*]}; tests that need them will say so" >&2
+  fi
+fi
+
+profile=default
+[ -n "${CI:-}" ] && profile=ci
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --profile "$profile" "$@"
+else
+  cargo test --workspace --locked "$@"
+fi
