@@ -1,0 +1,507 @@
+//! The gateway's TOML configuration: schema, defaults and validation. No I/O beyond reading
+//! the file: certificates are loaded when a runtime snapshot is built (`crate::runtime`).
+//!
+//! Vocabulary follows NGINX where it has a word for the thing (weight, max_fails,
+//! fail_timeout, max_conns, backup, down, keepalive, tries). Unknown keys are errors.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::balance::{Algorithm, ServerSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+/// A duration written as `"500ms"`, `"10s"`, `"2m"` or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Seconds(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(s) => service_kit::settings::parse_duration(&s)
+                .map(Dur)
+                .map_err(serde::de::Error::custom),
+            Raw::Seconds(n) => Ok(Dur(Duration::from_secs(n))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    pub admin: AdminConfig,
+    pub https: Option<HttpsConfig>,
+    pub http: Option<HttpConfig>,
+    #[serde(default)]
+    pub upstream_tls: UpstreamTlsConfig,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads for the proxy (default: one per core). Read at start only.
+    pub worker_threads: Option<usize>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_timeout: Option<Dur>,
+    /// Poll the config file (and certificates) for changes and reload on change.
+    pub watch_config: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Internal plain-HTTP listener: /metrics, /-/healthy, /-/ready, /-/upstreams, /-/reload.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Certificate chain (PEM), re-read on every reload.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Port written in redirects to HTTPS (omitted from the URL when 443).
+    #[serde(default = "default_https_port")]
+    pub https_port: u16,
+    /// Directory served at /.well-known/acme-challenge/ (HTTP-01 challenges).
+    pub acme_challenge_dir: Option<PathBuf>,
+}
+
+fn default_https_port() -> u16 {
+    443
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// CA bundle that upstream certificates must chain to.
+    pub ca: Option<PathBuf>,
+    /// Client certificate presented to upstreams (mTLS).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AlgorithmName {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    Hash,
+}
+
+/// What `hash` balancing hashes: `"client_ip"`, `"header:NAME"` or `"cookie:NAME"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+impl<'de> Deserialize<'de> for HashKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        if raw == "client_ip" {
+            return Ok(HashKey::ClientIp);
+        }
+        if let Some(name) = raw.strip_prefix("header:") {
+            return http::HeaderName::from_bytes(name.as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| serde::de::Error::custom(format!("invalid header name {name:?}")));
+        }
+        if let Some(name) = raw.strip_prefix("cookie:") {
+            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b'=' && b != b';') {
+                return Ok(HashKey::Cookie(name.to_string()));
+            }
+            return Err(serde::de::Error::custom(format!("invalid cookie name {name:?}")));
+        }
+        Err(serde::de::Error::custom(format!(
+            "invalid hash_key {raw:?}: use client_ip, header:NAME or cookie:NAME"
+        )))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default)]
+    pub algorithm: AlgorithmName,
+    /// Required with `algorithm = "hash"`.
+    pub hash_key: Option<HashKey>,
+    /// `hash` only: ketama consistent hashing (default) or NGINX's plain modulo hash.
+    #[serde(default = "yes")]
+    pub consistent: bool,
+    /// Idle keep-alive connections cached for this pool (NGINX `keepalive`).
+    #[serde(default = "default_keepalive")]
+    pub keepalive: usize,
+    /// Idle keep-alive connections older than this are closed (NGINX `keepalive_timeout`).
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: Dur,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Time to wait for the response head (NGINX `proxy_read_timeout` for the first byte).
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Dur,
+    /// Servers tried per request (NGINX `proxy_next_upstream_tries`; default: all).
+    pub tries: Option<u32>,
+    /// Bound on the time spent trying servers (NGINX `proxy_next_upstream_timeout`).
+    pub next_upstream_timeout: Option<Dur>,
+    /// Speak TLS to the servers (default true: the backends are HTTPS).
+    #[serde(default = "yes")]
+    pub tls: bool,
+    /// Name verified in the servers' certificates (default: each server's IP).
+    pub server_name: Option<String>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub servers: Vec<ServerConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_keepalive() -> usize {
+    32
+}
+fn default_keepalive_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_read_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+    #[serde(default = "default_hc_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Dur,
+    /// Consecutive successes that bring a server back.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that take a server out.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    #[serde(default = "default_expect_status")]
+    pub expect_status: u16,
+}
+
+fn default_hc_path() -> String {
+    "/health".into()
+}
+fn default_hc_interval() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_hc_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_expect_status() -> u16 {
+    200
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `IP:port` of the server.
+    pub address: SocketAddr,
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default = "one")]
+    pub max_fails: u32,
+    #[serde(default = "default_fail_timeout")]
+    pub fail_timeout: Dur,
+    /// Concurrent requests allowed to this server; 0 = unlimited.
+    #[serde(default)]
+    pub max_conns: u32,
+    #[serde(default)]
+    pub backup: bool,
+    #[serde(default)]
+    pub down: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_fail_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path prefix, matched on segment boundaries after normalization, ASCII case-insensitively.
+    pub prefix: String,
+    /// Only for requests to this host (default: any host).
+    pub host: Option<String>,
+    pub upstream: String,
+    /// Overrides the upstream's `read_timeout` for this route.
+    pub read_timeout: Option<Dur>,
+}
+
+/// Largest weight accepted; keeps weight arithmetic far from overflow.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates a config document.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.https.is_none() && self.http.is_none() {
+            return Err(invalid("define at least one of [https] and [http]"));
+        }
+        let mut addrs = BTreeSet::new();
+        addrs.insert(self.admin.listen);
+        for addr in self
+            .https
+            .iter()
+            .flat_map(|h| &h.listen)
+            .chain(self.http.iter().flat_map(|h| &h.listen))
+        {
+            if !addrs.insert(*addr) {
+                return Err(invalid(format!("listen address {addr} is used twice")));
+            }
+        }
+        if let Some(https) = &self.https {
+            if https.listen.is_empty() {
+                return Err(invalid("[https] listen must name at least one address"));
+            }
+        }
+        if let Some(http) = &self.http {
+            if http.listen.is_empty() {
+                return Err(invalid("[http] listen must name at least one address"));
+            }
+        }
+        match (&self.upstream_tls.client_cert, &self.upstream_tls.client_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(invalid(
+                    "[upstream_tls] client_cert and client_key go together",
+                ))
+            }
+            _ => {}
+        }
+        if self.upstreams.is_empty() {
+            return Err(invalid("define at least one [upstreams.NAME]"));
+        }
+        for (name, upstream) in &self.upstreams {
+            upstream.validate(name, &self.upstream_tls)?;
+        }
+        let mut seen = BTreeSet::new();
+        for route in &self.routes {
+            if !route.prefix.starts_with('/') {
+                return Err(invalid(format!(
+                    "route prefix {:?} must start with /",
+                    route.prefix
+                )));
+            }
+            let normalized = crate::routing::normalize_path(&route.prefix)
+                .map_err(|e| invalid(format!("route prefix {:?}: {e}", route.prefix)))?;
+            if normalized != route.prefix {
+                return Err(invalid(format!(
+                    "route prefix {:?} is not in normal form; write {normalized:?}",
+                    route.prefix
+                )));
+            }
+            if !self.upstreams.contains_key(&route.upstream) {
+                return Err(invalid(format!(
+                    "route {:?} names unknown upstream {:?}",
+                    route.prefix, route.upstream
+                )));
+            }
+            let key = (
+                route.host.as_deref().map(str::to_ascii_lowercase),
+                route.prefix.to_ascii_lowercase(),
+            );
+            if !seen.insert(key) {
+                return Err(invalid(format!("route {:?} is defined twice", route.prefix)));
+            }
+        }
+        if self.routes.is_empty() {
+            return Err(invalid("define at least one [[routes]]"));
+        }
+        Ok(())
+    }
+
+    /// Every file a reload re-reads: watched for changes when `watch_config` is on.
+    pub fn referenced_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if let Some(https) = &self.https {
+            files.push(https.cert.clone());
+            files.push(https.key.clone());
+        }
+        let tls = &self.upstream_tls;
+        files.extend(tls.ca.iter().chain(&tls.client_cert).chain(&tls.client_key).cloned());
+        files
+    }
+}
+
+impl UpstreamConfig {
+    fn validate(&self, name: &str, tls: &UpstreamTlsConfig) -> Result<(), ConfigError> {
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_name {
+            return Err(invalid(format!(
+                "upstream name {name:?}: use letters, digits, '-' and '_'"
+            )));
+        }
+        if self.servers.iter().all(|s| s.backup) {
+            return Err(invalid(format!(
+                "upstream {name}: needs at least one server that is not a backup"
+            )));
+        }
+        let mut addrs = BTreeSet::new();
+        for server in &self.servers {
+            if !addrs.insert(server.address) {
+                return Err(invalid(format!(
+                    "upstream {name}: server {} is listed twice",
+                    server.address
+                )));
+            }
+            if server.weight == 0 || server.weight > MAX_WEIGHT {
+                return Err(invalid(format!(
+                    "upstream {name}: server {} weight must be 1..={MAX_WEIGHT}",
+                    server.address
+                )));
+            }
+        }
+        if self.algorithm == AlgorithmName::Hash && self.hash_key.is_none() {
+            return Err(invalid(format!(
+                "upstream {name}: algorithm = \"hash\" needs hash_key"
+            )));
+        }
+        if self.algorithm != AlgorithmName::Hash && self.hash_key.is_some() {
+            return Err(invalid(format!(
+                "upstream {name}: hash_key only applies to algorithm = \"hash\""
+            )));
+        }
+        if self.tries == Some(0) {
+            return Err(invalid(format!("upstream {name}: tries must be at least 1")));
+        }
+        if self.tls && tls.ca.is_none() {
+            return Err(invalid(format!(
+                "upstream {name}: tls = true needs [upstream_tls] ca to verify servers"
+            )));
+        }
+        if let Some(hc) = &self.health_check {
+            if !hc.path.starts_with('/') {
+                return Err(invalid(format!(
+                    "upstream {name}: health_check path must start with /"
+                )));
+            }
+            if hc.rise == 0 || hc.fall == 0 {
+                return Err(invalid(format!(
+                    "upstream {name}: health_check rise and fall must be at least 1"
+                )));
+            }
+            if !(100..=599).contains(&hc.expect_status) {
+                return Err(invalid(format!(
+                    "upstream {name}: health_check expect_status must be an HTTP status"
+                )));
+            }
+            if hc.interval.0.is_zero() || hc.timeout.0.is_zero() {
+                return Err(invalid(format!(
+                    "upstream {name}: health_check interval and timeout must be positive"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn balance_algorithm(&self) -> Algorithm {
+        match self.algorithm {
+            AlgorithmName::RoundRobin => Algorithm::RoundRobin,
+            AlgorithmName::LeastConn => Algorithm::LeastConn,
+            AlgorithmName::Hash => Algorithm::Hash {
+                consistent: self.consistent,
+            },
+        }
+    }
+
+    pub fn server_specs(&self) -> Vec<ServerSpec> {
+        self.servers
+            .iter()
+            .map(|s| {
+                ServerSpec::new(s.address.to_string())
+                    .with_weight(s.weight)
+                    .with_max_fails(s.max_fails)
+                    .with_fail_timeout(s.fail_timeout.0)
+                    .with_max_conns(s.max_conns)
+                    .with_backup(s.backup)
+                    .with_down(s.down)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
