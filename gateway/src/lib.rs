@@ -2,8 +2,18 @@
 //!
 //! Pure decision logic lives in [`balance`] (peer selection, passive health) and [`routing`]
 //! (path normalization, longest-prefix match); neither does I/O, and time is passed in.
-//! [`config`] is the TOML schema and its validation.
+//! [`config`] is the TOML schema; [`runtime`] turns a config into a servable snapshot;
+//! [`proxy`] is the request path; [`upstream`] the transport and keep-alive caches;
+//! [`server`] owns listeners, reloads and drain; [`admin`] the internal endpoints.
 
+pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod health_check;
+pub mod metrics;
+pub mod proxy;
+pub mod redirect;
 pub mod routing;
+pub mod runtime;
+pub mod server;
+pub mod upstream;

@@ -31,7 +31,7 @@ pub struct Metrics {
 impl Metrics {
     /// `service` and `version` label the `build_info` gauge.
     pub fn new(service: &str, version: &str) -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
+        let registry = base_registry(service, version)?;
         let requests = IntCounterVec::new(
             Opts::new(
                 "http_requests_total",
@@ -51,19 +51,9 @@ impl Metrics {
             "http_requests_in_flight",
             "HTTP requests currently being served.",
         )?;
-        let build_info = IntGaugeVec::new(
-            Opts::new("build_info", "Always 1; labels name the running build."),
-            &["service", "version"],
-        )?;
-        build_info.with_label_values(&[service, version]).set(1);
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
-        registry.register(Box::new(build_info))?;
-        #[cfg(target_os = "linux")]
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
         Ok(Metrics {
             registry,
             http: HttpMetrics {
@@ -80,12 +70,33 @@ impl Metrics {
 
     /// The text exposition format of everything registered.
     pub fn render(&self) -> String {
-        let mut out = Vec::with_capacity(8 * 1024);
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            tracing::error!(error = %e, "encoding metrics failed");
-        }
-        String::from_utf8(out).unwrap_or_default()
+        render(&self.registry)
     }
+}
+
+/// A registry holding `build_info{service,version}` and the process collector (CPU, RSS, fds).
+pub fn base_registry(service: &str, version: &str) -> Result<Registry, prometheus::Error> {
+    let registry = Registry::new();
+    let build_info = IntGaugeVec::new(
+        Opts::new("build_info", "Always 1; labels name the running build."),
+        &["service", "version"],
+    )?;
+    build_info.with_label_values(&[service, version]).set(1);
+    registry.register(Box::new(build_info))?;
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    Ok(registry)
+}
+
+/// The text exposition format of everything in `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut out = Vec::with_capacity(8 * 1024);
+    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut out) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 impl HttpMetrics {

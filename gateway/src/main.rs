@@ -1,0 +1,196 @@
+//! `gateway`: run the proxy, check a config (`nginx -t`), or probe the admin port.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use gateway::config::Config;
+use gateway::server::Gateway;
+
+/// InsightSerenity gateway: TLS-terminating reverse proxy.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML; see gateway.example.toml).
+    #[arg(long, short, env = "GATEWAY_CONFIG", default_value = "/etc/gateway/gateway.toml", global = true)]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the configuration (certificates included) and exit 0, or 1 with the reason.
+    Check,
+    /// Probe the admin port's /-/healthy and exit 0 when healthy (Docker HEALTHCHECK).
+    Healthcheck {
+        /// URL to probe (default: the config's admin listener).
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    service_kit::tls::install_default_provider();
+    match cli.command {
+        Some(Command::Check) => check(&cli.config),
+        Some(Command::Healthcheck { url }) => healthcheck(&cli.config, url),
+        None => run(&cli.config),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let result = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            let metrics = gateway::metrics::GatewayMetrics::new().map_err(|e| e.to_string())?;
+            gateway::runtime::Snapshot::build(config, None, &metrics)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(()) => {
+            println!("gateway: configuration {} is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()
+}
+
+fn healthcheck(path: &std::path::Path, url: Option<String>) -> ExitCode {
+    let url = match url {
+        Some(url) => url,
+        None => match Config::load(path) {
+            Ok(config) => {
+                let mut addr = config.admin.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{addr}/-/healthy")
+            }
+            Err(e) => {
+                eprintln!("healthcheck: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let Some(rt) = current_thread_runtime() else {
+        return ExitCode::from(1);
+    };
+    match rt.block_on(service_kit::client::get(&url, None, Duration::from_secs(5))) {
+        Ok(r) if r.status.is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("healthcheck: {url} answered {}", r.status);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {url}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    // Read the config once up front for the runtime's shape; Gateway::start reads it again.
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.runtime.worker_threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    service_kit::telemetry::init();
+    runtime.block_on(async move {
+        let gateway = match Gateway::start(path).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(if e.is_config() { 2 } else { 1 });
+            }
+        };
+        let admin_addr = config.admin.listen;
+        let admin = match gateway::server::bind(admin_addr) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let admin_addr = admin.local_addr().unwrap_or(admin_addr);
+        tracing::info!(addr = %admin_addr, "admin listening");
+        let admin_app = gateway::admin::router(gateway.clone());
+        let admin_task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin, admin_app).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+        tokio::spawn(reload_on_sighup(gateway.clone()));
+        if config.runtime.watch_config.unwrap_or(true) {
+            tokio::spawn(watch_files(gateway.clone()));
+        }
+        service_kit::server::shutdown_signal().await;
+        let timeout = gateway
+            .snapshot
+            .load()
+            .config
+            .runtime
+            .shutdown_timeout
+            .map_or(Duration::from_secs(30), |d| d.0);
+        let clean = gateway.shutdown(timeout).await;
+        admin_task.abort();
+        if clean {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    })
+}
+
+async fn reload_on_sighup(gateway: Arc<Gateway>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP; reload with POST /-/reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let _ = gateway.reload("SIGHUP").await;
+    }
+}
+
+/// Polls the config file and the certificates it names; a change triggers a reload.
+async fn watch_files(gateway: Arc<Gateway>) {
+    let mut seen = gateway.watched_fingerprint();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        let now = gateway.watched_fingerprint();
+        if now != seen {
+            let _ = gateway.reload("file change").await;
+            seen = gateway.watched_fingerprint();
+        }
+    }
+}

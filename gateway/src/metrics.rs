@@ -1,0 +1,184 @@
+//! Gateway metrics (promtool-clean names, bounded labels: routes, upstreams and servers come
+//! from the config, never from requests).
+//!
+//! Hot-path counters are resolved to handles once per config snapshot (see `runtime`), so a
+//! request does no label hashing. Per-server gauges are refreshed from the pool state at
+//! scrape time.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub server_up: IntGaugeVec,
+    pub server_active: IntGaugeVec,
+    pub server_idle: IntGaugeVec,
+    pub tls_handshakes: IntCounterVec,
+    pub tls_handshake_errors: IntCounter,
+    pub reloads: IntCounterVec,
+    pub last_reload_success: IntGauge,
+    pub connections: IntGaugeVec,
+}
+
+impl GatewayMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry =
+            service_kit::metrics::base_registry("gateway", env!("CARGO_PKG_VERSION"))?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_requests_total",
+                "Requests answered, by route and status class.",
+            ),
+            &["route", "code"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_request_duration_seconds",
+                "Time from request head to response head, by route.",
+            )
+            .buckets(service_kit::metrics::LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let upstream_requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_requests_total",
+                "Tries sent to upstream servers, by outcome.",
+            ),
+            &["upstream", "server", "outcome"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_retries_total",
+                "Requests passed to a next server after a failed try.",
+            ),
+            &["upstream"],
+        )?;
+        let server_up = IntGaugeVec::new(
+            Opts::new(
+                "gateway_upstream_server_up",
+                "1 when the server can be picked (not down, failed or unhealthy).",
+            ),
+            &["upstream", "server"],
+        )?;
+        let server_active = IntGaugeVec::new(
+            Opts::new(
+                "gateway_upstream_active_requests",
+                "Requests in flight to the server.",
+            ),
+            &["upstream", "server"],
+        )?;
+        let server_idle = IntGaugeVec::new(
+            Opts::new(
+                "gateway_upstream_idle_connections",
+                "Idle keep-alive connections cached for the server.",
+            ),
+            &["upstream", "server"],
+        )?;
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "gateway_tls_handshakes_total",
+                "Completed client TLS handshakes, by protocol version.",
+            ),
+            &["version"],
+        )?;
+        let tls_handshake_errors = IntCounter::new(
+            "gateway_tls_handshake_errors_total",
+            "Client TLS handshakes that failed or timed out.",
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "gateway_config_reloads_total",
+                "Configuration reloads, by result.",
+            ),
+            &["result"],
+        )?;
+        let last_reload_success = IntGauge::new(
+            "gateway_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+        )?;
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "gateway_client_connections",
+                "Open client connections, by listener kind.",
+            ),
+            &["listener"],
+        )?;
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(upstream_requests.clone()),
+            Box::new(retries.clone()),
+            Box::new(server_up.clone()),
+            Box::new(server_active.clone()),
+            Box::new(server_idle.clone()),
+            Box::new(tls_handshakes.clone()),
+            Box::new(tls_handshake_errors.clone()),
+            Box::new(reloads.clone()),
+            Box::new(last_reload_success.clone()),
+            Box::new(connections.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        Ok(GatewayMetrics {
+            registry,
+            requests,
+            duration,
+            upstream_requests,
+            retries,
+            server_up,
+            server_active,
+            server_idle,
+            tls_handshakes,
+            tls_handshake_errors,
+            reloads,
+            last_reload_success,
+            connections,
+        })
+    }
+}
+
+/// `2xx`-style class label of a status code.
+pub fn code_class(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Outcome labels of `gateway_upstream_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryOutcome {
+    Ok,
+    Http5xx,
+    ConnectError,
+    Timeout,
+    Error,
+}
+
+impl TryOutcome {
+    pub const ALL: [TryOutcome; 5] = [
+        TryOutcome::Ok,
+        TryOutcome::Http5xx,
+        TryOutcome::ConnectError,
+        TryOutcome::Timeout,
+        TryOutcome::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TryOutcome::Ok => "ok",
+            TryOutcome::Http5xx => "http_5xx",
+            TryOutcome::ConnectError => "connect_error",
+            TryOutcome::Timeout => "timeout",
+            TryOutcome::Error => "error",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}

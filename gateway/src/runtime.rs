@@ -1,0 +1,200 @@
+//! A config snapshot ready to serve: router, upstreams with their transports, the TLS
+//! acceptor, and metric handles resolved once. Requests read the current snapshot through an
+//! `ArcSwap` without locking; a reload builds a new one and swaps it whole.
+//!
+//! Building does every fallible step (reading certificates, CA, client identity) before it
+//! touches the shared upstream state, so a bad config changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{Histogram, IntCounter};
+use rustls_pki_types::ServerName;
+use service_kit::tls::{self, ServerTlsFiles, TlsError};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::config::{Config, HashKey, HealthCheckConfig, UpstreamConfig};
+use crate::metrics::{GatewayMetrics, CODE_CLASSES};
+use crate::routing::{Route, Router};
+use crate::upstream::{Transport, UpstreamShared};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("[https]: {0}")]
+    ServerTls(TlsError),
+    #[error("[upstream_tls]: {0}")]
+    UpstreamTls(TlsError),
+    #[error("upstream {upstream}: invalid server_name {name:?}")]
+    ServerName { upstream: String, name: String },
+}
+
+/// Counters of one route, resolved once per snapshot.
+pub struct RouteMetrics {
+    pub codes: [IntCounter; 5],
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(metrics: &GatewayMetrics, label: &str) -> Self {
+        RouteMetrics {
+            codes: CODE_CLASSES.map(|c| metrics.requests.with_label_values(&[label, c])),
+            duration: metrics.duration.with_label_values(&[label]),
+        }
+    }
+
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        self.codes[crate::metrics::code_class(status)].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+pub struct RouteTarget {
+    /// The route's prefix, as written in the config: its metrics label.
+    pub label: String,
+    pub upstream: Arc<UpstreamRuntime>,
+    pub read_timeout: Duration,
+    pub metrics: RouteMetrics,
+}
+
+pub struct UpstreamRuntime {
+    pub shared: Arc<UpstreamShared>,
+    pub transport: Transport,
+    /// Servers tried per request at most.
+    pub tries: Option<usize>,
+    pub next_upstream_timeout: Option<Duration>,
+    pub hash_key: Option<HashKey>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub retries: IntCounter,
+}
+
+pub struct Snapshot {
+    pub config: Config,
+    pub router: Router<RouteTarget>,
+    pub upstreams: HashMap<String, Arc<UpstreamRuntime>>,
+    pub tls_acceptor: Option<TlsAcceptor>,
+    /// For requests that match no route and for errors outside any route.
+    pub unrouted: RouteMetrics,
+    pub redirect_metrics: RouteMetrics,
+}
+
+impl Snapshot {
+    /// Builds a snapshot; upstream state of `previous` carries over for upstreams that stay.
+    pub fn build(
+        config: Config,
+        previous: Option<&Snapshot>,
+        metrics: &GatewayMetrics,
+    ) -> Result<Snapshot, BuildError> {
+        let tls_acceptor = match &config.https {
+            Some(https) => Some(TlsAcceptor::from(
+                tls::server_config(&ServerTlsFiles {
+                    cert: https.cert.clone(),
+                    key: https.key.clone(),
+                    client_ca: None,
+                })
+                .map_err(BuildError::ServerTls)?,
+            )),
+            None => None,
+        };
+        let connector = upstream_connector(&config)?;
+
+        // Everything fallible is done; from here on shared state is updated.
+        let mut upstreams = HashMap::new();
+        for (name, upstream) in &config.upstreams {
+            let transport = transport(name, upstream, connector.clone())?;
+            upstreams.insert(name.clone(), (upstream, transport));
+        }
+        let upstreams: HashMap<String, Arc<UpstreamRuntime>> = upstreams
+            .into_iter()
+            .map(|(name, (upstream, transport))| {
+                let algorithm = upstream.balance_algorithm();
+                let specs = upstream.server_specs();
+                let shared = match previous.and_then(|p| p.upstreams.get(&name)) {
+                    Some(old) => {
+                        old.shared.reconfigure(algorithm, specs, metrics);
+                        old.shared.clone()
+                    }
+                    None => UpstreamShared::new(&name, algorithm, specs, metrics),
+                };
+                let runtime = UpstreamRuntime {
+                    shared,
+                    transport,
+                    tries: upstream.tries.map(|t| t as usize),
+                    next_upstream_timeout: upstream.next_upstream_timeout.map(|d| d.0),
+                    hash_key: upstream.hash_key.clone(),
+                    health_check: upstream.health_check.clone(),
+                    retries: metrics.retries.with_label_values(&[&name]),
+                };
+                (name, Arc::new(runtime))
+            })
+            .collect();
+
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let upstream = upstreams.get(&r.upstream)?.clone();
+                let pool_timeout = config.upstreams.get(&r.upstream)?.read_timeout.0;
+                Some(Route {
+                    host: r.host.clone(),
+                    prefix: r.prefix.clone(),
+                    target: RouteTarget {
+                        label: r.prefix.clone(),
+                        upstream,
+                        read_timeout: r.read_timeout.map_or(pool_timeout, |d| d.0),
+                        metrics: RouteMetrics::new(metrics, &r.prefix),
+                    },
+                })
+            })
+            .collect();
+
+        Ok(Snapshot {
+            router: Router::new(routes),
+            upstreams,
+            tls_acceptor,
+            unrouted: RouteMetrics::new(metrics, "none"),
+            redirect_metrics: RouteMetrics::new(metrics, "redirect"),
+            config,
+        })
+    }
+}
+
+fn upstream_connector(config: &Config) -> Result<Option<TlsConnector>, BuildError> {
+    let settings = &config.upstream_tls;
+    let Some(ca) = &settings.ca else {
+        return Ok(None);
+    };
+    let roots = tls::root_store(ca, "upstream CA").map_err(BuildError::UpstreamTls)?;
+    let identity = match (&settings.client_cert, &settings.client_key) {
+        (Some(cert), Some(key)) => Some((
+            tls::load_certs(cert, "client certificate").map_err(BuildError::UpstreamTls)?,
+            tls::load_key(key).map_err(BuildError::UpstreamTls)?,
+        )),
+        _ => None,
+    };
+    let mut client = tls::client_config(roots, identity, &[b"http/1.1"])
+        .map_err(BuildError::UpstreamTls)?;
+    client.resumption = rustls::client::Resumption::in_memory_sessions(1024);
+    Ok(Some(TlsConnector::from(Arc::new(client))))
+}
+
+fn transport(
+    name: &str,
+    upstream: &UpstreamConfig,
+    connector: Option<TlsConnector>,
+) -> Result<Transport, BuildError> {
+    let server_name = match &upstream.server_name {
+        Some(n) => Some(ServerName::try_from(n.clone()).map_err(|_| BuildError::ServerName {
+            upstream: name.to_string(),
+            name: n.clone(),
+        })?),
+        None => None,
+    };
+    Ok(Transport {
+        tls: if upstream.tls { connector } else { None },
+        server_name,
+        connect_timeout: upstream.connect_timeout.0,
+        keepalive: upstream.keepalive,
+        keepalive_timeout: upstream.keepalive_timeout.0,
+    })
+}

@@ -1,0 +1,394 @@
+//! The running gateway: the current snapshot, listeners, health checks, reloads and drain.
+//!
+//! Reload = read and validate the file, bind any new listen addresses, build a snapshot
+//! (certificates re-read, upstream state carried over), swap it in, then stop listeners that
+//! are gone and restart health checks. Any failure before the swap leaves the old config
+//! serving. Connections accepted on a listener that a reload removes stay open until done.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use service_kit::health::Lifecycle;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::health_check::HealthChecks;
+use crate::metrics::GatewayMetrics;
+use crate::proxy::{self, ClientConn, Scheme};
+use crate::runtime::Snapshot;
+
+/// A client must finish the TLS handshake within this time.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/1.1 client must send a full request head within this time.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    Https,
+    Http,
+}
+
+impl ListenerKind {
+    fn label(self) -> &'static str {
+        match self {
+            ListenerKind::Https => "https",
+            ListenerKind::Http => "http",
+        }
+    }
+}
+
+struct ListenerHandle {
+    stop: watch::Sender<bool>,
+}
+
+pub struct Gateway {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: GatewayMetrics,
+    pub lifecycle: Lifecycle,
+    config_path: PathBuf,
+    reload_lock: tokio::sync::Mutex<()>,
+    listeners: Mutex<HashMap<(ListenerKind, SocketAddr), ListenerHandle>>,
+    health: Mutex<Option<HealthChecks>>,
+    graceful: Mutex<Option<GracefulShutdown>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Build(#[from] crate::runtime::BuildError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl StartError {
+    /// Configuration problems are the operator's to fix (exit 2); the rest are runtime (1).
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Config(_) | StartError::Build(_))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Binds with SO_REUSEADDR and a deep backlog.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(4096).map_err(err)
+}
+
+impl Gateway {
+    /// Loads the config, binds every listener and starts serving.
+    pub async fn start(config_path: &Path) -> Result<Arc<Gateway>, StartError> {
+        let config = Config::load(config_path)?;
+        let metrics = GatewayMetrics::new()?;
+        let bound = bind_all(&config, &HashMap::new())?;
+        let snapshot = Snapshot::build(config, None, &metrics)?;
+        metrics.reloads.with_label_values(&["success"]).inc();
+        metrics.last_reload_success.set(unix_now());
+        let gateway = Arc::new(Gateway {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            lifecycle: Lifecycle::new(),
+            config_path: config_path.to_owned(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            listeners: Mutex::new(HashMap::new()),
+            health: Mutex::new(None),
+            graceful: Mutex::new(Some(GracefulShutdown::new())),
+        });
+        gateway.commit_listeners(bound);
+        gateway.restart_health_checks();
+        Ok(gateway)
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Re-reads the config file and swaps it in; on error the running config stays.
+    pub async fn reload(self: &Arc<Self>, trigger: &str) -> Result<(), String> {
+        let _serialized = self.reload_lock.lock().await;
+        let result = self.try_reload();
+        match &result {
+            Ok(()) => {
+                self.metrics.reloads.with_label_values(&["success"]).inc();
+                self.metrics.last_reload_success.set(unix_now());
+                tracing::info!(trigger, "configuration reloaded");
+            }
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["failure"]).inc();
+                tracing::error!(trigger, error = %e, "configuration rejected; the previous one keeps serving");
+            }
+        }
+        result
+    }
+
+    fn try_reload(self: &Arc<Self>) -> Result<(), String> {
+        let config = Config::load(&self.config_path).map_err(|e| e.to_string())?;
+        if config.admin.listen != self.snapshot.load().config.admin.listen {
+            tracing::warn!("admin.listen changes take effect at the next restart");
+        }
+        let bound = {
+            let current = lock(&self.listeners);
+            bind_all(&config, &current).map_err(|e| e.to_string())?
+        };
+        let previous = self.snapshot.load_full();
+        let snapshot = Snapshot::build(config, Some(&previous), &self.metrics)
+            .map_err(|e| e.to_string())?;
+        self.snapshot.store(Arc::new(snapshot));
+        self.commit_listeners(bound);
+        self.restart_health_checks();
+        Ok(())
+    }
+
+    fn restart_health_checks(&self) {
+        let checks = HealthChecks::start(&self.snapshot.load());
+        *lock(&self.health) = Some(checks);
+    }
+
+    /// Starts accept loops for newly bound listeners and stops those the config dropped.
+    fn commit_listeners(self: &Arc<Self>, bound: Vec<(ListenerKind, SocketAddr, TcpListener)>) {
+        let wanted = wanted_listeners(&self.snapshot.load().config);
+        let mut listeners = lock(&self.listeners);
+        listeners.retain(|key, handle| {
+            let keep = wanted.contains(key);
+            if !keep {
+                let _ = handle.stop.send(true);
+                tracing::info!(listener = key.0.label(), addr = %key.1, "listener removed");
+            }
+            keep
+        });
+        for (kind, addr, listener) in bound {
+            let (stop, stopped) = watch::channel(false);
+            tokio::spawn(accept_loop(self.clone(), listener, kind, stopped));
+            tracing::info!(listener = kind.label(), %addr, "listening");
+            listeners.insert((kind, addr), ListenerHandle { stop });
+        }
+    }
+
+    /// Stops accepting, flips readiness and waits for in-flight requests (up to `timeout`).
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        self.lifecycle.begin_drain();
+        for handle in lock(&self.listeners).values() {
+            let _ = handle.stop.send(true);
+        }
+        *lock(&self.health) = None;
+        let graceful = lock(&self.graceful).take();
+        let Some(graceful) = graceful else {
+            return true;
+        };
+        tracing::info!("listeners closed; draining in-flight requests");
+        match tokio::time::timeout(timeout, graceful.shutdown()).await {
+            Ok(()) => {
+                tracing::info!("drained cleanly");
+                true
+            }
+            Err(_) => {
+                tracing::warn!("shutdown timeout passed with requests in flight");
+                false
+            }
+        }
+    }
+
+    /// Fingerprint of the config file and the files it names, for change polling.
+    pub fn watched_fingerprint(&self) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+        let mut files = vec![self.config_path.clone()];
+        files.extend(self.snapshot.load().config.referenced_files());
+        files
+            .into_iter()
+            .map(|f| {
+                let meta = std::fs::metadata(&f)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())));
+                (f, meta)
+            })
+            .collect()
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn wanted_listeners(config: &Config) -> Vec<(ListenerKind, SocketAddr)> {
+    let https = config
+        .https
+        .iter()
+        .flat_map(|h| h.listen.iter().map(|a| (ListenerKind::Https, *a)));
+    let http = config
+        .http
+        .iter()
+        .flat_map(|h| h.listen.iter().map(|a| (ListenerKind::Http, *a)));
+    https.chain(http).collect()
+}
+
+/// Binds every wanted listener that is not already running.
+fn bind_all(
+    config: &Config,
+    running: &HashMap<(ListenerKind, SocketAddr), ListenerHandle>,
+) -> Result<Vec<(ListenerKind, SocketAddr, TcpListener)>, StartError> {
+    wanted_listeners(config)
+        .into_iter()
+        .filter(|key| !running.contains_key(key))
+        .map(|(kind, addr)| Ok((kind, addr, bind(addr)?)))
+        .collect()
+}
+
+async fn accept_loop(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    kind: ListenerKind,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Some(watcher) = lock(&gateway.graceful).as_ref().map(|g| g.watcher()) else {
+                        break;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(serve_client(gateway.clone(), stream, peer, kind, watcher));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// Counts an open client connection for as long as it lives.
+struct ConnectionGauge(prometheus::IntGauge);
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn serve_client(
+    gateway: Arc<Gateway>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let gauge = gateway.metrics.connections.with_label_values(&[kind.label()]);
+    gauge.inc();
+    let _gauge = ConnectionGauge(gauge);
+    match kind {
+        ListenerKind::Https => {
+            let Some(acceptor) = gateway.snapshot.load().tls_acceptor.clone() else {
+                return;
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let version = match tls.get_ref().1.protocol_version() {
+                        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                        _ => "other",
+                    };
+                    gateway
+                        .metrics
+                        .tls_handshakes
+                        .with_label_values(&[version])
+                        .inc();
+                    let client = ClientConn {
+                        peer,
+                        scheme: Scheme::Https,
+                    };
+                    serve_http(gateway, tls, client, watcher).await;
+                }
+                Ok(Err(e)) => {
+                    gateway.metrics.tls_handshake_errors.inc();
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    gateway.metrics.tls_handshake_errors.inc();
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
+            }
+        }
+        ListenerKind::Http => {
+            let client = ClientConn {
+                peer,
+                scheme: Scheme::Http,
+            };
+            serve_http(gateway, stream, client, watcher).await;
+        }
+    }
+}
+
+async fn serve_http<S>(
+    gateway: Arc<Gateway>,
+    stream: S,
+    client: ClientConn,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let snapshot = gateway.snapshot.load_full();
+        async move {
+            let response = match client.scheme {
+                Scheme::Https => proxy::handle(&snapshot, req, client).await,
+                Scheme::Http => match &snapshot.config.http {
+                    Some(http) => {
+                        let started = std::time::Instant::now();
+                        let response = crate::redirect::handle(http, req).await;
+                        snapshot
+                            .redirect_metrics
+                            .observe(response.status().as_u16(), started.elapsed());
+                        response
+                    }
+                    None => proxy::error_response(
+                        &service_kit::ApiError::not_found("no HTTP listener configured"),
+                        &service_kit::RequestId::generate(),
+                    ),
+                },
+            };
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(peer = %client.peer, error = %e, "client connection ended with an error");
+    }
+}

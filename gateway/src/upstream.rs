@@ -1,0 +1,494 @@
+//! Upstream transport: the per-upstream shared state that survives reloads (balancer and
+//! per-server keep-alive caches), connecting over TCP + TLS, and handing connections back.
+//!
+//! Selection and the server lookup happen under one lock, so a request always gets the
+//! connection cache of the server the balancer picked, even while a reload reshapes the pool.
+//! Connections go back to the idle cache only after their response body was read to the end
+//! (HTTP/1.1 cannot reuse a connection with unread bytes); anything else closes them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use prometheus::IntCounter;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::balance::{Algorithm, Attempt, Outcome, PeerId, Pool, ServerSpec};
+use crate::metrics::{GatewayMetrics, TryOutcome};
+
+/// The body sent upstream: nothing, or the client's body streamed through.
+pub enum RequestBody {
+    Empty,
+    Stream(Incoming),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Stream(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Stream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Stream(body) => body.size_hint(),
+        }
+    }
+}
+
+pub type Sender = http1::SendRequest<RequestBody>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("connect to {addr}: {source}")]
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake with {addr}: {source}")]
+    Http { addr: SocketAddr, source: hyper::Error },
+}
+
+/// How to reach servers of one upstream; part of a config snapshot.
+#[derive(Clone)]
+pub struct Transport {
+    pub tls: Option<TlsConnector>,
+    /// Name verified in server certificates; `None` verifies the server's IP address.
+    pub server_name: Option<ServerName<'static>>,
+    pub connect_timeout: Duration,
+    pub keepalive: usize,
+    pub keepalive_timeout: Duration,
+}
+
+impl Transport {
+    /// A new HTTP/1.1 connection (TCP, then TLS when configured) to `addr`.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Sender, ConnectError> {
+        let transport = self;
+        let timeout = transport.connect_timeout;
+        let work = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|source| ConnectError::Tcp { addr, source })?;
+            let _ = tcp.set_nodelay(true);
+            match &transport.tls {
+                Some(connector) => {
+                    let name = transport
+                        .server_name
+                        .clone()
+                        .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+                    let tls = connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|source| ConnectError::Tls { addr, source })?;
+                    handshake(TokioIo::new(tls), addr).await
+                }
+                None => handshake(TokioIo::new(tcp), addr).await,
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| ConnectError::Timeout { addr, timeout })?
+    }
+
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// One server's keep-alive cache and metric handles; lives as long as the server stays in
+/// the config.
+pub struct ServerConns {
+    pub key: String,
+    pub addr: SocketAddr,
+    idle: Mutex<Vec<Idle>>,
+    /// Bumped when the cache is flushed (reload); older connections are not taken back.
+    generation: AtomicU64,
+    outcomes: [IntCounter; 5],
+}
+
+/// A connection checked out for one request.
+pub struct Checkout {
+    pub sender: Sender,
+    pub reused: bool,
+    generation: u64,
+}
+
+impl ServerConns {
+    fn new(upstream: &str, key: &str, addr: SocketAddr, metrics: &GatewayMetrics) -> Self {
+        let outcomes = TryOutcome::ALL.map(|o| {
+            metrics
+                .upstream_requests
+                .with_label_values(&[upstream, key, o.label()])
+        });
+        ServerConns {
+            key: key.to_string(),
+            addr,
+            idle: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
+            outcomes,
+        }
+    }
+
+    pub fn count(&self, outcome: TryOutcome) {
+        self.outcomes[outcome.index()].inc();
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle().len()
+    }
+
+    /// Closes every idle connection (they may have been made with an older TLS config).
+    fn flush(&self, idle_total: &AtomicUsize) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        let dropped = std::mem::take(&mut *self.idle());
+        idle_total.fetch_sub(dropped.len(), Ordering::Relaxed);
+    }
+
+    /// A cached live connection (most recently used first), or a new one.
+    pub async fn checkout(
+        &self,
+        transport: &Transport,
+        idle_total: &AtomicUsize,
+    ) -> Result<Checkout, ConnectError> {
+        let generation = self.generation.load(Ordering::Relaxed);
+        loop {
+            let Some(idle) = self.idle().pop() else { break };
+            idle_total.fetch_sub(1, Ordering::Relaxed);
+            if idle.since.elapsed() < transport.keepalive_timeout
+                && !idle.sender.is_closed()
+                && idle.sender.is_ready()
+            {
+                return Ok(Checkout {
+                    sender: idle.sender,
+                    reused: true,
+                    generation,
+                });
+            }
+        }
+        let sender = transport.connect(self.addr).await?;
+        Ok(Checkout {
+            sender,
+            reused: false,
+            generation,
+        })
+    }
+
+    /// Returns a connection whose response was read to the end.
+    fn checkin(&self, sender: Sender, generation: u64, limit: usize, idle_total: &AtomicUsize) {
+        if generation != self.generation.load(Ordering::Relaxed) || sender.is_closed() {
+            return;
+        }
+        if idle_total.fetch_add(1, Ordering::Relaxed) >= limit {
+            idle_total.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        self.idle().push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+}
+
+async fn handshake<T>(io: TokioIo<T>, addr: SocketAddr) -> Result<Sender, ConnectError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|source| ConnectError::Http { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "upstream connection closed with an error");
+        }
+    });
+    Ok(sender)
+}
+
+struct UpstreamState {
+    pool: Pool,
+    servers: HashMap<String, Arc<ServerConns>>,
+}
+
+/// The part of an upstream that outlives config snapshots: balancer state and connection
+/// caches. Reloads reshape it in place.
+pub struct UpstreamShared {
+    pub name: String,
+    state: Mutex<UpstreamState>,
+    idle_total: AtomicUsize,
+}
+
+/// A picked server: released back to the balancer when dropped, with the recorded outcome.
+pub struct PeerGuard {
+    shared: Arc<UpstreamShared>,
+    id: PeerId,
+    outcome: Outcome,
+}
+
+impl PeerGuard {
+    pub fn set_outcome(&mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+}
+
+impl Drop for PeerGuard {
+    fn drop(&mut self) {
+        self.shared
+            .state()
+            .pool
+            .release(self.id, Instant::now(), self.outcome);
+    }
+}
+
+impl UpstreamShared {
+    pub fn new(
+        name: &str,
+        algorithm: Algorithm,
+        specs: Vec<ServerSpec>,
+        metrics: &GatewayMetrics,
+    ) -> Arc<Self> {
+        let servers = server_map(name, &specs, &HashMap::new(), metrics);
+        Arc::new(UpstreamShared {
+            name: name.to_string(),
+            state: Mutex::new(UpstreamState {
+                pool: Pool::new(algorithm, specs),
+                servers,
+            }),
+            idle_total: AtomicUsize::new(0),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, UpstreamState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a new server list, keeping state for servers that stay; flushes idle caches.
+    pub fn reconfigure(&self, algorithm: Algorithm, specs: Vec<ServerSpec>, metrics: &GatewayMetrics) {
+        let mut state = self.state();
+        let servers = server_map(&self.name, &specs, &state.servers, metrics);
+        let pool = Pool::reloaded(&state.pool, algorithm, specs);
+        for old in state.servers.values() {
+            old.flush(&self.idle_total);
+        }
+        state.pool = pool;
+        state.servers = servers;
+    }
+
+    /// Picks a server for this try; `None` when no server can take it.
+    pub fn select(
+        self: &Arc<Self>,
+        attempt: &mut Attempt,
+        key: Option<&[u8]>,
+    ) -> Option<(PeerGuard, Arc<ServerConns>)> {
+        let mut state = self.state();
+        let id = state.pool.select(Instant::now(), attempt, key)?;
+        let server = state
+            .pool
+            .key(id)
+            .and_then(|k| state.servers.get(k))
+            .cloned();
+        let guard = PeerGuard {
+            shared: self.clone(),
+            id,
+            outcome: Outcome::Success,
+        };
+        drop(state);
+        match server {
+            Some(server) => Some((guard, server)),
+            None => {
+                tracing::error!(upstream = %self.name, "picked server has no connection cache");
+                None
+            }
+        }
+    }
+
+    pub fn idle_total(&self) -> &AtomicUsize {
+        &self.idle_total
+    }
+
+    /// Marks a server healthy or not for active health checks.
+    pub fn set_healthy(&self, key: &str, healthy: bool) {
+        self.state().pool.set_healthy(key, healthy);
+    }
+
+    /// Per-server state for `/-/upstreams` and metrics.
+    pub fn snapshot(&self) -> Vec<ServerStatus> {
+        let state = self.state();
+        let now = Instant::now();
+        state
+            .pool
+            .snapshot(now)
+            .into_iter()
+            .map(|p| ServerStatus {
+                idle: state.servers.get(&p.key).map_or(0, |s| s.idle_count()),
+                peer: p,
+            })
+            .collect()
+    }
+
+    pub fn default_tries(&self) -> usize {
+        self.state().pool.default_tries()
+    }
+
+    pub fn server_keys(&self) -> Vec<(String, SocketAddr)> {
+        self.state()
+            .servers
+            .values()
+            .map(|s| (s.key.clone(), s.addr))
+            .collect()
+    }
+}
+
+pub struct ServerStatus {
+    pub peer: crate::balance::PeerSnapshot,
+    pub idle: usize,
+}
+
+fn server_map(
+    upstream: &str,
+    specs: &[ServerSpec],
+    previous: &HashMap<String, Arc<ServerConns>>,
+    metrics: &GatewayMetrics,
+) -> HashMap<String, Arc<ServerConns>> {
+    specs
+        .iter()
+        .filter_map(|spec| {
+            let conns = match previous.get(&spec.key) {
+                Some(existing) => existing.clone(),
+                None => {
+                    let addr: SocketAddr = spec.key.parse().ok()?;
+                    Arc::new(ServerConns::new(upstream, &spec.key, addr, metrics))
+                }
+            };
+            Some((spec.key.clone(), conns))
+        })
+        .collect()
+}
+
+/// The upstream response body streamed to the client. When it has been read to the end the
+/// connection goes back to the cache; when it is dropped the balancer is told the request
+/// ended (least_conn counts requests until their body is done, as NGINX does).
+pub struct UpstreamBody {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+    finished: bool,
+    _peer: PeerGuard,
+}
+
+struct Checkin {
+    sender: Sender,
+    generation: u64,
+    server: Arc<ServerConns>,
+    shared: Arc<UpstreamShared>,
+    limit: usize,
+}
+
+impl UpstreamBody {
+    pub fn new(
+        inner: Incoming,
+        checkout: Checkout,
+        server: Arc<ServerConns>,
+        peer: PeerGuard,
+        keepalive: usize,
+    ) -> Self {
+        let shared = peer.shared.clone();
+        UpstreamBody {
+            inner,
+            checkin: Some(Checkin {
+                sender: checkout.sender,
+                generation: checkout.generation,
+                server,
+                shared,
+                limit: keepalive,
+            }),
+            finished: false,
+            _peer: peer,
+        }
+    }
+
+    fn give_back(&mut self) {
+        if let Some(c) = self.checkin.take() {
+            c.server
+                .checkin(c.sender, c.generation, c.limit, &c.shared.idle_total);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                self.finished = true;
+                self.give_back();
+            }
+            Poll::Ready(Some(Err(_))) => {
+                // A broken connection is never reused.
+                self.checkin = None;
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if self.finished || self.inner.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
