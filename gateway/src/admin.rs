@@ -67,7 +67,9 @@ async fn upstreams(State(gw): State<Arc<Gateway>>) -> Json<Value> {
             .map(|s| {
                 let p = &s.peer;
                 let failed_for_ms = match p.state {
-                    PeerState::Failed { until } => until.saturating_duration_since(now).as_millis() as u64,
+                    PeerState::Failed { until } => {
+                        until.saturating_duration_since(now).as_millis() as u64
+                    }
                     _ => 0,
                 };
                 json!({
@@ -90,7 +92,7 @@ async fn upstreams(State(gw): State<Arc<Gateway>>) -> Json<Value> {
         out.insert(
             name.clone(),
             json!({
-                "algorithm": config.map(|c| format!("{:?}", c.algorithm)).unwrap_or_default().to_lowercase(),
+                "algorithm": config.map(|c| c.algorithm.as_str()),
                 "keepalive": upstream.transport.keepalive,
                 "servers": servers,
             }),
@@ -128,9 +130,9 @@ fn refresh_gauges(gw: &Gateway) {
     for (name, upstream) in &snapshot.upstreams {
         for s in upstream.shared.snapshot() {
             let labels = [name.as_str(), s.peer.key.as_str()];
-            m.server_up
-                .with_label_values(&labels)
-                .set(i64::from(s.peer.state == PeerState::Up || s.peer.state == PeerState::Full));
+            m.server_up.with_label_values(&labels).set(i64::from(
+                s.peer.state == PeerState::Up || s.peer.state == PeerState::Full,
+            ));
             m.server_active
                 .with_label_values(&labels)
                 .set(s.peer.conns as i64);

@@ -14,7 +14,13 @@ use gateway::server::Gateway;
 #[command(version, about)]
 struct Cli {
     /// Configuration file (TOML; see gateway.example.toml).
-    #[arg(long, short, env = "GATEWAY_CONFIG", default_value = "/etc/gateway/gateway.toml", global = true)]
+    #[arg(
+        long,
+        short,
+        env = "GATEWAY_CONFIG",
+        default_value = "/etc/gateway/gateway.toml",
+        global = true
+    )]
     config: PathBuf,
 
     #[command(subcommand)]
@@ -142,7 +148,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             }
         };
         let admin_addr = admin.local_addr().unwrap_or(admin_addr);
-        tracing::info!(addr = %admin_addr, "admin listening");
+        tracing::info!(listener = "admin", addr = %admin_addr, "listening");
         let admin_app = gateway::admin::router(gateway.clone());
         let admin_task = tokio::spawn(async move {
             if let Err(e) = axum::serve(admin, admin_app).await {

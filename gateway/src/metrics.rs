@@ -27,8 +27,7 @@ pub struct GatewayMetrics {
 
 impl GatewayMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry =
-            service_kit::metrics::base_registry("gateway", env!("CARGO_PKG_VERSION"))?;
+        let registry = service_kit::metrics::base_registry("gateway", env!("CARGO_PKG_VERSION"))?;
         let requests = IntCounterVec::new(
             Opts::new(
                 "gateway_requests_total",

@@ -120,14 +120,12 @@ fn route<'s>(
     snapshot: &'s Snapshot,
     req: &Request<Incoming>,
 ) -> Result<(&'s RouteTarget, String), ApiError> {
-    let path = normalize_path(req.uri().path()).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_path", format!("{e}"))
-    })?;
+    let path = normalize_path(req.uri().path())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", format!("{e}")))?;
     let host = request_host(req);
-    let route = snapshot
-        .router
-        .find(host, &path)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no_route", "no route for this path"))?;
+    let route = snapshot.router.find(host, &path).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "no_route", "no route for this path")
+    })?;
     Ok((&route.target, path))
 }
 
@@ -202,11 +200,13 @@ async fn forward(
             Err(e) => {
                 tracing::warn!(request_id = %id, server = %server.key, error = %e, "upstream connect failed");
                 peer.set_outcome(Outcome::Failure);
-                server.count(if matches!(e, crate::upstream::ConnectError::Timeout { .. }) {
-                    TryOutcome::Timeout
-                } else {
-                    TryOutcome::ConnectError
-                });
+                server.count(
+                    if matches!(e, crate::upstream::ConnectError::Timeout { .. }) {
+                        TryOutcome::Timeout
+                    } else {
+                        TryOutcome::ConnectError
+                    },
+                );
                 last_error = Some(bad_gateway("could not connect to an upstream server"));
                 continue;
             }
@@ -357,9 +357,13 @@ fn upstream_uri(path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
     };
-    target
-        .parse()
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", "invalid request target"))
+    target.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_path",
+            "invalid request target",
+        )
+    })
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy.
@@ -464,16 +468,12 @@ fn upstream_headers(parts: &http::request::Parts, client: ClientConn, id: &Reque
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(client.scheme.as_str()),
     );
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         headers.insert(header::HOST, host);

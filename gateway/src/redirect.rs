@@ -100,8 +100,18 @@ mod tests {
     #[test]
     fn locations() {
         let cases = [
-            ("api.example.com", 443, "/a?b=1", Some("https://api.example.com/a?b=1")),
-            ("api.example.com:8080", 8443, "/", Some("https://api.example.com:8443/")),
+            (
+                "api.example.com",
+                443,
+                "/a?b=1",
+                Some("https://api.example.com/a?b=1"),
+            ),
+            (
+                "api.example.com:8080",
+                8443,
+                "/",
+                Some("https://api.example.com:8443/"),
+            ),
             ("[::1]:8080", 443, "/x", Some("https://[::1]/x")),
             ("evil.com/path", 443, "/", None),
             ("", 443, "/", None),

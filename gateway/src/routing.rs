@@ -253,10 +253,26 @@ mod tests {
 
     fn router() -> Router<&'static str> {
         Router::new(vec![
-            Route { host: None, prefix: "/".into(), target: "customer" },
-            Route { host: None, prefix: "/api/v1/admin".into(), target: "admin" },
-            Route { host: None, prefix: "/static/".into(), target: "static" },
-            Route { host: Some("Admin.Example.com".into()), prefix: "/".into(), target: "admin-host" },
+            Route {
+                host: None,
+                prefix: "/".into(),
+                target: "customer",
+            },
+            Route {
+                host: None,
+                prefix: "/api/v1/admin".into(),
+                target: "admin",
+            },
+            Route {
+                host: None,
+                prefix: "/static/".into(),
+                target: "static",
+            },
+            Route {
+                host: Some("Admin.Example.com".into()),
+                prefix: "/".into(),
+                target: "admin-host",
+            },
         ])
     }
 
@@ -276,13 +292,21 @@ mod tests {
             (Some("other.example.com"), "/x", "customer"),
         ];
         for (host, path, want) in cases {
-            assert_eq!(r.find(host, path).map(|r| r.target), Some(want), "{host:?} {path}");
+            assert_eq!(
+                r.find(host, path).map(|r| r.target),
+                Some(want),
+                "{host:?} {path}"
+            );
         }
     }
 
     #[test]
     fn no_route_without_a_catch_all() {
-        let r = Router::new(vec![Route { host: None, prefix: "/api".into(), target: 1 }]);
+        let r = Router::new(vec![Route {
+            host: None,
+            prefix: "/api".into(),
+            target: 1,
+        }]);
         assert!(r.find(None, "/other").is_none());
         assert!(r.find(None, "/api/x").is_some());
     }

@@ -172,8 +172,8 @@ fn upstream_connector(config: &Config) -> Result<Option<TlsConnector>, BuildErro
         )),
         _ => None,
     };
-    let mut client = tls::client_config(roots, identity, &[b"http/1.1"])
-        .map_err(BuildError::UpstreamTls)?;
+    let mut client =
+        tls::client_config(roots, identity, &[b"http/1.1"]).map_err(BuildError::UpstreamTls)?;
     client.resumption = rustls::client::Resumption::in_memory_sessions(1024);
     Ok(Some(TlsConnector::from(Arc::new(client))))
 }
@@ -184,10 +184,12 @@ fn transport(
     connector: Option<TlsConnector>,
 ) -> Result<Transport, BuildError> {
     let server_name = match &upstream.server_name {
-        Some(n) => Some(ServerName::try_from(n.clone()).map_err(|_| BuildError::ServerName {
-            upstream: name.to_string(),
-            name: n.clone(),
-        })?),
+        Some(n) => Some(
+            ServerName::try_from(n.clone()).map_err(|_| BuildError::ServerName {
+                upstream: name.to_string(),
+                name: n.clone(),
+            })?,
+        ),
         None => None,
     };
     Ok(Transport {

@@ -158,8 +158,8 @@ impl Gateway {
             bind_all(&config, &current).map_err(|e| e.to_string())?
         };
         let previous = self.snapshot.load_full();
-        let snapshot = Snapshot::build(config, Some(&previous), &self.metrics)
-            .map_err(|e| e.to_string())?;
+        let snapshot =
+            Snapshot::build(config, Some(&previous), &self.metrics).map_err(|e| e.to_string())?;
         self.snapshot.store(Arc::new(snapshot));
         self.commit_listeners(bound);
         self.restart_health_checks();
@@ -185,8 +185,9 @@ impl Gateway {
         });
         for (kind, addr, listener) in bound {
             let (stop, stopped) = watch::channel(false);
+            let local = listener.local_addr().unwrap_or(addr);
             tokio::spawn(accept_loop(self.clone(), listener, kind, stopped));
-            tracing::info!(listener = kind.label(), %addr, "listening");
+            tracing::info!(listener = kind.label(), addr = %local, "listening");
             listeners.insert((kind, addr), ListenerHandle { stop });
         }
     }
@@ -304,7 +305,10 @@ async fn serve_client(
     kind: ListenerKind,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    let gauge = gateway.metrics.connections.with_label_values(&[kind.label()]);
+    let gauge = gateway
+        .metrics
+        .connections
+        .with_label_values(&[kind.label()]);
     gauge.inc();
     let _gauge = ConnectionGauge(gauge);
     match kind {

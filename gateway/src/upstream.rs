@@ -79,7 +79,10 @@ pub enum ConnectError {
         source: std::io::Error,
     },
     #[error("HTTP handshake with {addr}: {source}")]
-    Http { addr: SocketAddr, source: hyper::Error },
+    Http {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
 }
 
 /// How to reach servers of one upstream; part of a config snapshot.
@@ -122,7 +125,6 @@ impl Transport {
             .await
             .map_err(|_| ConnectError::Timeout { addr, timeout })?
     }
-
 }
 
 struct Idle {
@@ -302,7 +304,12 @@ impl UpstreamShared {
     }
 
     /// Applies a new server list, keeping state for servers that stay; flushes idle caches.
-    pub fn reconfigure(&self, algorithm: Algorithm, specs: Vec<ServerSpec>, metrics: &GatewayMetrics) {
+    pub fn reconfigure(
+        &self,
+        algorithm: Algorithm,
+        specs: Vec<ServerSpec>,
+        metrics: &GatewayMetrics,
+    ) {
         let mut state = self.state();
         let servers = server_map(&self.name, &specs, &state.servers, metrics);
         let pool = Pool::reloaded(&state.pool, algorithm, specs);

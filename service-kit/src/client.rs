@@ -197,7 +197,11 @@ impl Connection {
         body: impl Into<Bytes>,
     ) -> Result<Response, ClientError> {
         let mut builder = http::Request::builder().method(method);
+        let has_host = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("host"));
         builder = match self.sender {
+            Sender::H1(_) if has_host => builder.uri(path_and_query),
             Sender::H1(_) => builder
                 .uri(path_and_query)
                 .header(http::header::HOST, self.authority.as_str()),

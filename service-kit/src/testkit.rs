@@ -177,6 +177,28 @@ impl ServerProcess {
         None
     }
 
+    /// The address logged by a `"listening"` line whose `listener` field is `listener`
+    /// (the gateway logs one per listener), waiting up to [`START_TIMEOUT`].
+    pub fn listener_addr(&self, listener: &str) -> SocketAddr {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let found = self.output().iter().find_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                (v["message"] == "listening" && v["listener"] == listener)
+                    .then(|| v["addr"].as_str()?.parse().ok())?
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {listener} listener logged; output:\n{}",
+                self.output().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until some output line contains `needle`.
     pub fn wait_for_output(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

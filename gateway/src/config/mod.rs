@@ -128,6 +128,16 @@ pub enum AlgorithmName {
     Hash,
 }
 
+impl AlgorithmName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlgorithmName::RoundRobin => "round_robin",
+            AlgorithmName::LeastConn => "least_conn",
+            AlgorithmName::Hash => "hash",
+        }
+    }
+}
+
 /// What `hash` balancing hashes: `"client_ip"`, `"header:NAME"` or `"cookie:NAME"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
@@ -148,10 +158,16 @@ impl<'de> Deserialize<'de> for HashKey {
                 .map_err(|_| serde::de::Error::custom(format!("invalid header name {name:?}")));
         }
         if let Some(name) = raw.strip_prefix("cookie:") {
-            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b'=' && b != b';') {
+            if !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'=' && b != b';')
+            {
                 return Ok(HashKey::Cookie(name.to_string()));
             }
-            return Err(serde::de::Error::custom(format!("invalid cookie name {name:?}")));
+            return Err(serde::de::Error::custom(format!(
+                "invalid cookie name {name:?}"
+            )));
         }
         Err(serde::de::Error::custom(format!(
             "invalid hash_key {raw:?}: use client_ip, header:NAME or cookie:NAME"
@@ -326,7 +342,8 @@ impl Config {
             .flat_map(|h| &h.listen)
             .chain(self.http.iter().flat_map(|h| &h.listen))
         {
-            if !addrs.insert(*addr) {
+            // Port 0 (an ephemeral port, used by tests) never collides.
+            if addr.port() != 0 && !addrs.insert(*addr) {
                 return Err(invalid(format!("listen address {addr} is used twice")));
             }
         }
@@ -340,7 +357,10 @@ impl Config {
                 return Err(invalid("[http] listen must name at least one address"));
             }
         }
-        match (&self.upstream_tls.client_cert, &self.upstream_tls.client_key) {
+        match (
+            &self.upstream_tls.client_cert,
+            &self.upstream_tls.client_key,
+        ) {
             (Some(_), None) | (None, Some(_)) => {
                 return Err(invalid(
                     "[upstream_tls] client_cert and client_key go together",
@@ -381,7 +401,10 @@ impl Config {
                 route.prefix.to_ascii_lowercase(),
             );
             if !seen.insert(key) {
-                return Err(invalid(format!("route {:?} is defined twice", route.prefix)));
+                return Err(invalid(format!(
+                    "route {:?} is defined twice",
+                    route.prefix
+                )));
             }
         }
         if self.routes.is_empty() {
@@ -398,7 +421,13 @@ impl Config {
             files.push(https.key.clone());
         }
         let tls = &self.upstream_tls;
-        files.extend(tls.ca.iter().chain(&tls.client_cert).chain(&tls.client_key).cloned());
+        files.extend(
+            tls.ca
+                .iter()
+                .chain(&tls.client_cert)
+                .chain(&tls.client_key)
+                .cloned(),
+        );
         files
     }
 }
@@ -445,7 +474,9 @@ impl UpstreamConfig {
             )));
         }
         if self.tries == Some(0) {
-            return Err(invalid(format!("upstream {name}: tries must be at least 1")));
+            return Err(invalid(format!(
+                "upstream {name}: tries must be at least 1"
+            )));
         }
         if self.tls && tls.ca.is_none() {
             return Err(invalid(format!(

@@ -24,7 +24,10 @@ fn the_documented_example_parses() {
     let weights: Vec<u32> = admin.servers.iter().map(|s| s.weight).collect();
     assert_eq!(weights, [100, 100, 100, 75, 75]);
     assert_eq!(admin.servers[0].fail_timeout, Dur(Duration::from_secs(30)));
-    assert_eq!(config.upstreams["customer"].algorithm, AlgorithmName::LeastConn);
+    assert_eq!(
+        config.upstreams["customer"].algorithm,
+        AlgorithmName::LeastConn
+    );
     assert_eq!(config.upstreams["customer"].keepalive, 256);
     assert_eq!(config.routes.len(), 3);
     assert_eq!(config.referenced_files().len(), 5);
@@ -34,7 +37,10 @@ fn the_documented_example_parses() {
 fn defaults_follow_nginx() {
     let config = Config::parse(MINIMAL).unwrap();
     let server = &config.upstreams["app"].servers[0];
-    assert_eq!((server.weight, server.max_fails, server.max_conns), (1, 1, 0));
+    assert_eq!(
+        (server.weight, server.max_fails, server.max_conns),
+        (1, 1, 0)
+    );
     assert_eq!(server.fail_timeout.0, Duration::from_secs(10));
     assert!(!server.backup && !server.down);
 }
@@ -46,24 +52,84 @@ fn error_of(text: &str) -> String {
 #[test]
 fn invalid_configs_are_refused_with_the_reason() {
     let cases: Vec<(String, &str)> = vec![
-        (MINIMAL.replace("[admin]", "[admin]\nbogus = 1"), "unknown field `bogus`"),
-        (MINIMAL.replace("tls = false", "tls = false\nweight = 3"), "unknown field `weight`"),
-        (MINIMAL.replace("upstream = \"app\"", "upstream = \"nope\""), "unknown upstream \"nope\""),
-        (MINIMAL.replace("prefix = \"/\"", "prefix = \"api\""), "must start with /"),
-        (MINIMAL.replace("prefix = \"/\"", "prefix = \"/a//b\""), "not in normal form"),
-        (MINIMAL.replace("127.0.0.1:3000\" }", "127.0.0.1:3000\", weight = 0 }"), "weight must be"),
-        (MINIMAL.replace("127.0.0.1:3000\" }", "127.0.0.1:3000\", backup = true }"), "not a backup"),
-        (MINIMAL.replace("{ address = \"127.0.0.1:3000\" }", "{ address = \"127.0.0.1:3000\" }, { address = \"127.0.0.1:3000\" }"), "listed twice"),
-        (MINIMAL.replace("127.0.0.1:3000", "backend:3000"), "invalid socket address"),
-        (MINIMAL.replace("tls = false", "algorithm = \"hash\"\ntls = false"), "needs hash_key"),
-        (MINIMAL.replace("tls = false", "algorithm = \"hash\"\nhash_key = \"shoe:size\"\ntls = false"), "invalid hash_key"),
-        (MINIMAL.replace("tls = false", "algorithm = \"fastest\"\ntls = false"), "unknown variant `fastest`"),
-        (MINIMAL.replace("tls = false\n", ""), "needs [upstream_tls] ca"),
-        (MINIMAL.replace("tls = false", "tls = false\ntries = 0"), "tries must be at least 1"),
-        (MINIMAL.replace("tls = false", "tls = false\nread_timeout = \"soon\""), "invalid duration"),
-        (MINIMAL.replace("127.0.0.1:8080", "127.0.0.1:9900"), "used twice"),
-        (MINIMAL.replace("[http]\nlisten = [\"127.0.0.1:8080\"]", ""), "at least one of [https] and [http]"),
-        (format!("{MINIMAL}\n[[routes]]\nprefix = \"/\"\nupstream = \"app\"\n"), "defined twice"),
+        (
+            MINIMAL.replace("[admin]", "[admin]\nbogus = 1"),
+            "unknown field `bogus`",
+        ),
+        (
+            MINIMAL.replace("tls = false", "tls = false\nweight = 3"),
+            "unknown field `weight`",
+        ),
+        (
+            MINIMAL.replace("upstream = \"app\"", "upstream = \"nope\""),
+            "unknown upstream \"nope\"",
+        ),
+        (
+            MINIMAL.replace("prefix = \"/\"", "prefix = \"api\""),
+            "must start with /",
+        ),
+        (
+            MINIMAL.replace("prefix = \"/\"", "prefix = \"/a//b\""),
+            "not in normal form",
+        ),
+        (
+            MINIMAL.replace("127.0.0.1:3000\" }", "127.0.0.1:3000\", weight = 0 }"),
+            "weight must be",
+        ),
+        (
+            MINIMAL.replace("127.0.0.1:3000\" }", "127.0.0.1:3000\", backup = true }"),
+            "not a backup",
+        ),
+        (
+            MINIMAL.replace(
+                "{ address = \"127.0.0.1:3000\" }",
+                "{ address = \"127.0.0.1:3000\" }, { address = \"127.0.0.1:3000\" }",
+            ),
+            "listed twice",
+        ),
+        (
+            MINIMAL.replace("127.0.0.1:3000", "backend:3000"),
+            "invalid socket address",
+        ),
+        (
+            MINIMAL.replace("tls = false", "algorithm = \"hash\"\ntls = false"),
+            "needs hash_key",
+        ),
+        (
+            MINIMAL.replace(
+                "tls = false",
+                "algorithm = \"hash\"\nhash_key = \"shoe:size\"\ntls = false",
+            ),
+            "invalid hash_key",
+        ),
+        (
+            MINIMAL.replace("tls = false", "algorithm = \"fastest\"\ntls = false"),
+            "unknown variant `fastest`",
+        ),
+        (
+            MINIMAL.replace("tls = false\n", ""),
+            "needs [upstream_tls] ca",
+        ),
+        (
+            MINIMAL.replace("tls = false", "tls = false\ntries = 0"),
+            "tries must be at least 1",
+        ),
+        (
+            MINIMAL.replace("tls = false", "tls = false\nread_timeout = \"soon\""),
+            "invalid duration",
+        ),
+        (
+            MINIMAL.replace("127.0.0.1:8080", "127.0.0.1:9900"),
+            "used twice",
+        ),
+        (
+            MINIMAL.replace("[http]\nlisten = [\"127.0.0.1:8080\"]", ""),
+            "at least one of [https] and [http]",
+        ),
+        (
+            format!("{MINIMAL}\n[[routes]]\nprefix = \"/\"\nupstream = \"app\"\n"),
+            "defined twice",
+        ),
         ("admin = 3".to_string(), "invalid type"),
         ("[admin".to_string(), "config"),
     ];

@@ -1,0 +1,378 @@
+//! Helpers for the gateway's integration tests: in-test HTTPS backends that can be killed
+//! like a crashed process, the real gateway binary started on a generated config, and an
+//! HTTPS client.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use service_kit::client::{self, Connection, Target};
+use service_kit::testkit::{ServerProcess, TestPki};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub pki: TestPki,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::new(dir.path(), &["localhost", "127.0.0.1"]);
+        Fixture { dir, pki }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The common head of a test config: listeners on ephemeral ports, TLS files.
+    pub fn config_head(&self) -> String {
+        format!(
+            r#"
+[runtime]
+worker_threads = 2
+shutdown_timeout = "10s"
+watch_config = false
+
+[admin]
+listen = "127.0.0.1:0"
+
+[https]
+listen = ["127.0.0.1:0"]
+cert = "{cert}"
+key = "{key}"
+
+[http]
+listen = ["127.0.0.1:0"]
+https_port = 8443
+acme_challenge_dir = "{acme}"
+
+[upstream_tls]
+ca = "{ca}"
+"#,
+            cert = self.pki.server_cert.display(),
+            key = self.pki.server_key.display(),
+            ca = self.pki.ca_cert.display(),
+            acme = self.path("acme").display(),
+        )
+    }
+
+    pub fn write_config(&self, body: &str) -> PathBuf {
+        let path = self.path("gateway.toml");
+        std::fs::write(&path, format!("{}{}", self.config_head(), body)).unwrap();
+        path
+    }
+
+    pub fn start_gateway(&self, body: &str) -> Gateway {
+        let config = self.write_config(body);
+        let mut cmd = Command::new(GATEWAY);
+        cmd.env_clear().arg("--config").arg(&config);
+        let process = ServerProcess::start(cmd);
+        let https = process.listener_addr("https");
+        let http = process.listener_addr("http");
+        let admin = process.listener_addr("admin");
+        Gateway {
+            process,
+            https,
+            http,
+            admin,
+            config,
+            tls: self.pki.client(),
+        }
+    }
+}
+
+pub struct Gateway {
+    pub process: ServerProcess,
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl Gateway {
+    pub async fn connect(&self) -> Connection {
+        self.connect_with(self.tls.clone()).await
+    }
+
+    pub async fn connect_with(&self, tls: Arc<rustls::ClientConfig>) -> Connection {
+        let url = format!("https://localhost:{}", self.https.port());
+        client::connect(&Target::from_url(&url, Some(tls)).await.unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// A fresh HTTP/1.1-only connection.
+    pub async fn connect_h1(&self, pki: &TestPki) -> Connection {
+        self.connect_with(pki.client_with(&[b"http/1.1"], false))
+            .await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> client::Response {
+        client::get(
+            &format!("http://{}{path}", self.admin),
+            None,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+    }
+
+    pub async fn reload(&self) -> client::Response {
+        let target = Target::from_url(&format!("http://{}", self.admin), None)
+            .await
+            .unwrap();
+        let mut conn = client::connect(&target).await.unwrap();
+        conn.request(http::Method::POST, "/-/reload", &[], Bytes::new())
+            .await
+            .unwrap()
+    }
+
+    /// `/-/upstreams` state of one server: (state, fails, active).
+    pub async fn server_state(&self, upstream: &str, server: SocketAddr) -> (String, u64, u64) {
+        let v = self.admin_get("/-/upstreams").await.json().unwrap();
+        let servers = v["upstreams"][upstream]["servers"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let s = servers
+            .iter()
+            .find(|s| s["server"] == server.to_string())
+            .unwrap_or_else(|| panic!("{server} not in {v}"));
+        (
+            s["state"].as_str().unwrap().to_string(),
+            s["fails"].as_u64().unwrap(),
+            s["active"].as_u64().unwrap(),
+        )
+    }
+}
+
+/// An in-test HTTPS backend. `kill` aborts its listener and every open connection at once,
+/// like a crashed process; `start_at` brings one back on the same address.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone, Default)]
+pub struct Behaviour {
+    /// Delay added to every `/whoami`.
+    pub delay: Duration,
+}
+
+impl Backend {
+    pub async fn start(name: &str, pki: &TestPki) -> Backend {
+        Self::start_at(
+            name,
+            pki,
+            "127.0.0.1:0".parse().unwrap(),
+            Behaviour::default(),
+        )
+        .await
+    }
+
+    pub async fn start_with(name: &str, pki: &TestPki, behaviour: Behaviour) -> Backend {
+        Self::start_at(name, pki, "127.0.0.1:0".parse().unwrap(), behaviour).await
+    }
+
+    pub async fn start_at(
+        name: &str,
+        pki: &TestPki,
+        addr: SocketAddr,
+        behaviour: Behaviour,
+    ) -> Backend {
+        let tls = service_kit::tls::server_config(&service_kit::tls::ServerTlsFiles {
+            cert: pki.server_cert.clone(),
+            key: pki.server_key.clone(),
+            client_ca: None,
+        })
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let listener = bind_retry(addr).await;
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let name = name.to_string();
+        let task = {
+            let (name, hits) = (name.clone(), hits.clone());
+            tokio::spawn(async move {
+                let mut conns = JoinSet::new();
+                loop {
+                    tokio::select! {
+                        Ok((stream, _)) = listener.accept() => {
+                            let acceptor = acceptor.clone();
+                            let (name, hits, behaviour) = (name.clone(), hits.clone(), behaviour.clone());
+                            conns.spawn(async move {
+                                let Ok(tls) = acceptor.accept(stream).await else { return };
+                                let service = hyper::service::service_fn(move |req| {
+                                    handle(req, name.clone(), hits.clone(), behaviour.clone())
+                                });
+                                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                                    .await;
+                            });
+                        }
+                        Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                    }
+                }
+            })
+        };
+        Backend {
+            name,
+            addr,
+            hits,
+            task,
+        }
+    }
+
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binding the address a killed backend just released can race its teardown.
+async fn bind_retry(addr: SocketAddr) -> TcpListener {
+    for _ in 0..100 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot bind {addr}");
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(status: StatusCode, name: &str, body: impl Into<Bytes>) -> Response<BoxBody> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert("x-served-by", name.parse().unwrap());
+    r
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    name: String,
+    hits: Arc<AtomicUsize>,
+    behaviour: Behaviour,
+) -> Result<Response<BoxBody>, Infallible> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    // Routes may sit under any prefix (`/api/v1/headers` is `headers`).
+    let all: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let start = all
+        .iter()
+        .position(|s| {
+            matches!(
+                *s,
+                "health" | "slow" | "status" | "headers" | "upload" | "download"
+            )
+        })
+        .unwrap_or(all.len());
+    let segments = &all[start..];
+    let response = match segments {
+        ["health"] => full(StatusCode::OK, &name, "ok"),
+        ["slow", ms] => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            full(StatusCode::OK, &name, name.clone())
+        }
+        ["status", code] => full(
+            StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap(),
+            &name,
+            name.clone(),
+        ),
+        ["headers"] => {
+            let map: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                .collect();
+            let body = serde_json::json!({"headers": map, "uri": req.uri().to_string(), "version": format!("{:?}", req.version())});
+            full(StatusCode::OK, &name, body.to_string())
+        }
+        ["upload"] => {
+            let mut body = req.into_body();
+            let mut total = 0u64;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => total += f.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(_) => break,
+                }
+            }
+            full(StatusCode::OK, &name, total.to_string())
+        }
+        ["download", bytes] => {
+            let total: u64 = bytes.parse().unwrap_or(0);
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream = futures_util::stream::unfold(0u64, move |sent| {
+                let chunk = chunk.clone();
+                async move {
+                    if sent >= total {
+                        return None;
+                    }
+                    let n = (total - sent).min(chunk.len() as u64);
+                    Some((
+                        Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))),
+                        sent + n,
+                    ))
+                }
+            });
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            r.headers_mut().insert("x-served-by", name.parse().unwrap());
+            r
+        }
+        _ => {
+            if !behaviour.delay.is_zero() {
+                tokio::time::sleep(behaviour.delay).await;
+            }
+            full(StatusCode::OK, &name, name.clone())
+        }
+    };
+    Ok(response)
+}
+
+/// `[[upstreams.NAME.servers]]` lines for `backends` with the given weights.
+pub fn servers(backends: &[&Backend], extra: &str) -> String {
+    backends
+        .iter()
+        .map(|b| format!("{{ address = \"{}\"{extra} }}", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// RSS of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
