@@ -127,6 +127,9 @@ fn refresh_gauges(gw: &Gateway) {
     m.server_active.reset();
     m.server_idle.reset();
     let snapshot = gw.snapshot.load();
+    if let Some(cache) = &snapshot.cache {
+        m.cache_bytes.set(cache.weighted_size() as i64);
+    }
     for (name, upstream) in &snapshot.upstreams {
         for s in upstream.shared.snapshot() {
             let labels = [name.as_str(), s.peer.key.as_str()];

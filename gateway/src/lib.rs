@@ -9,8 +9,10 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod ha;
 pub mod health_check;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod redirect;
 pub mod routing;

@@ -23,6 +23,12 @@ pub struct GatewayMetrics {
     pub reloads: IntCounterVec,
     pub last_reload_success: IntGauge,
     pub connections: IntGaugeVec,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_clients: IntGauge,
+    pub connections_refused: IntCounterVec,
+    pub cache_requests: IntCounterVec,
+    pub cache_bytes: IntGauge,
+    pub websockets: IntGauge,
 }
 
 impl GatewayMetrics {
@@ -107,6 +113,46 @@ impl GatewayMetrics {
             ),
             &["listener"],
         )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "gateway_rate_limited_requests_total",
+                "Requests refused with 429 by a route's rate limit.",
+            ),
+            &["route"],
+        )?;
+        let rate_limit_clients = IntGauge::new(
+            "gateway_rate_limit_tracked_clients",
+            "Client buckets currently held by all rate limiters.",
+        )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "gateway_connections_refused_total",
+                "Client connections closed at accept, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_cache_requests_total",
+                "Cacheable-route requests, by cache result.",
+            ),
+            &["result"],
+        )?;
+        let cache_bytes = IntGauge::new(
+            "gateway_cache_size_bytes",
+            "Bytes held by the response cache.",
+        )?;
+        let websockets = IntGauge::new("gateway_websocket_tunnels", "Open WebSocket tunnels.")?;
+        for c in [
+            Box::new(rate_limited.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rate_limit_clients.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(cache_requests.clone()),
+            Box::new(cache_bytes.clone()),
+            Box::new(websockets.clone()),
+        ] {
+            registry.register(c)?;
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -137,6 +183,12 @@ impl GatewayMetrics {
             reloads,
             last_reload_success,
             connections,
+            rate_limited,
+            rate_limit_clients,
+            connections_refused,
+            cache_requests,
+            cache_bytes,
+            websockets,
         })
     }
 }

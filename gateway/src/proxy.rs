@@ -5,23 +5,27 @@
 //! request whose body was already streamed upstream is never replayed, and non-idempotent
 //! methods are retried only when the failure happened before anything was sent.
 
-use std::net::SocketAddr;
-use std::time::Instant;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use service_kit::request_id::{self, RequestId};
 use service_kit::ApiError;
 
 use crate::balance::{Attempt, Outcome};
-use crate::config::HashKey;
+use crate::config::{any_contains, HashKey};
 use crate::metrics::TryOutcome;
+use crate::policy::cache::{self, CachedResponse, ResponseCache};
+use crate::policy::rate_limit::Decision;
+use crate::policy::{client_ip, websocket, RouteCache};
 use crate::routing::normalize_path;
 use crate::runtime::{RouteTarget, Snapshot};
+use crate::server::Gateway;
 use crate::upstream::{RequestBody, UpstreamBody};
 
 pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
@@ -44,7 +48,11 @@ impl Scheme {
 /// What the listener knows about the client connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientConn {
+    /// The socket peer.
     pub peer: SocketAddr,
+    /// The connection's client: the PROXY header's source when a trusted proxy sent one,
+    /// else the peer's address.
+    pub conn_client: IpAddr,
     pub scheme: Scheme,
 }
 
@@ -73,6 +81,7 @@ struct UpstreamTrace {
 
 /// Serves one proxied request against `snapshot`.
 pub async fn handle(
+    gateway: &Gateway,
     snapshot: &Snapshot,
     req: Request<Incoming>,
     client: ClientConn,
@@ -82,30 +91,46 @@ pub async fn handle(
     let method = req.method().clone();
     let raw_path = req.uri().path().to_string();
     let mut trace = UpstreamTrace::default();
+    let https = client.scheme == Scheme::Https;
+    let client_ip = client_ip::resolve(
+        client.conn_client,
+        req.headers()
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok()),
+        &snapshot.config.client_ip.trusted_proxies,
+    );
 
-    let (response, route_label) = match route(snapshot, &req) {
-        Err(err) => (error_response(&err, &id), None),
-        Ok((target, path)) => {
-            let response = match forward(target, req, &path, client, &id, &mut trace).await {
-                Ok(response) => response,
-                Err(err) => error_response(&err, &id),
-            };
-            (response, Some(target))
-        }
-    };
+    let (mut response, target) =
+        match check_head(snapshot, &req).and_then(|()| route(snapshot, &req)) {
+            Err(err) => (error_response(&err, &id), None),
+            Ok((target, path)) => {
+                let response = match apply_policies(
+                    gateway, snapshot, target, req, &path, client, client_ip, &id, &mut trace,
+                )
+                .await
+                {
+                    Ok(response) => response,
+                    Err(err) => error_response(&err, &id),
+                };
+                (response, Some(target))
+            }
+        };
+    let headers = target.map_or(&snapshot.default_headers, |t| &t.policy.headers);
+    headers.apply(response.headers_mut(), https);
+
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    match route_label {
+    match target {
         Some(target) => target.metrics.observe(status, elapsed),
         None => snapshot.unrouted.observe(status, elapsed),
     }
     tracing::info!(
         target: "access",
         request_id = %id,
-        client = %client.peer.ip(),
+        client = %client_ip,
         method = %method,
         path = %raw_path,
-        route = route_label.map_or("none", |t| t.label.as_str()),
+        route = target.map_or("none", |t| t.label.as_str()),
         status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         upstream = trace.server.as_deref().unwrap_or("-"),
@@ -114,6 +139,42 @@ pub async fn handle(
         "request"
     );
     response
+}
+
+/// Request-line and header limits (414, 431), before anything else looks at the request.
+fn check_head(snapshot: &Snapshot, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let limits = &snapshot.config.limits;
+    let target_len = req
+        .uri()
+        .path_and_query()
+        .map_or(req.uri().path().len(), |p| p.as_str().len());
+    if target_len > limits.max_uri_length {
+        return Err(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("request target exceeds {} bytes", limits.max_uri_length),
+        ));
+    }
+    let headers = req.headers();
+    if headers.len() > limits.max_headers {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("more than {} header fields", limits.max_headers),
+        ));
+    }
+    let bytes: u64 = headers
+        .iter()
+        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+        .sum();
+    if bytes > limits.max_header_bytes.0 {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("headers exceed {} bytes", limits.max_header_bytes.0),
+        ));
+    }
+    Ok(())
 }
 
 fn route<'s>(
@@ -144,25 +205,210 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-async fn forward(
+fn rate_limit_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: u64) {
+    headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+    headers.insert("x-ratelimit-reset", HeaderValue::from(reset));
+}
+
+/// Rate limit, body size, cache and WebSocket handling around [`forward`].
+#[allow(clippy::too_many_arguments)]
+async fn apply_policies(
+    gateway: &Gateway,
+    snapshot: &Snapshot,
     target: &RouteTarget,
     req: Request<Incoming>,
     path: &str,
     client: ClientConn,
+    client_ip: IpAddr,
+    id: &RequestId,
+    trace: &mut UpstreamTrace,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let policy = &target.policy;
+    let mut allowed = None;
+    if let Some(limiter) = &policy.rate_limit {
+        if !any_contains(&policy.exempt, client_ip) {
+            match limiter.check(client_ip::limit_key(client_ip)) {
+                Decision::Allowed {
+                    limit,
+                    remaining,
+                    reset,
+                } => allowed = Some((limit, remaining, reset)),
+                Decision::Limited {
+                    limit,
+                    retry_after,
+                    reset,
+                } => {
+                    policy.rate_limited.inc();
+                    let mut response = error_response(
+                        &ApiError::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limited",
+                            format!("rate limit exceeded; retry in {retry_after} s"),
+                        ),
+                        id,
+                    );
+                    let headers = response.headers_mut();
+                    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                    rate_limit_headers(headers, limit, 0, reset);
+                    return Ok(response);
+                }
+            }
+        }
+    }
+
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > policy.max_body) {
+        return Err(too_large(policy.max_body));
+    }
+
+    let cache_key = match (&snapshot.cache, policy.cache) {
+        (Some(_), Some(_)) => {
+            let host = request_host(&req).unwrap_or("").to_string();
+            let pq = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            cache::request_key(req.method(), req.headers(), &host, &pq)
+        }
+        _ => None,
+    };
+    if let (Some(cache), Some(key)) = (&snapshot.cache, &cache_key) {
+        if let Some(hit) = cache.get(key) {
+            gateway
+                .metrics
+                .cache_requests
+                .with_label_values(&["hit"])
+                .inc();
+            let mut response = Response::new(Either::Right(Full::new(hit.body.clone())));
+            *response.status_mut() = hit.status;
+            *response.headers_mut() = hit.headers.clone();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::AGE,
+                HeaderValue::from(hit.stored.elapsed().as_secs()),
+            );
+            headers.insert("x-cache", HeaderValue::from_static("HIT"));
+            headers.insert(request_id::HEADER, id.header_value());
+            return Ok(response);
+        }
+    }
+
+    let mut response = forward(gateway, target, req, path, client, client_ip, id, trace).await?;
+
+    if let (Some(cache), Some(key), Some(route_cache)) = (&snapshot.cache, cache_key, policy.cache)
+    {
+        gateway
+            .metrics
+            .cache_requests
+            .with_label_values(&["miss"])
+            .inc();
+        response =
+            store_if_cacheable(cache, key, route_cache, response, target.read_timeout).await?;
+        response
+            .headers_mut()
+            .insert("x-cache", HeaderValue::from_static("MISS"));
+    }
+    if let Some((limit, remaining, reset)) = allowed {
+        rate_limit_headers(response.headers_mut(), limit, remaining, reset);
+    }
+    Ok(response)
+}
+
+fn too_large(max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request body exceeds {max} bytes"),
+    )
+}
+
+/// Buffers and stores a cacheable response small enough to cache; streams anything else.
+async fn store_if_cacheable(
+    cache: &ResponseCache,
+    key: String,
+    route_cache: RouteCache,
+    response: Response<ResponseBody>,
+    read_timeout: Duration,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let Some(ttl) = cache::ttl_for(response.status(), response.headers(), route_cache.ttl) else {
+        return Ok(response);
+    };
+    let length = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if !length.is_some_and(|n| n <= route_cache.max_object) {
+        return Ok(response);
+    }
+    let (parts, body) = response.into_parts();
+    let collected = tokio::time::timeout(read_timeout, body.collect())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream body did not arrive in time",
+            )
+        })?
+        .map_err(|_| bad_gateway("the upstream body was cut short"))?
+        .to_bytes();
+    let mut headers = parts.headers.clone();
+    headers.remove(request_id::HEADER);
+    cache.insert(
+        key,
+        CachedResponse {
+            status: parts.status,
+            headers,
+            body: collected.clone(),
+            stored: Instant::now(),
+            ttl,
+        },
+    );
+    Ok(Response::from_parts(
+        parts,
+        Either::Right(Full::new(collected)),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    gateway: &Gateway,
+    target: &RouteTarget,
+    req: Request<Incoming>,
+    path: &str,
+    client: ClientConn,
+    client_ip: IpAddr,
     id: &RequestId,
     trace: &mut UpstreamTrace,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let upstream = &target.upstream;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let websocket =
+        parts.version == Version::HTTP_11 && websocket::is_websocket_upgrade(&parts.headers);
     let replayable = body.is_end_stream();
     let mut body = if replayable { None } else { Some(body) };
+    let mut exceeded = None;
     let idempotent = is_idempotent(&parts.method);
     let uri = upstream_uri(path, parts.uri.query())?;
-    let headers = upstream_headers(&parts, client, id);
+    let mut headers = upstream_headers(&parts, client, client_ip, id);
+    if websocket {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
     let key = upstream
         .hash_key
         .as_ref()
-        .and_then(|k| hash_key(k, &parts.headers, client));
+        .and_then(|k| hash_key(k, &parts.headers, client_ip));
+    let pin = upstream
+        .sticky
+        .as_ref()
+        .and_then(|s| cookie(&parts.headers, &s.name).and_then(|v| s.verify(v)));
 
     let max_tries = upstream
         .tries
@@ -176,7 +422,11 @@ async fn forward(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let Some((mut peer, server)) = upstream.shared.select(&mut attempt, key.as_deref()) else {
+        let Some((mut peer, server)) =
+            upstream
+                .shared
+                .select(&mut attempt, key.as_deref(), pin.as_deref())
+        else {
             if trace.tries == 0 {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -192,10 +442,19 @@ async fn forward(
         trace.tries += 1;
         trace.server = Some(server.key.clone());
 
-        let mut checkout = match server
-            .checkout(&upstream.transport, upstream.shared.idle_total())
-            .await
-        {
+        let checkout = if websocket {
+            // An upgraded connection is never pooled: dial a fresh one.
+            upstream
+                .transport
+                .connect(server.addr)
+                .await
+                .map(crate::upstream::Checkout::fresh)
+        } else {
+            server
+                .checkout(&upstream.transport, upstream.shared.idle_total())
+                .await
+        };
+        let mut checkout = match checkout {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(request_id = %id, server = %server.key, error = %e, "upstream connect failed");
@@ -216,7 +475,11 @@ async fn forward(
             RequestBody::Empty
         } else {
             match body.take() {
-                Some(b) => RequestBody::Stream(b),
+                Some(b) => {
+                    let (limited, flag) = RequestBody::limited(b, target.policy.max_body);
+                    exceeded = Some(flag);
+                    limited
+                }
                 None => break,
             }
         };
@@ -231,6 +494,13 @@ async fn forward(
             send_with_stale_retry(&mut checkout, request, &server, upstream),
         )
         .await;
+        let too_large_now = exceeded
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed));
+        if too_large_now {
+            // The client's fault, not the server's.
+            return Err(too_large(target.policy.max_body));
+        }
         match sent {
             Err(_) => {
                 peer.set_outcome(Outcome::Failure);
@@ -252,16 +522,12 @@ async fn forward(
                 last_error = Some(bad_gateway("the upstream server failed to answer"));
                 match unsent.request {
                     // Nothing reached the server: any request may go to the next one.
-                    Some(request) => {
-                        if let RequestBody::Stream(b) = request.into_body() {
-                            body = Some(b);
-                        }
-                    }
+                    Some(request) => body = request.into_body().into_stream(),
                     None if idempotent && replayable => {}
                     None => break,
                 }
             }
-            Ok(Ok(response)) => {
+            Ok(Ok(mut response)) => {
                 let status = response.status();
                 trace.status = Some(status.as_u16());
                 let next_upstream = matches!(status.as_u16(), 502..=504);
@@ -280,9 +546,53 @@ async fn forward(
                 } else {
                     server.count(TryOutcome::Ok);
                 }
+                let set_cookie = upstream
+                    .sticky
+                    .as_ref()
+                    .filter(|_| pin.as_deref() != Some(server.key.as_str()))
+                    .and_then(|s| HeaderValue::from_str(&s.set_cookie(&server.key)).ok());
+
+                if websocket && status == StatusCode::SWITCHING_PROTOCOLS {
+                    let upstream_upgrade = hyper::upgrade::on(&mut response);
+                    let client_upgrade = hyper::upgrade::on(Request::from_parts(
+                        std::mem::replace(&mut parts, Request::new(()).into_parts().0),
+                        (),
+                    ));
+                    let removed = server.removed();
+                    let draining = gateway.draining();
+                    let idle = target.policy.websocket_idle;
+                    let gauge = gateway.metrics.websockets.clone();
+                    let server_key = server.key.clone();
+                    tokio::spawn(async move {
+                        let _peer = peer;
+                        let (Ok(client_io), Ok(upstream_io)) =
+                            (client_upgrade.await, upstream_upgrade.await)
+                        else {
+                            return;
+                        };
+                        gauge.inc();
+                        let end =
+                            websocket::pump(client_io, upstream_io, idle, removed, draining).await;
+                        gauge.dec();
+                        tracing::info!(server = %server_key, ?end, "websocket closed");
+                    });
+                    let (mut head, _) = response.into_parts();
+                    if let Some(cookie) = set_cookie {
+                        head.headers.append(header::SET_COOKIE, cookie);
+                    }
+                    head.headers.insert(request_id::HEADER, id.header_value());
+                    return Ok(Response::from_parts(
+                        head,
+                        Either::Right(Full::new(Bytes::new())),
+                    ));
+                }
+
                 let (mut head, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 head.headers.insert(request_id::HEADER, id.header_value());
+                if let Some(cookie) = set_cookie {
+                    head.headers.append(header::SET_COOKIE, cookie);
+                }
                 let body = UpstreamBody::new(
                     incoming,
                     checkout,
@@ -416,7 +726,12 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The headers sent upstream: the client's minus hop-by-hop ones, Host preserved (from
 /// `:authority` for h2 clients), forwarding headers set, our request id.
-fn upstream_headers(parts: &http::request::Parts, client: ClientConn, id: &RequestId) -> HeaderMap {
+fn upstream_headers(
+    parts: &http::request::Parts,
+    client: ClientConn,
+    client_ip: IpAddr,
+    id: &RequestId,
+) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 6);
     let connection_listed: Vec<&str> = parts
         .headers
@@ -453,15 +768,15 @@ fn upstream_headers(parts: &http::request::Parts, client: ClientConn, id: &Reque
         }
         headers.append(name.clone(), value.clone());
     }
-    let ip = client.peer.ip().to_string();
+    let hop = client.conn_client.to_string();
     let xff = match forwarded_for {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.clone(),
+        Some(prev) => format!("{prev}, {hop}"),
+        None => hop,
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&ip) {
+    if let Ok(v) = HeaderValue::from_str(&client_ip.to_string()) {
         headers.insert(X_REAL_IP.clone(), v);
     }
     headers.insert(
@@ -483,9 +798,9 @@ fn upstream_headers(parts: &http::request::Parts, client: ClientConn, id: &Reque
 }
 
 /// The bytes the `hash` algorithm hashes for this request; `None` falls back to round robin.
-fn hash_key(key: &HashKey, headers: &HeaderMap, client: ClientConn) -> Option<Vec<u8>> {
+fn hash_key(key: &HashKey, headers: &HeaderMap, client_ip: IpAddr) -> Option<Vec<u8>> {
     match key {
-        HashKey::ClientIp => Some(client.peer.ip().to_string().into_bytes()),
+        HashKey::ClientIp => Some(client_ip.to_string().into_bytes()),
         HashKey::Header(name) => headers.get(name).map(|v| v.as_bytes().to_vec()),
         HashKey::Cookie(name) => cookie(headers, name).map(|v| v.as_bytes().to_vec()),
     }
@@ -518,6 +833,7 @@ mod tests {
     fn client() -> ClientConn {
         ClientConn {
             peer: "198.51.100.7:5555".parse().unwrap(),
+            conn_client: "198.51.100.7".parse().unwrap(),
             scheme: Scheme::Https,
         }
     }
@@ -539,7 +855,7 @@ mod tests {
             ],
             "/api/v1/admin/users",
         );
-        let h = upstream_headers(&p, client(), &id);
+        let h = upstream_headers(&p, client(), "198.51.100.7".parse().unwrap(), &id);
         assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.7");
         assert_eq!(h["x-real-ip"], "198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -556,7 +872,7 @@ mod tests {
     fn h2_authority_becomes_host() {
         let id = RequestId::generate();
         let p = parts(&[], "https://api.example.com:8443/x");
-        let h = upstream_headers(&p, client(), &id);
+        let h = upstream_headers(&p, client(), "198.51.100.7".parse().unwrap(), &id);
         assert_eq!(h["host"], "api.example.com:8443");
     }
 

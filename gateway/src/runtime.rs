@@ -16,6 +16,10 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::{Config, HashKey, HealthCheckConfig, UpstreamConfig};
 use crate::metrics::{GatewayMetrics, CODE_CLASSES};
+use crate::policy::cache::ResponseCache;
+use crate::policy::headers::SecurityHeaders;
+use crate::policy::sticky::StickyCookie;
+use crate::policy::RoutePolicy;
 use crate::routing::{Route, Router};
 use crate::upstream::{Transport, UpstreamShared};
 
@@ -55,6 +59,7 @@ pub struct RouteTarget {
     pub upstream: Arc<UpstreamRuntime>,
     pub read_timeout: Duration,
     pub metrics: RouteMetrics,
+    pub policy: RoutePolicy,
 }
 
 pub struct UpstreamRuntime {
@@ -66,6 +71,7 @@ pub struct UpstreamRuntime {
     pub hash_key: Option<HashKey>,
     pub health_check: Option<HealthCheckConfig>,
     pub retries: IntCounter,
+    pub sticky: Option<StickyCookie>,
 }
 
 pub struct Snapshot {
@@ -76,6 +82,10 @@ pub struct Snapshot {
     /// For requests that match no route and for errors outside any route.
     pub unrouted: RouteMetrics,
     pub redirect_metrics: RouteMetrics,
+    /// `[defaults]` security headers, for responses outside any route.
+    pub default_headers: Arc<SecurityHeaders>,
+    /// The response cache, when some route uses it; kept across reloads of the same size.
+    pub cache: Option<Arc<ResponseCache>>,
 }
 
 impl Snapshot {
@@ -124,10 +134,22 @@ impl Snapshot {
                     hash_key: upstream.hash_key.clone(),
                     health_check: upstream.health_check.clone(),
                     retries: metrics.retries.with_label_values(&[&name]),
+                    sticky: upstream
+                        .sticky
+                        .as_ref()
+                        .map(|s| StickyCookie::new(&s.cookie, &s.secret, s.max_age.map(|d| d.0))),
                 };
                 (name, Arc::new(runtime))
             })
             .collect();
+
+        if let Some(previous) = previous {
+            for (name, old) in &previous.upstreams {
+                if !upstreams.contains_key(name) {
+                    old.shared.retire();
+                }
+            }
+        }
 
         let routes = config
             .routes
@@ -135,6 +157,17 @@ impl Snapshot {
             .filter_map(|r| {
                 let upstream = upstreams.get(&r.upstream)?.clone();
                 let pool_timeout = config.upstreams.get(&r.upstream)?.read_timeout.0;
+                let previous_policy = previous.and_then(|p| {
+                    p.router
+                        .routes()
+                        .iter()
+                        .find(|old| {
+                            old.prefix == r.prefix
+                                && old.host == r.host.as_ref().map(|h| h.to_ascii_lowercase())
+                        })
+                        .map(|old| &old.target.policy)
+                });
+                let policy = RoutePolicy::resolve(&config.defaults, r, previous_policy, metrics);
                 Some(Route {
                     host: r.host.clone(),
                     prefix: r.prefix.clone(),
@@ -143,12 +176,27 @@ impl Snapshot {
                         upstream,
                         read_timeout: r.read_timeout.map_or(pool_timeout, |d| d.0),
                         metrics: RouteMetrics::new(metrics, &r.prefix),
+                        policy,
                     },
                 })
             })
             .collect();
 
+        let cache = if config.routes.iter().any(|r| r.cache.is_some()) {
+            let size = config.cache.max_size.0;
+            Some(
+                previous
+                    .and_then(|p| p.cache.clone())
+                    .filter(|_| previous.is_some_and(|p| p.config.cache.max_size.0 == size))
+                    .unwrap_or_else(|| Arc::new(ResponseCache::new(size))),
+            )
+        } else {
+            None
+        };
+
         Ok(Snapshot {
+            default_headers: Arc::new(RoutePolicy::default_headers(&config.defaults)),
+            cache,
             router: Router::new(routes),
             upstreams,
             tls_acceptor,

@@ -21,16 +21,16 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{any_contains, Config};
 use crate::health_check::HealthChecks;
 use crate::metrics::GatewayMetrics;
+use crate::policy::conn_limit::ConnLimiter;
+use crate::policy::proxy_protocol::{self, PrefixedIo, Start};
 use crate::proxy::{self, ClientConn, Scheme};
 use crate::runtime::Snapshot;
 
 /// A client must finish the TLS handshake within this time.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// An HTTP/1.1 client must send a full request head within this time.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListenerKind {
@@ -60,6 +60,7 @@ pub struct Gateway {
     listeners: Mutex<HashMap<(ListenerKind, SocketAddr), ListenerHandle>>,
     health: Mutex<Option<HealthChecks>>,
     graceful: Mutex<Option<GracefulShutdown>>,
+    conn_limiter: Arc<ConnLimiter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +121,9 @@ impl Gateway {
             listeners: Mutex::new(HashMap::new()),
             health: Mutex::new(None),
             graceful: Mutex::new(Some(GracefulShutdown::new())),
+            conn_limiter: Arc::new(ConnLimiter::default()),
         });
+        tokio::spawn(forget_idle_clients(Arc::downgrade(&gateway)));
         gateway.commit_listeners(bound);
         gateway.restart_health_checks();
         Ok(gateway)
@@ -128,6 +131,11 @@ impl Gateway {
 
     pub fn config_path(&self) -> &Path {
         &self.config_path
+    }
+
+    /// Sees `true` once the gateway starts draining (WebSocket tunnels close then).
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.lifecycle.subscribe()
     }
 
     /// Re-reads the config file and swaps it in; on error the running config stays.
@@ -232,6 +240,27 @@ impl Gateway {
     }
 }
 
+/// Drops rate-limit buckets of clients that went quiet, every few seconds, so memory tracks
+/// recently active clients only.
+async fn forget_idle_clients(gateway: std::sync::Weak<Gateway>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        ticker.tick().await;
+        let Some(gateway) = gateway.upgrade() else {
+            return;
+        };
+        let snapshot = gateway.snapshot.load_full();
+        let mut tracked = 0;
+        for route in snapshot.router.routes() {
+            if let Some(limiter) = &route.target.policy.rate_limit {
+                limiter.forget_idle();
+                tracked += limiter.tracked();
+            }
+        }
+        gateway.metrics.rate_limit_clients.set(tracked as i64);
+    }
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -305,15 +334,78 @@ async fn serve_client(
     kind: ListenerKind,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
+    let snapshot = gateway.snapshot.load_full();
+    let client_ip_config = &snapshot.config.client_ip;
+    let limits = &snapshot.config.limits;
+    let refuse = |reason: &str| {
+        gateway
+            .metrics
+            .connections_refused
+            .with_label_values(&[reason])
+            .inc();
+    };
+
+    // PROXY protocol: believed from trusted proxies, refused from anyone else.
+    let (stream, conn_client) = if client_ip_config.proxy_protocol {
+        let trusted = any_contains(&client_ip_config.trusted_proxies, peer.ip());
+        let read = tokio::time::timeout(
+            limits.header_read_timeout.0,
+            proxy_protocol::read_header(stream),
+        )
+        .await;
+        match read {
+            Ok(Ok(Ok(Start::Plain(io)))) => (io, peer.ip()),
+            Ok(Ok(Ok(Start::Proxied(header, io)))) if trusted => {
+                let client = match header {
+                    proxy_protocol::Header::Proxy { source, .. } => source.ip(),
+                    proxy_protocol::Header::Local => peer.ip(),
+                };
+                (io, client)
+            }
+            Ok(Ok(Ok(Start::Proxied(..)))) => {
+                refuse("untrusted_proxy_protocol");
+                tracing::warn!(%peer, "PROXY header from an untrusted peer; connection closed");
+                return;
+            }
+            Ok(Ok(Err(e))) => {
+                refuse("bad_proxy_protocol");
+                tracing::warn!(%peer, error = %e, "malformed PROXY header; connection closed");
+                return;
+            }
+            Ok(Err(_)) | Err(_) => return,
+        }
+    } else {
+        (PrefixedIo::new(Vec::new(), stream), peer.ip())
+    };
+
+    let _permit = match gateway.conn_limiter.acquire(
+        crate::policy::client_ip::limit_key(conn_client),
+        limits.max_connections,
+        limits.max_connections_per_ip,
+    ) {
+        Ok(permit) => permit,
+        Err(reason) => {
+            refuse(reason.label());
+            return;
+        }
+    };
     let gauge = gateway
         .metrics
         .connections
         .with_label_values(&[kind.label()]);
     gauge.inc();
     let _gauge = ConnectionGauge(gauge);
+    let client = ClientConn {
+        peer,
+        conn_client,
+        scheme: match kind {
+            ListenerKind::Https => Scheme::Https,
+            ListenerKind::Http => Scheme::Http,
+        },
+    };
     match kind {
         ListenerKind::Https => {
-            let Some(acceptor) = gateway.snapshot.load().tls_acceptor.clone() else {
+            let Some(acceptor) = snapshot.tls_acceptor.clone() else {
                 return;
             };
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -328,10 +420,7 @@ async fn serve_client(
                         .tls_handshakes
                         .with_label_values(&[version])
                         .inc();
-                    let client = ClientConn {
-                        peer,
-                        scheme: Scheme::Https,
-                    };
+                    drop(snapshot);
                     serve_http(gateway, tls, client, watcher).await;
                 }
                 Ok(Err(e)) => {
@@ -345,10 +434,7 @@ async fn serve_client(
             }
         }
         ListenerKind::Http => {
-            let client = ClientConn {
-                peer,
-                scheme: Scheme::Http,
-            };
+            drop(snapshot);
             serve_http(gateway, stream, client, watcher).await;
         }
     }
@@ -362,15 +448,20 @@ async fn serve_http<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let limits = gateway.snapshot.load().config.limits.clone();
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let snapshot = gateway.snapshot.load_full();
+        let gateway = gateway.clone();
         async move {
             let response = match client.scheme {
-                Scheme::Https => proxy::handle(&snapshot, req, client).await,
+                Scheme::Https => proxy::handle(&gateway, &snapshot, req, client).await,
                 Scheme::Http => match &snapshot.config.http {
                     Some(http) => {
                         let started = std::time::Instant::now();
-                        let response = crate::redirect::handle(http, req).await;
+                        let mut response = crate::redirect::handle(http, req).await;
+                        snapshot
+                            .default_headers
+                            .apply(response.headers_mut(), false);
                         snapshot
                             .redirect_metrics
                             .observe(response.status().as_u16(), started.elapsed());
@@ -386,11 +477,26 @@ async fn serve_http<S>(
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own limits sit above ours so that ours answer first, as JSON; its header timer
+    // also runs while an idle keep-alive connection waits for the next request.
+    let head_buffer = usize::try_from(limits.max_header_bytes.0)
+        .unwrap_or(usize::MAX)
+        .saturating_add(limits.max_uri_length)
+        .saturating_mul(2)
+        .max(16 * 1024);
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(limits.header_read_timeout.0)
+        .max_buf_size(head_buffer)
+        .max_headers(limits.max_headers.saturating_mul(2).max(100));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .keep_alive_interval(limits.keepalive_timeout.0 / 3)
+        .keep_alive_timeout(limits.keepalive_timeout.0 / 3)
+        .max_header_list_size(u32::try_from(head_buffer).unwrap_or(u32::MAX));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(peer = %client.peer, error = %e, "client connection ended with an error");

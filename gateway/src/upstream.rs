@@ -27,37 +27,88 @@ use tokio_rustls::TlsConnector;
 use crate::balance::{Algorithm, Attempt, Outcome, PeerId, Pool, ServerSpec};
 use crate::metrics::{GatewayMetrics, TryOutcome};
 
-/// The body sent upstream: nothing, or the client's body streamed through.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body sent upstream: nothing, or the client's body streamed through with a size cap.
 pub enum RequestBody {
     Empty,
-    Stream(Incoming),
+    Stream {
+        body: Incoming,
+        /// Bytes still allowed (`client_max_body_size`).
+        remaining: u64,
+        /// Set when the client sent more than allowed; the proxy then answers 413.
+        exceeded: Arc<std::sync::atomic::AtomicBool>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds client_max_body_size")]
+pub struct BodyTooLarge;
+
+impl RequestBody {
+    pub fn limited(body: Incoming, limit: u64) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
+        let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (
+            RequestBody::Stream {
+                body,
+                remaining: limit,
+                exceeded: exceeded.clone(),
+            },
+            exceeded,
+        )
+    }
+
+    /// The client body, if this is one (to reuse it for another try).
+    pub fn into_stream(self) -> Option<Incoming> {
+        match self {
+            RequestBody::Empty => None,
+            RequestBody::Stream { body, .. } => Some(body),
+        }
+    }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Stream(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Stream {
+                body,
+                remaining,
+                exceeded,
+            } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if len > *remaining {
+                        exceeded.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    *remaining -= len;
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
-            RequestBody::Stream(body) => body.is_end_stream(),
+            RequestBody::Stream { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
-            RequestBody::Stream(body) => body.size_hint(),
+            RequestBody::Stream { body, .. } => body.size_hint(),
         }
     }
 }
@@ -141,6 +192,8 @@ pub struct ServerConns {
     /// Bumped when the cache is flushed (reload); older connections are not taken back.
     generation: AtomicU64,
     outcomes: [IntCounter; 5],
+    /// Flips to true when a reload removes the server: its WebSocket tunnels close.
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 /// A connection checked out for one request.
@@ -148,6 +201,17 @@ pub struct Checkout {
     pub sender: Sender,
     pub reused: bool,
     generation: u64,
+}
+
+impl Checkout {
+    /// A connection dialled for this request alone (never returned to a cache).
+    pub fn fresh(sender: Sender) -> Self {
+        Checkout {
+            sender,
+            reused: false,
+            generation: u64::MAX,
+        }
+    }
 }
 
 impl ServerConns {
@@ -163,7 +227,13 @@ impl ServerConns {
             idle: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             outcomes,
+            removed: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Watches for this server leaving the config.
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.removed.subscribe()
     }
 
     pub fn count(&self, outcome: TryOutcome) {
@@ -313,21 +383,40 @@ impl UpstreamShared {
         let mut state = self.state();
         let servers = server_map(&self.name, &specs, &state.servers, metrics);
         let pool = Pool::reloaded(&state.pool, algorithm, specs);
-        for old in state.servers.values() {
+        for (key, old) in &state.servers {
             old.flush(&self.idle_total);
+            if !servers.contains_key(key) {
+                old.removed.send_replace(true);
+            }
         }
         state.pool = pool;
         state.servers = servers;
     }
 
-    /// Picks a server for this try; `None` when no server can take it.
+    /// The upstream left the config: every server counts as removed.
+    pub fn retire(&self) {
+        let state = self.state();
+        for server in state.servers.values() {
+            server.flush(&self.idle_total);
+            server.removed.send_replace(true);
+        }
+    }
+
+    /// Picks a server for this try (the pinned one when it can serve); `None` when no server
+    /// can take it.
     pub fn select(
         self: &Arc<Self>,
         attempt: &mut Attempt,
         key: Option<&[u8]>,
+        pin: Option<&str>,
     ) -> Option<(PeerGuard, Arc<ServerConns>)> {
         let mut state = self.state();
-        let id = state.pool.select(Instant::now(), attempt, key)?;
+        let now = Instant::now();
+        let pinned = pin.and_then(|p| state.pool.select_pinned(now, attempt, p));
+        let id = match pinned {
+            Some(id) => id,
+            None => state.pool.select(now, attempt, key)?,
+        };
         let server = state
             .pool
             .key(id)

@@ -519,7 +519,7 @@ async fn large_bodies_stream_with_bounded_memory() {
     let fx = Fixture::new();
     let b = Backend::start("big", &fx.pki).await;
     let gw = fx.start_gateway(&format!(
-        "[upstreams.pool]\nread_timeout = \"120s\"\nservers = [{}]\n{}",
+        "[upstreams.pool]\nread_timeout = \"120s\"\nservers = [{}]\n{}client_max_body_size = \"1g\"\n",
         servers(&[&b], ""),
         route("/", "pool")
     ));

@@ -37,6 +37,11 @@ impl Lifecycle {
         *self.draining.borrow()
     }
 
+    /// A receiver that sees `true` once draining has begun.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
     /// Resolves once draining has begun: long-lived streams (WebSockets) use it to close cleanly.
     pub async fn drain_started(&self) {
         let mut rx = self.draining.subscribe();

@@ -13,6 +13,12 @@ use serde::{Deserialize, Deserializer};
 
 use crate::balance::{Algorithm, ServerSpec};
 
+mod policy;
+pub use policy::{
+    any_contains, CacheConfig, Cidr, ClientIpConfig, HstsConfig, LimitsConfig, PolicyConfig,
+    RateLimitConfig, RateLimitSetting, RouteCacheConfig, SecurityHeadersConfig, Size, StickyConfig,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
@@ -65,6 +71,15 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub client_ip: ClientIpConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Policies every route gets unless it sets its own.
+    #[serde(default)]
+    pub defaults: PolicyConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -206,6 +221,8 @@ pub struct UpstreamConfig {
     /// Name verified in the servers' certificates (default: each server's IP).
     pub server_name: Option<String>,
     pub health_check: Option<HealthCheckConfig>,
+    /// Pin clients to a server with a signed cookie (WebSocket sessions included).
+    pub sticky: Option<StickyConfig>,
     pub servers: Vec<ServerConfig>,
 }
 
@@ -300,6 +317,11 @@ pub struct RouteConfig {
     pub upstream: String,
     /// Overrides the upstream's `read_timeout` for this route.
     pub read_timeout: Option<Dur>,
+    /// This route's policies, over `[defaults]`.
+    #[serde(flatten)]
+    pub policy: PolicyConfig,
+    /// Cache cacheable GET responses of this route in memory.
+    pub cache: Option<RouteCacheConfig>,
 }
 
 /// Largest weight accepted; keeps weight arithmetic far from overflow.
@@ -410,6 +432,15 @@ impl Config {
         if self.routes.is_empty() {
             return Err(invalid("define at least one [[routes]]"));
         }
+        validate_policy("[defaults]", &self.defaults)?;
+        for route in &self.routes {
+            validate_policy(&format!("route {:?}", route.prefix), &route.policy)?;
+        }
+        if self.client_ip.proxy_protocol && self.client_ip.trusted_proxies.is_empty() {
+            return Err(invalid(
+                "[client_ip] proxy_protocol needs trusted_proxies (who may send it)",
+            ));
+        }
         Ok(())
     }
 
@@ -430,6 +461,42 @@ impl Config {
         );
         files
     }
+}
+
+fn validate_policy(place: &str, policy: &PolicyConfig) -> Result<(), ConfigError> {
+    if let Some(RateLimitSetting::On(rl)) = policy.rate_limit {
+        if rl.rate == 0 || rl.per.0.is_zero() || rl.burst == Some(0) {
+            return Err(invalid(format!(
+                "{place}: rate_limit needs rate, per and burst above zero"
+            )));
+        }
+    }
+    if let Some(RateLimitSetting::Off(true)) = policy.rate_limit {
+        return Err(invalid(format!(
+            "{place}: write rate_limit = false or a {{ rate, per, burst }} table"
+        )));
+    }
+    if let Some(headers) = &policy.security_headers {
+        let values = [
+            &headers.content_security_policy,
+            &headers.x_frame_options,
+            &headers.x_content_type_options,
+            &headers.x_xss_protection,
+            &headers.referrer_policy,
+            &headers.permissions_policy,
+            &headers.server,
+        ];
+        if values
+            .iter()
+            .filter_map(|v| v.as_deref())
+            .any(|v| http::HeaderValue::from_str(v).is_err())
+        {
+            return Err(invalid(format!(
+                "{place}: security header values must be visible ASCII"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl UpstreamConfig {
@@ -482,6 +549,23 @@ impl UpstreamConfig {
             return Err(invalid(format!(
                 "upstream {name}: tls = true needs [upstream_tls] ca to verify servers"
             )));
+        }
+        if let Some(sticky) = &self.sticky {
+            if sticky.secret.len() < 16 {
+                return Err(invalid(format!(
+                    "upstream {name}: sticky secret must be at least 16 bytes"
+                )));
+            }
+            let cookie_ok = !sticky.cookie.is_empty()
+                && sticky
+                    .cookie
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !cookie_ok {
+                return Err(invalid(format!(
+                    "upstream {name}: sticky cookie name must be letters, digits, '-' or '_'"
+                )));
+            }
         }
         if let Some(hc) = &self.health_check {
             if !hc.path.starts_with('/') {

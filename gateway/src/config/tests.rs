@@ -139,3 +139,36 @@ fn invalid_configs_are_refused_with_the_reason() {
         assert!(!err.contains('\n'), "one line: {err:?}");
     }
 }
+
+#[test]
+fn route_policies_parse_and_unknown_route_keys_are_refused() {
+    let with_policy = MINIMAL.replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nrate_limit = { rate = 50, per = \"1m\", burst = 50 }\nclient_max_body_size = \"2m\"\nrate_limit_exempt = [\"10.0.0.0/8\"]\n",
+    );
+    let config = Config::parse(&with_policy).unwrap();
+    let route = &config.routes[0];
+    assert_eq!(
+        route.policy.rate_limit,
+        Some(RateLimitSetting::On(RateLimitConfig {
+            rate: 50,
+            per: Dur(Duration::from_secs(60)),
+            burst: Some(50)
+        }))
+    );
+    assert_eq!(route.policy.client_max_body_size, Some(Size(2 << 20)));
+    let off = MINIMAL.replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nrate_limit = false\n",
+    );
+    assert_eq!(
+        Config::parse(&off).unwrap().routes[0].policy.rate_limit,
+        Some(RateLimitSetting::Off(false))
+    );
+    let unknown = MINIMAL.replace("upstream = \"app\"\n", "upstream = \"app\"\nbogus = 1\n");
+    assert!(
+        error_of(&unknown).contains("bogus"),
+        "{}",
+        error_of(&unknown)
+    );
+}
