@@ -343,7 +343,7 @@ async fn store_if_cacheable(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if !length.is_some_and(|n| n <= route_cache.max_object) {
+    if length.is_none_or(|n| n > route_cache.max_object) {
         return Ok(response);
     }
     let (parts, body) = response.into_parts();

@@ -492,6 +492,7 @@ async fn reload_under_load_loses_nothing_and_bad_configs_are_refused() {
         addr: second,
         authority: url.trim_start_matches("https://").to_string(),
         tls: Some((fx.pki.client(), "localhost".try_into().unwrap())),
+        bind: None,
     };
     let mut on_second = client::connect(&target).await.unwrap();
     assert_eq!(

@@ -85,6 +85,16 @@ pub struct Target {
     pub addr: SocketAddr,
     pub authority: String,
     pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    /// Local address to connect from (tests use 127.0.0.x to play different clients).
+    pub bind: Option<std::net::IpAddr>,
+}
+
+impl Target {
+    /// The same target, connecting from `ip`.
+    pub fn from_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.bind = Some(ip);
+        self
+    }
 }
 
 impl Target {
@@ -121,6 +131,7 @@ impl Target {
             addr,
             authority,
             tls,
+            bind: None,
         })
     }
 }
@@ -132,7 +143,7 @@ fn server_name(host: &str, url: &str) -> Result<ServerName<'static>, ClientError
 /// Opens a connection; h2 is used when TLS ALPN negotiates it.
 pub async fn connect(target: &Target) -> Result<Connection, ClientError> {
     let addr = target.addr;
-    let tcp = TcpStream::connect(addr)
+    let tcp = open_tcp(addr, target.bind)
         .await
         .map_err(|source| ClientError::Connect { addr, source })?;
     let _ = tcp.set_nodelay(true);
@@ -179,6 +190,25 @@ pub async fn connect(target: &Target) -> Result<Connection, ClientError> {
                 alpn,
                 tls_version,
             })
+        }
+    }
+}
+
+/// A TCP connection to `addr`, from `bind` when given.
+pub async fn open_tcp(
+    addr: SocketAddr,
+    bind: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    match bind {
+        None => TcpStream::connect(addr).await,
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await
         }
     }
 }

@@ -130,7 +130,7 @@ pub fn standard_routes(endpoints: Endpoints, health_aliases: &[&str]) -> axum::R
     for alias in health_aliases {
         router = router.route(alias, get(liveness));
     }
-    router.with_state(endpoints)
+    router.with_state(endpoints).merge(crate::assets::routes())
 }
 
 async fn liveness(

@@ -5,6 +5,7 @@
 //! the common command-line settings and a small HTTPS client for probes. It knows nothing of
 //! any particular service's routes or store.
 
+pub mod assets;
 pub mod boot;
 pub mod client;
 pub mod error;

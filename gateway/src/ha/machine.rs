@@ -260,7 +260,7 @@ impl Machine {
         }
         let interval = config.advert_interval;
         if !(MIN_ADVERT_INTERVAL..=MAX_ADVERT_INTERVAL).contains(&interval)
-            || interval.subsec_nanos() % 1_000_000 != 0
+            || interval.as_nanos() != interval.as_millis() * 1_000_000
         {
             return Err(ConfigError::BadInterval(interval));
         }

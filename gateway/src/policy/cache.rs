@@ -159,12 +159,13 @@ mod tests {
     fn cacheability_table() {
         let s = Duration::from_secs;
         let ok = StatusCode::OK;
-        let cases: Vec<(
+        type Case<'a> = (
             StatusCode,
-            Vec<(&str, &str)>,
+            Vec<(&'a str, &'a str)>,
             Option<Duration>,
             Option<Duration>,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             (
                 ok,
                 vec![("cache-control", "public, max-age=300")],

@@ -292,13 +292,33 @@ async fn handle(
         .position(|s| {
             matches!(
                 *s,
-                "health" | "slow" | "status" | "headers" | "upload" | "download"
+                "health" | "slow" | "status" | "headers" | "upload" | "download" | "ws" | "static"
             )
         })
         .unwrap_or(all.len());
     let segments = &all[start..];
     let response = match segments {
         ["health"] => full(StatusCode::OK, &name, "ok"),
+        ["ws", ..] => return Ok(websocket_echo(req, name)),
+        ["static", rest @ ..] => {
+            let private = rest.first() == Some(&"private");
+            let mut r = full(
+                StatusCode::OK,
+                &name,
+                format!("asset {} from {name}", rest.join("/")),
+            );
+            let cc = if private {
+                "private, max-age=60"
+            } else {
+                "public, max-age=60"
+            };
+            r.headers_mut().insert("cache-control", cc.parse().unwrap());
+            r.headers_mut()
+                .insert("server", "TestBackend/1.0".parse().unwrap());
+            r.headers_mut()
+                .insert("x-powered-by", "tests".parse().unwrap());
+            r
+        }
         ["slow", ms] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
             full(StatusCode::OK, &name, name.clone())
@@ -356,6 +376,51 @@ async fn handle(
         }
     };
     Ok(response)
+}
+
+/// Accepts a WebSocket upgrade; the first message names the backend, then it echoes.
+fn websocket_echo(mut req: Request<Incoming>, name: String) -> Response<BoxBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return full(StatusCode::BAD_REQUEST, &name, "not a websocket request");
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    let who = name.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        if ws
+            .send(Message::Text(format!("hello from {who}").into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        while let Some(Ok(msg)) = ws.next().await {
+            match msg {
+                Message::Text(t) if ws.send(Message::Text(t.clone())).await.is_err() => return,
+                Message::Close(_) => return,
+                _ => {}
+            }
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert("upgrade", "websocket".parse().unwrap());
+    h.insert("connection", "Upgrade".parse().unwrap());
+    h.insert(
+        "sec-websocket-accept",
+        derive_accept_key(key.as_bytes()).parse().unwrap(),
+    );
+    h.insert("x-served-by", name.parse().unwrap());
+    r
 }
 
 /// `[[upstreams.NAME.servers]]` lines for `backends` with the given weights.

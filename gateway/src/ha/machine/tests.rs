@@ -145,12 +145,13 @@ fn rfc_timing_in_whole_microseconds() {
 
 #[test]
 fn config_is_validated() {
-    let with = |f: fn(&mut Config)| {
+    type Edit = fn(&mut Config);
+    let with = |f: Edit| {
         let mut c = config("a", 1, 100);
         f(&mut c);
         Machine::new(c).map(|_| ())
     };
-    let table: [(fn(&mut Config), Result<(), ConfigError>); 9] = [
+    let table: [(Edit, Result<(), ConfigError>); 9] = [
         (|_| {}, Ok(())),
         (|c| c.priority = 0, Err(ConfigError::PriorityOutOfRange(0))),
         (
