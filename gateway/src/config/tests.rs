@@ -29,7 +29,9 @@ fn the_documented_example_parses() {
         AlgorithmName::LeastConn
     );
     assert_eq!(config.upstreams["customer"].keepalive, 256);
-    assert_eq!(config.routes.len(), 3);
+    assert_eq!(config.routes.len(), 4);
+    assert!(config.client_ip.proxy_protocol);
+    assert!(config.upstreams["customer"].sticky.is_some());
     assert_eq!(config.referenced_files().len(), 5);
 }
 
