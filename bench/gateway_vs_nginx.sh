@@ -49,6 +49,7 @@ H2_THREADS=${H2_THREADS:-1}
 ACCESS_LOGS=${ACCESS_LOGS:-off}
 SKIP_BUILD=${SKIP_BUILD:-0}
 BACKENDS=5
+. bench/lib.sh
 
 case $ACCESS_LOGS in
   off) modes=(off) ;;
@@ -56,149 +57,29 @@ case $ACCESS_LOGS in
   both) modes=(off on) ;;
   *) echo "ACCESS_LOGS must be off, on or both (got '$ACCESS_LOGS')" >&2; exit 2 ;;
 esac
-for v in DURATION ROUNDS WORKERS CONNS WRK_THREADS H2_STREAMS H2_THREADS; do
-  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v must be a positive integer" >&2; exit 2; }
-done
+require_positive DURATION ROUNDS WORKERS CONNS WRK_THREADS H2_STREAMS H2_THREADS
 [[ $WARMUP =~ ^[0-9]+$ ]] || { echo "WARMUP must be a number of seconds" >&2; exit 2; }
-
-die() { echo "error: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------------------------------------
 # Tools
-need=()
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-  echo "installing ${need[*]} with apt-get..." >&2
-  ((EUID == 0)) || die "missing ${need[*]}; run as root or install them"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 || {
-    apt-get update -qq >/dev/null && apt-get install -y -qq "${need[@]}" >/dev/null
-  }
-fi
+ensure_tools nginx:nginx wrk:wrk h2load:nghttp2-client curl:curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 # Debian's package enables and starts the distribution service on install; it listens on :80
 # and is left alone: ours runs from its own config on its own port.
 
-target=x86_64-unknown-linux-gnu
-bin=target/$target/release
-if [ "$SKIP_BUILD" != 1 ]; then
-  echo "building release binaries (static)..." >&2
-  RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --target $target \
-    -p admin-server -p customer-services -p gateway
-fi
-for b in gateway customer-services; do
-  [ -x "$bin/$b" ] || die "$bin/$b not found (build it, or unset SKIP_BUILD)"
-done
+build_release admin-server customer-services gateway
 
 # ---------------------------------------------------------------------------------------------
-# Housekeeping: everything started is recorded and stopped on exit.
-work=$(mktemp -d /tmp/gw-vs-nginx.XXXXXX)
-pids=()
-cleanup() {
-  local rc=$? p
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for _ in $(seq 50); do
-    local alive=0
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    ((alive)) || break
-    sleep 0.1
-  done
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Sets variable $1 to a free loopback port, searching from $2 and skipping ports already handed
-# out (not run in a subshell, so that `taken` is kept).
-taken=" "
-free_port() {
-  local p=$2
-  while ((p < 65000)); do
-    if [[ $taken != *" $p "* ]] && ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      taken+="$p "
-      printf -v "$1" '%s' "$p"
-      return
-    fi
-    p=$((p + 1))
-  done
-  die "no free port from $2"
-}
-
-# Waits (bounded) until URL answers 200; $2 = pid that must stay alive, $3 = its log.
-wait_ready() {
-  local url=$1 pid=$2 log=$3 what=$4 code
-  for _ in $(seq 150); do
-    kill -0 "$pid" 2>/dev/null || { echo "$what exited during start-up; log tail:" >&2; tail -n 30 "$log" >&2; exit 1; }
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 --cacert "$certs/ca.crt" "$url" || true)
-    [ "$code" = 200 ] && return 0
-    sleep 0.1
-  done
-  echo "$what not ready after 15 s (last status '$code' from $url); log tail:" >&2
-  tail -n 30 "$log" >&2
-  exit 1
-}
-
-certs=$work/certs
-cargo run -q -p service-kit --features pki --example issue_certs -- "$certs" localhost 127.0.0.1 >/dev/null
-
-# ---------------------------------------------------------------------------------------------
-# Backends: 5 customer-services over HTTPS, access logs off (LOG_LEVEL=warn).
-backend_ports=()
-next=28001
-for i in $(seq "$BACKENDS"); do
-  free_port port $next
-  next=$((port + 1))
-  log=$work/backend-$i.log
-  LOG_LEVEL=warn "$bin/customer-services" --host 127.0.0.1 --port "$port" --instance-id "c-$i" \
-    --tls-cert "$certs/server.crt" --tls-key "$certs/server.key" --data-dir "$work/data-$i" \
-    >"$log" 2>&1 &
-  pids+=($!)
-  backend_ports+=("$port")
-done
-for i in $(seq "$BACKENDS"); do
-  wait_ready "https://127.0.0.1:${backend_ports[i - 1]}/health" "${pids[i - 1]}" "$work/backend-$i.log" "backend c-$i"
-done
-
+# Housekeeping (lib.sh): everything started is recorded and stopped on exit.
+setup_workdir gw-vs-nginx
+issue_certs
+start_backends
 free_port GW_PORT 28443
 free_port NGX_PORT 28444
 free_port GW_ADMIN 29901
 
 # ---------------------------------------------------------------------------------------------
 # Proxy configs
-write_gateway_config() { # $1 = file
-  {
-    echo "[runtime]"
-    echo "worker_threads = $WORKERS"
-    echo "watch_config = false"
-    echo "[admin]"
-    echo "listen = \"127.0.0.1:$GW_ADMIN\""
-    echo "[https]"
-    echo "listen = [\"127.0.0.1:$GW_PORT\"]"
-    echo "cert = \"$certs/server.crt\""
-    echo "key = \"$certs/server.key\""
-    echo "[upstream_tls]"
-    echo "ca = \"$certs/ca.crt\""
-    echo "[upstreams.customer]"
-    echo "algorithm = \"least_conn\""
-    echo "keepalive = 256"
-    echo "keepalive_timeout = \"60s\""
-    echo "connect_timeout = \"2s\""
-    echo "read_timeout = \"30s\""
-    local servers="" p
-    for p in "${backend_ports[@]}"; do servers+="{ address = \"127.0.0.1:$p\" }, "; done
-    echo "servers = [${servers%, }]"
-    echo "[[routes]]"
-    echo "prefix = \"/\""
-    echo "upstream = \"customer\""
-  } >"$1"
-}
-
 nginx_version=$("$NGINX" -v 2>&1 | grep -o '[0-9][0-9.]*' | head -1)
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -1)" = "$2" ]; }
 if version_ge "$nginx_version" 1.25.1; then
@@ -274,18 +155,11 @@ EOF
 GW_PID=
 NGX_PID=
 start_proxies() { # $1 = access log mode
-  local mode=$1
-  write_gateway_config "$work/gateway.toml"
-  "$bin/gateway" check --config "$work/gateway.toml" >"$work/gateway-check.log" 2>&1 || {
-    echo "gateway rejected its config:" >&2; cat "$work/gateway-check.log" "$work/gateway.toml" >&2; exit 1; }
-  if [ "$mode" = on ]; then
-    LOG_LEVEL=info "$bin/gateway" --config "$work/gateway.toml" >/dev/null 2>>"$work/gateway.log" &
-  else
-    LOG_LEVEL=warn "$bin/gateway" --config "$work/gateway.toml" >>"$work/gateway.log" 2>&1 &
-  fi
-  GW_PID=$!
-  pids+=("$GW_PID")
-  wait_ready "https://127.0.0.1:$GW_PORT/health" "$GW_PID" "$work/gateway.log" gateway
+  local mode=$1 level
+  write_gateway_config "$work/gateway.toml" "$GW_PORT" "$GW_ADMIN"
+  if [ "$mode" = on ]; then level=info; else level=warn; fi
+  start_gateway "$work/gateway.toml" "$GW_PORT" "$work/gateway.log" "$level"
+  GW_PID=$started_pid
 
   write_nginx_config "$work/nginx.conf" "$mode"
   "$NGINX" -t -q -c "$work/nginx.conf" -p "$work/nginx" -e "$work/nginx/error.log" \
@@ -298,40 +172,12 @@ start_proxies() { # $1 = access log mode
   wait_ready "https://127.0.0.1:$NGX_PORT/health" "$NGX_PID" "$work/nginx/error.log" nginx
 }
 
-stop_proxies() {
-  local p
-  for p in "$GW_PID" "$NGX_PID"; do
-    kill -TERM "$p" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-}
+stop_proxies() { stop_pid "$GW_PID"; stop_pid "$NGX_PID"; }
 
 # ---------------------------------------------------------------------------------------------
 # Measurements
 proxy_pids() { # $1 = gateway|nginx -> the process and, for nginx, its workers
   if [ "$1" = gateway ]; then echo "$GW_PID"; else echo "$NGX_PID" $(pgrep -P "$NGX_PID" || true); fi
-}
-cpu_ticks() { # utime+stime of the proxy's processes (all threads), in clock ticks
-  local t=0 p
-  for p in $(proxy_pids "$1"); do
-    [ -r "/proc/$p/stat" ] || continue
-    t=$((t + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-  done
-  echo $t
-}
-mem_kb() { # $2 = VmRSS (from status) or Pss (from smaps_rollup), summed over the processes
-  local t=0 p v
-  for p in $(proxy_pids "$1"); do
-    if [ "$2" = Pss ]; then
-      v=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
-    else
-      v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
-    fi
-    t=$((t + ${v:-0}))
-  done
-  echo $t
 }
 alive_or_die() {
   local pid log
@@ -339,78 +185,13 @@ alive_or_die() {
   kill -0 "$pid" 2>/dev/null && return
   echo "$1 died during the benchmark; log tail:" >&2; tail -n 30 "$log" >&2; exit 1
 }
-CLK_TCK=$(getconf CLK_TCK)
-
 port_of() { if [ "$1" = gateway ]; then echo "$GW_PORT"; else echo "$NGX_PORT"; fi; }
-wrk_cmd() { echo "wrk -t$WRK_THREADS -c$CONNS -d${1}s --latency https://127.0.0.1:$2/health"; }
-h2_cmd() { echo "h2load -c$CONNS -m$H2_STREAMS -t$H2_THREADS -D $1 https://127.0.0.1:$2/health"; }
-
-# One measured round -> appends "rps p50ms p99ms cpu_us_per_req requests non2xx errors" to $4.
-round() { # $1 = proto (h1|h2), $2 = proxy, $3 = round number, $4 = results file
-  local proto=$1 proxy=$2 port out t0 t1 reqs rps p50 p99 non2xx errs cpu
-  port=$(port_of "$proxy")
-  out=$work/$mode-$proto-$proxy-$3.out   # $mode: the access-log mode being run
-  if [ "$proto" = h1 ]; then
-    ((WARMUP == 0)) || timeout $((WARMUP + 30)) $(wrk_cmd "$WARMUP" "$port") >/dev/null 2>&1 || true
-    t0=$(cpu_ticks "$proxy")
-    timeout $((DURATION + 30)) $(wrk_cmd "$DURATION" "$port") >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed against $proxy"; }
-    t1=$(cpu_ticks "$proxy")
-    reqs=$(awk '/requests in/ {print $1}' "$out")
-    rps=$(awk '/^Requests\/sec/ {print $2}' "$out")
-    p50=$(awk '$1 == "50%" {print $2}' "$out" | to_ms)
-    p99=$(awk '$1 == "99%" {print $2}' "$out" | to_ms)
-    non2xx=$(awk '/Non-2xx or 3xx responses/ {print $NF}' "$out")   # wrk: status >= 400
-    errs=$(awk '/Socket errors/ {gsub(/[^0-9]+/, " "); s = 0; for (i = 1; i <= NF; i++) s += $i; print s}' "$out")
-  else
-    ((WARMUP == 0)) || timeout $((WARMUP + 30)) $(h2_cmd "$WARMUP" "$port") >/dev/null 2>&1 || true
-    t0=$(cpu_ticks "$proxy")
-    timeout $((DURATION + 30)) $(h2_cmd "$DURATION" "$port") --log-file="$out.log" >"$out" 2>&1 || { cat "$out" >&2; die "h2load failed against $proxy"; }
-    t1=$(cpu_ticks "$proxy")
-    grep -q '^Application protocol: h2' "$out" || { cat "$out" >&2; die "$proxy did not negotiate h2"; }
-    reqs=$(awk '/^requests:/ {gsub(",", ""); print $6}' "$out")   # done
-    rps=$(awk '/^finished in/ {print $4}' "$out")
-    # --log-file: start (µs since epoch) \t status \t duration (µs); percentiles of durations.
-    read -r p50 p99 < <(awk -F'\t' '{print $3}' "$out.log" | sort -n | awk '
-      {v[NR] = $1}
-      END {
-        if (NR == 0) { print "nan nan"; exit }
-        i50 = int(NR * 0.50); if (i50 < NR * 0.50) i50++; if (i50 < 1) i50 = 1
-        i99 = int(NR * 0.99); if (i99 < NR * 0.99) i99++; if (i99 < 1) i99 = 1
-        printf "%.3f %.3f\n", v[i50] / 1000, v[i99] / 1000
-      }')
-    non2xx=$(awk '/^status codes:/ {gsub(",", ""); print $5 + $7 + $9}' "$out")   # 3xx+4xx+5xx
-    errs=$(awk '/^requests:/ {gsub(",", ""); print $12 + $14}' "$out")   # errored + timeout
-    rm -f "$out.log"
-  fi
-  alive_or_die "$proxy"
-  [ -n "$reqs" ] && [ "$reqs" -gt 0 ] || { cat "$out" >&2; die "no request completed through $proxy"; }
-  cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.2f", d * 1e6 / hz / n}')
-  echo "$rps $p50 $p99 $cpu $reqs ${non2xx:-0} ${errs:-0}" >>"$4"
-  printf '  %-2s round %d %-7s %10s req/s  p50 %7s ms  p99 %7s ms  %7s µs/req  non-2xx %s  errors %s\n' \
-    "$proto" "$3" "$proxy" "$rps" "$p50" "$p99" "$cpu" "${non2xx:-0}" "${errs:-0}" >&2
-}
-to_ms() { # wrk latency ("812.00us", "1.20ms", "1.01s", "1.00m") -> ms
-  awk '{ v = $1 + 0; u = $1; sub(/^[0-9.]+/, "", u)
-         if (u == "us") v /= 1000; else if (u == "s") v *= 1000; else if (u == "m") v *= 60000
-         printf "%.3f\n", v }'
-}
-median() { # column $1 of file $2
-  awk -v c="$1" '{print $c}' "$2" | sort -g | awk '{v[NR] = $1} END {
-    if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-total() { awk -v c="$1" '{s += $c} END {print s + 0}' "$2"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2fx", a / b }'; }
-goal() { # $1 = ratio value, $2 = op (>= or <=), $3 = bound
-  awk -v r="${1%x}" -v op="$2" -v b="$3" 'BEGIN {
-    if (r == "n/a") { print "n/a"; exit }
-    ok = (op == ">=") ? (r + 0 >= b) : (r + 0 <= b); printf "%s %s%s", ok ? "MET" : "MISSED", op, b }'
-}
+# round, median, ratio, goal...: lib.sh
 
 # ---------------------------------------------------------------------------------------------
 # Run
-cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
-echo "== machine: $(nproc) cores ($cpu_model), kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "== gateway $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- gateway service-kit 2>/dev/null || echo '+uncommitted'), $WORKERS worker threads; nginx $nginx_version, worker_processes $WORKERS"
+machine_line
+echo "== gateway $(gateway_revision), $WORKERS worker threads; nginx $nginx_version, worker_processes $WORKERS"
 echo "== $BACKENDS customer-services backends on 127.0.0.1:${backend_ports[*]} (HTTPS, LOG_LEVEL=warn); both proxies use TLS to them, verified against the bench CA, least_conn, keepalive 256"
 echo "== load: HTTP/1.1 over TLS, keep-alive: $(wrk_cmd "$DURATION" PORT)"
 echo "          h2 over TLS:                    $(h2_cmd "$DURATION" PORT)"
@@ -467,17 +248,10 @@ done
 
 # What the proxies logged besides access logs (gateway: warn and above, stdout of the
 # access-logs-off run and stderr of both; nginx: error.log at warn), grouped by message.
-echo "gateway log: $(wc -l <"$work/gateway.log") lines (warn and above), by level and message:"
-if [ -s "$work/gateway.log" ]; then
-  sed 's/.*"level":"\([A-Z]*\)".*"message":"\([^"]*\)".*/\1 \2/' "$work/gateway.log" |
-    sed 's/([0-9a-f]\{8,\})/(...)/g' | sort | uniq -c | sort -rn | head -n 15
-fi
+summarize_gateway_log "$work/gateway.log" "gateway log"
 echo "nginx error.log: $(wc -l <"$work/nginx/error.log") lines, by message:"
 if [ -s "$work/nginx/error.log" ]; then
   sed 's/^[0-9\/]* [0-9:]* //; s/[0-9]*#[0-9]*: \*\?[0-9]* \?//' "$work/nginx/error.log" |
     sort | uniq -c | sort -rn | head -n 15
 fi
-if [ "${KEEP_WORKDIR:-0}" = 1 ]; then
-  keep=/tmp/gw-vs-nginx-$(date +%Y%m%d-%H%M%S)
-  cp -r "$work" "$keep" && rm -rf "$keep/data-"* && echo "configs, logs and raw load-tool output kept in $keep"
-fi
+keep_workdir gw-vs-nginx

@@ -458,7 +458,7 @@ impl Topology {
                     pool.name
                 )));
             }
-            if pool.weights.is_empty() || pool.weights.iter().any(|w| *w == 0) {
+            if pool.weights.is_empty() || pool.weights.contains(&0) {
                 return Err(invalid(format!(
                     "pool {}: weights must be a non-empty list of positive numbers",
                     pool.name

@@ -22,6 +22,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/-/ready", get(ready))
         .route("/-/upstreams", get(upstreams))
         .route("/-/reload", post(reload))
+        .route("/-/ha", get(ha))
+        .route("/-/ha/drop-adverts", post(drop_adverts))
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::not_found(format!("no admin endpoint {}", uri.path()))
         })
@@ -99,6 +101,30 @@ async fn upstreams(State(gw): State<Arc<Gateway>>) -> Json<Value> {
         );
     }
     Json(json!({ "upstreams": out }))
+}
+
+async fn ha(State(gw): State<Arc<Gateway>>) -> Response {
+    match gw.ha() {
+        Some(node) => Json(node.status()).into_response(),
+        None => ApiError::not_found("HA is not configured ([ha] section)").into_response(),
+    }
+}
+
+/// Test hook (only with GATEWAY_HA_TEST_HOOKS=1): `?enabled=true` drops adverts both ways,
+/// simulating a partition; `?enabled=false` heals it.
+async fn drop_adverts(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    if std::env::var("GATEWAY_HA_TEST_HOOKS").as_deref() != Ok("1") {
+        return ApiError::not_found("no admin endpoint /-/ha/drop-adverts").into_response();
+    }
+    let Some(node) = gw.ha() else {
+        return ApiError::not_found("HA is not configured").into_response();
+    };
+    let enabled = q.get("enabled").map(String::as_str) == Some("true");
+    node.drop_adverts(enabled);
+    Json(json!({"dropping": enabled})).into_response()
 }
 
 async fn reload(State(gw): State<Arc<Gateway>>) -> Response {

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod forward;
 pub mod ha;
 pub mod health_check;
 pub mod metrics;

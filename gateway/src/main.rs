@@ -37,6 +37,16 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Relay TCP from published ports to the VIP (the edge forwarder), e.g.
+    /// `gateway forward --map 0.0.0.0:8443=172.28.1.100:443 --proxy-protocol`.
+    Forward {
+        /// LISTEN=TARGET; repeat for several ports.
+        #[arg(long = "map", required = true)]
+        maps: Vec<gateway::forward::Mapping>,
+        /// Prefix each connection with a PROXY v2 header carrying the client's address.
+        #[arg(long)]
+        proxy_protocol: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +55,10 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::Healthcheck { url }) => healthcheck(&cli.config, url),
+        Some(Command::Forward {
+            maps,
+            proxy_protocol,
+        }) => forward(maps, proxy_protocol),
         None => run(&cli.config),
     }
 }
@@ -68,6 +82,29 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn forward(maps: Vec<gateway::forward::Mapping>, proxy_protocol: bool) -> ExitCode {
+    service_kit::telemetry::init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        tokio::select! {
+            result = gateway::forward::run(maps, proxy_protocol) => match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            },
+            () = service_kit::server::shutdown_signal() => ExitCode::SUCCESS,
+        }
+    })
 }
 
 fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {

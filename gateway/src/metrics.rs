@@ -29,6 +29,7 @@ pub struct GatewayMetrics {
     pub cache_requests: IntCounterVec,
     pub cache_bytes: IntGauge,
     pub websockets: IntGauge,
+    pub ha: crate::ha::node::HaMetrics,
 }
 
 impl GatewayMetrics {
@@ -143,6 +144,47 @@ impl GatewayMetrics {
             "Bytes held by the response cache.",
         )?;
         let websockets = IntGauge::new("gateway_websocket_tunnels", "Open WebSocket tunnels.")?;
+        let ha = crate::ha::node::HaMetrics {
+            master: IntGauge::new(
+                "gateway_ha_master",
+                "1 while this gateway is the HA master.",
+            )?,
+            vip_held: IntGauge::new("gateway_ha_vip_held", "1 while this gateway holds the VIP.")?,
+            effective_priority: IntGauge::new(
+                "gateway_ha_effective_priority",
+                "HA priority after tracking penalties.",
+            )?,
+            transitions: IntCounterVec::new(
+                Opts::new(
+                    "gateway_ha_transitions_total",
+                    "HA state transitions, by the state entered.",
+                ),
+                &["state"],
+            )?,
+            sent: IntCounter::new("gateway_ha_adverts_sent_total", "HA adverts sent.")?,
+            received: IntCounter::new(
+                "gateway_ha_adverts_received_total",
+                "Authenticated HA adverts received.",
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "gateway_ha_adverts_rejected_total",
+                    "HA adverts dropped, by reason (invalid: bad tag or format; replayed).",
+                ),
+                &["reason"],
+            )?,
+        };
+        for c in [
+            Box::new(ha.master.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ha.vip_held.clone()),
+            Box::new(ha.effective_priority.clone()),
+            Box::new(ha.transitions.clone()),
+            Box::new(ha.sent.clone()),
+            Box::new(ha.received.clone()),
+            Box::new(ha.rejected.clone()),
+        ] {
+            registry.register(c)?;
+        }
         for c in [
             Box::new(rate_limited.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rate_limit_clients.clone()),
@@ -189,6 +231,7 @@ impl GatewayMetrics {
             cache_requests,
             cache_bytes,
             websockets,
+            ha,
         })
     }
 }

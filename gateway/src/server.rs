@@ -22,6 +22,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::{any_contains, Config};
+use crate::ha::node::{HaNode, VipSpec};
+use crate::ha::vip::BindVip;
 use crate::health_check::HealthChecks;
 use crate::metrics::GatewayMetrics;
 use crate::policy::conn_limit::ConnLimiter;
@@ -61,6 +63,9 @@ pub struct Gateway {
     health: Mutex<Option<HealthChecks>>,
     graceful: Mutex<Option<GracefulShutdown>>,
     conn_limiter: Arc<ConnLimiter>,
+    ha: Mutex<Option<Arc<HaNode>>>,
+    /// Bind mode: the VIP and whether this node holds it (listeners on it are bound only then).
+    vip_bind: Option<(std::net::IpAddr, watch::Receiver<bool>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,12 +81,17 @@ pub enum StartError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Ha(#[from] crate::ha::node::HaError),
 }
 
 impl StartError {
     /// Configuration problems are the operator's to fix (exit 2); the rest are runtime (1).
     pub fn is_config(&self) -> bool {
-        matches!(self, StartError::Config(_) | StartError::Build(_))
+        matches!(
+            self,
+            StartError::Config(_) | StartError::Build(_) | StartError::Ha(_)
+        )
     }
 }
 
@@ -108,7 +118,14 @@ impl Gateway {
     pub async fn start(config_path: &Path) -> Result<Arc<Gateway>, StartError> {
         let config = Config::load(config_path)?;
         let metrics = GatewayMetrics::new()?;
-        let bound = bind_all(&config, &HashMap::new())?;
+        let (bind_vip, vip_bind) = match &config.ha {
+            Some(ha) if ha.vip_mode == crate::config::VipMode::Bind => {
+                let (holder, held) = BindVip::new();
+                (Some(holder), Some((ha.vip.addr, held)))
+            }
+            _ => (None, None),
+        };
+        let bound = bind_all(&config, &HashMap::new(), vip_filter(&vip_bind))?;
         let snapshot = Snapshot::build(config, None, &metrics)?;
         metrics.reloads.with_label_values(&["success"]).inc();
         metrics.last_reload_success.set(unix_now());
@@ -122,11 +139,62 @@ impl Gateway {
             health: Mutex::new(None),
             graceful: Mutex::new(Some(GracefulShutdown::new())),
             conn_limiter: Arc::new(ConnLimiter::default()),
+            ha: Mutex::new(None),
+            vip_bind,
         });
         tokio::spawn(forget_idle_clients(Arc::downgrade(&gateway)));
         gateway.commit_listeners(bound);
         gateway.restart_health_checks();
+        let ha_config = gateway.snapshot.load().config.ha.clone();
+        if let Some(ha) = ha_config {
+            let spec = match bind_vip {
+                Some(holder) => VipSpec::Bind(holder),
+                None => VipSpec::Interface {
+                    interface: ha.interface.clone(),
+                },
+            };
+            let weak = Arc::downgrade(&gateway);
+            let tracking: Arc<dyn Fn() -> bool + Send + Sync> =
+                Arc::new(move || weak.upgrade().is_none_or(|g| g.can_serve()));
+            let node = HaNode::start(&ha, spec, tracking, gateway.metrics.ha.clone())?;
+            *lock(&gateway.ha) = Some(Arc::new(node));
+            if gateway.vip_bind.is_some() {
+                tokio::spawn(follow_vip(Arc::downgrade(&gateway)));
+            }
+        }
         Ok(gateway)
+    }
+
+    /// The HA node, when `[ha]` is configured.
+    pub fn ha(&self) -> Option<Arc<HaNode>> {
+        lock(&self.ha).clone()
+    }
+
+    /// Whether some upstream has a server that can take requests (HA tracking).
+    pub fn can_serve(&self) -> bool {
+        let snapshot = self.snapshot.load();
+        snapshot.upstreams.values().any(|u| {
+            u.shared.snapshot().iter().any(|s| {
+                matches!(
+                    s.peer.state,
+                    crate::balance::PeerState::Up | crate::balance::PeerState::Full
+                )
+            })
+        })
+    }
+
+    /// Bind mode: binds or closes the listeners on the VIP to match `held`.
+    fn reconcile_vip_listeners(self: &Arc<Self>) -> Result<(), StartError> {
+        let bound = {
+            let current = lock(&self.listeners);
+            bind_all(
+                &self.snapshot.load().config,
+                &current,
+                vip_filter(&self.vip_bind),
+            )?
+        };
+        self.commit_listeners(bound);
+        Ok(())
     }
 
     pub fn config_path(&self) -> &Path {
@@ -163,7 +231,7 @@ impl Gateway {
         }
         let bound = {
             let current = lock(&self.listeners);
-            bind_all(&config, &current).map_err(|e| e.to_string())?
+            bind_all(&config, &current, vip_filter(&self.vip_bind)).map_err(|e| e.to_string())?
         };
         let previous = self.snapshot.load_full();
         let snapshot =
@@ -181,7 +249,10 @@ impl Gateway {
 
     /// Starts accept loops for newly bound listeners and stops those the config dropped.
     fn commit_listeners(self: &Arc<Self>, bound: Vec<(ListenerKind, SocketAddr, TcpListener)>) {
-        let wanted = wanted_listeners(&self.snapshot.load().config);
+        let wanted: Vec<_> = wanted_listeners(&self.snapshot.load().config)
+            .into_iter()
+            .filter(|(_, addr)| vip_filter(&self.vip_bind)(addr))
+            .collect();
         let mut listeners = lock(&self.listeners);
         listeners.retain(|key, handle| {
             let keep = wanted.contains(key);
@@ -202,6 +273,11 @@ impl Gateway {
 
     /// Stops accepting, flips readiness and waits for in-flight requests (up to `timeout`).
     pub async fn shutdown(&self, timeout: Duration) -> bool {
+        // Hand the VIP over first (priority-0 advert): the peer takes over after its skew.
+        let ha = lock(&self.ha).take();
+        if let Some(ha) = ha {
+            ha.shutdown().await;
+        }
         self.lifecycle.begin_drain();
         for handle in lock(&self.listeners).values() {
             let _ = handle.stop.send(true);
@@ -237,6 +313,42 @@ impl Gateway {
                 (f, meta)
             })
             .collect()
+    }
+}
+
+/// Bind mode: follows the HA node's VIP flag, binding the VIP listeners on acquire (retrying
+/// while the old master still holds the port) and closing them on release.
+async fn follow_vip(gateway: std::sync::Weak<Gateway>) {
+    let Some(mut held) = gateway
+        .upgrade()
+        .and_then(|g| g.vip_bind.as_ref().map(|(_, rx)| rx.clone()))
+    else {
+        return;
+    };
+    loop {
+        let Some(g) = gateway.upgrade() else { return };
+        let want = *held.borrow_and_update();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match g.reconcile_vip_listeners() {
+                Ok(()) => break,
+                Err(e) if want && std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "VIP listener busy; retrying");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    if !*held.borrow() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot bind the VIP listeners");
+                    break;
+                }
+            }
+        }
+        drop(g);
+        if held.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -279,13 +391,25 @@ fn wanted_listeners(config: &Config) -> Vec<(ListenerKind, SocketAddr)> {
     https.chain(http).collect()
 }
 
+/// In bind mode, listeners on the VIP are wanted only while this node holds it.
+fn vip_filter(
+    vip_bind: &Option<(std::net::IpAddr, watch::Receiver<bool>)>,
+) -> impl Fn(&SocketAddr) -> bool + '_ {
+    move |addr| match vip_bind {
+        Some((vip, held)) => addr.ip() != *vip || *held.borrow(),
+        None => true,
+    }
+}
+
 /// Binds every wanted listener that is not already running.
 fn bind_all(
     config: &Config,
     running: &HashMap<(ListenerKind, SocketAddr), ListenerHandle>,
+    allowed: impl Fn(&SocketAddr) -> bool,
 ) -> Result<Vec<(ListenerKind, SocketAddr, TcpListener)>, StartError> {
     wanted_listeners(config)
         .into_iter()
+        .filter(|(_, addr)| allowed(addr))
         .filter(|key| !running.contains_key(key))
         .map(|(kind, addr)| Ok((kind, addr, bind(addr)?)))
         .collect()

@@ -80,6 +80,61 @@ pub struct Config {
     pub defaults: PolicyConfig,
     #[serde(default)]
     pub cache: CacheConfig,
+    /// The VRRP-style pair holding the VIP; applied at start (a reload keeps the running HA).
+    pub ha: Option<HaConfig>,
+}
+
+/// How the master holds the VIP.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VipMode {
+    /// Add the VIP to an interface (netlink) and announce it with gratuitous ARP. Needs
+    /// CAP_NET_ADMIN and CAP_NET_RAW.
+    Interface,
+    /// Bind the HTTPS/HTTP listeners that name the VIP only while master (loopback, laptops).
+    Bind,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// This node's name in adverts, logs and `/-/ha`.
+    pub name: String,
+    /// 1..=254; the higher wins.
+    pub priority: u8,
+    /// Our unicast address: adverts are sent from it, and it breaks priority ties.
+    pub address: std::net::IpAddr,
+    /// UDP port for adverts.
+    #[serde(default = "default_ha_port")]
+    pub port: u16,
+    /// The other node(s): `IP:port`.
+    pub peers: Vec<SocketAddr>,
+    #[serde(default = "default_advert_interval")]
+    pub advert_interval: Dur,
+    /// A higher-priority backup takes the VIP from a lower-priority master.
+    #[serde(default = "yes")]
+    pub preempt: bool,
+    pub preempt_delay: Option<Dur>,
+    /// Shared HMAC key for adverts (at least 16 bytes).
+    pub secret: String,
+    /// The floating address with its prefix, e.g. "172.28.1.100/16".
+    pub vip: Cidr,
+    pub vip_mode: VipMode,
+    /// Interface mode: where the VIP goes (default: the interface holding `address`).
+    pub interface: Option<String>,
+    /// Subtracted from the priority while this node cannot serve (no live upstream server).
+    #[serde(default = "default_track_penalty")]
+    pub track_penalty: u8,
+}
+
+fn default_ha_port() -> u16 {
+    5405
+}
+fn default_advert_interval() -> Dur {
+    Dur(Duration::from_millis(100))
+}
+fn default_track_penalty() -> u8 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -436,6 +491,9 @@ impl Config {
         for route in &self.routes {
             validate_policy(&format!("route {:?}", route.prefix), &route.policy)?;
         }
+        if let Some(ha) = &self.ha {
+            ha.validate()?;
+        }
         if self.client_ip.proxy_protocol && self.client_ip.trusted_proxies.is_empty() {
             return Err(invalid(
                 "[client_ip] proxy_protocol needs trusted_proxies (who may send it)",
@@ -460,6 +518,35 @@ impl Config {
                 .cloned(),
         );
         files
+    }
+}
+
+impl HaConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        crate::ha::PeerName::new(&self.name)
+            .map_err(|e| invalid(format!("[ha] name {:?}: {e}", self.name)))?;
+        if !(1..=254).contains(&self.priority) {
+            return Err(invalid("[ha] priority must be 1..=254"));
+        }
+        if self.secret.len() < crate::ha::advert::MIN_SECRET_LEN {
+            return Err(invalid(format!(
+                "[ha] secret must be at least {} bytes",
+                crate::ha::advert::MIN_SECRET_LEN
+            )));
+        }
+        if self.peers.is_empty() {
+            return Err(invalid("[ha] peers must name the other gateway"));
+        }
+        let ms = self.advert_interval.0.as_millis();
+        if !(1..=65_535).contains(&ms) || self.advert_interval.0.subsec_micros() % 1000 != 0 {
+            return Err(invalid(
+                "[ha] advert_interval must be whole milliseconds between 1ms and 65535ms",
+            ));
+        }
+        if self.vip.addr.is_ipv6() != self.address.is_ipv6() {
+            return Err(invalid("[ha] vip and address must be the same IP family"));
+        }
+        Ok(())
     }
 }
 

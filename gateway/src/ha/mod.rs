@@ -31,6 +31,8 @@
 
 pub mod advert;
 pub mod machine;
+pub mod node;
+pub mod vip;
 
 pub use advert::{
     decode, encode, Advert, AdvertError, AdvertKey, PeerName, PeerNameError, ReplayGuard,

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# What the edge policies cost: the gateway with every policy ON vs OFF, side by side in one run.
+#
+# Same setup as gateway_vs_nginx.sh (5 customer-services backends over HTTPS on loopback, GET
+# /health, wrk TLS HTTP/1.1 keep-alive then h2load h2, interleaved ABBA rounds after a warm-up,
+# medians over rounds), with two gateway processes whose configs differ only in policies:
+#
+#   ON   `/` route: rate_limit = { rate = 100000000, per = "1s", burst = 100000000 } (never
+#        reached by one client, but every request takes a token and gets X-RateLimit-*
+#        headers) and client_max_body_size = "1m"; security headers at their defaults (HSTS,
+#        CSP, X-Frame-Options, X-Content-Type-Options, X-XSS-Protection, Referrer-Policy,
+#        Permissions-Policy; Server removed); [client_ip] trusted_proxies = ["10.9.9.9/32"];
+#        [limits] max_connections_per_ip = 10000; a `/static/` route with `cache` (not hit by
+#        the load; it makes the shared response cache exist).
+#   OFF  no rate_limit; [defaults.security_headers] with every header "" (removed); no
+#        trusted proxies; max_connections_per_ip = 0 (no per-IP accounting); the same
+#        `/static/` route without `cache`, so both routers are the same.
+#
+# Two things cannot be turned off and run in both: HSTS (the config has no "off" for it: an
+# omitted `hsts` falls back to the built-in one) and the body-size check (client_max_body_size
+# defaults to 1m). Upstream Server / X-Powered-By are removed in both.
+#
+# Prints, per protocol, the medians of req/s, p50, p99 and CPU µs per request for each, the
+# ON/OFF ratios and whether the goal is met: policies cost at most 5% of req/s (ON/OFF >= 0.95).
+#
+#   bash bench/policies.sh                        # DURATION=10 ROUNDS=4
+#   DURATION=5 ROUNDS=2 bash bench/policies.sh    # quick check
+#
+# Environment (defaults): DURATION=10, WARMUP=2, ROUNDS=4 (even keeps ABBA balanced),
+# WORKERS=$(nproc), CONNS=64, WRK_THREADS=2, H2_STREAMS=10, H2_THREADS=1, SKIP_BUILD=0,
+# KEEP_WORKDIR=0, GOAL=0.95 (least ON/OFF req/s ratio). As in gateway_vs_nginx.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-4}
+WORKERS=${WORKERS:-$(nproc)}
+CONNS=${CONNS:-64}
+WRK_THREADS=${WRK_THREADS:-2}
+H2_STREAMS=${H2_STREAMS:-10}
+H2_THREADS=${H2_THREADS:-1}
+SKIP_BUILD=${SKIP_BUILD:-0}
+GOAL=${GOAL:-0.95}
+BACKENDS=5
+. bench/lib.sh
+
+require_positive DURATION ROUNDS WORKERS CONNS WRK_THREADS H2_STREAMS H2_THREADS
+[[ $WARMUP =~ ^[0-9]+$ ]] || { echo "WARMUP must be a number of seconds" >&2; exit 2; }
+
+ensure_tools wrk:wrk h2load:nghttp2-client curl:curl
+build_release customer-services gateway
+
+setup_workdir gw-policies
+issue_certs
+start_backends
+free_port OFF_PORT 28443
+free_port ON_PORT 28444
+free_port OFF_ADMIN 29901
+free_port ON_ADMIN 29902
+
+# ---------------------------------------------------------------------------------------------
+# The two configs: lib.sh's bench config plus the policies.
+write_gateway_config "$work/gateway-on.toml" "$ON_PORT" "$ON_ADMIN" \
+'rate_limit = { rate = 100000000, per = "1s", burst = 100000000 }
+client_max_body_size = "1m"' \
+'[[routes]]
+prefix = "/static/"
+upstream = "customer"
+cache = { max_object_size = "1m" }
+[cache]
+max_size = "64m"
+[client_ip]
+trusted_proxies = ["10.9.9.9/32"]
+[limits]
+max_connections_per_ip = 10000'
+
+write_gateway_config "$work/gateway-off.toml" "$OFF_PORT" "$OFF_ADMIN" "" \
+'[[routes]]
+prefix = "/static/"
+upstream = "customer"
+[limits]
+max_connections_per_ip = 0
+[defaults.security_headers]
+# hsts cannot be turned off: left out, the built-in one applies.
+content_security_policy = ""
+x_frame_options = ""
+x_content_type_options = ""
+x_xss_protection = ""
+referrer_policy = ""
+permissions_policy = ""
+server = ""'
+
+start_gateway "$work/gateway-off.toml" "$OFF_PORT" "$work/gateway-off.log" warn
+OFF_PID=$started_pid
+start_gateway "$work/gateway-on.toml" "$ON_PORT" "$work/gateway-on.log" warn
+ON_PID=$started_pid
+
+proxy_pids() { if [ "$1" = on ]; then echo "$ON_PID"; else echo "$OFF_PID"; fi; }
+port_of() { if [ "$1" = on ]; then echo "$ON_PORT"; else echo "$OFF_PORT"; fi; }
+alive_or_die() {
+  kill -0 "$(proxy_pids "$1")" 2>/dev/null && return
+  echo "gateway ($1) died during the benchmark; log tail:" >&2
+  tail -n 30 "$work/gateway-$1.log" >&2
+  exit 1
+}
+
+# Response header names of GET /health through each (what the policies add or remove).
+header_names() {
+  curl -s -D - -o /dev/null --max-time 5 --cacert "$certs/ca.crt" "https://127.0.0.1:$(port_of "$1")/health" |
+    tr -d '\r' | awk -F: 'NR > 1 && NF > 1 {printf "%s%s", sep, tolower($1); sep = " "}'
+}
+
+# ---------------------------------------------------------------------------------------------
+# Run
+machine_line
+echo "== gateway $(gateway_revision), $WORKERS worker threads, two processes: policies ON (:$ON_PORT) and OFF (:$OFF_PORT)"
+echo "== $BACKENDS customer-services backends on 127.0.0.1:${backend_ports[*]} (HTTPS, LOG_LEVEL=warn), TLS verified, least_conn, keepalive 256; gateways at LOG_LEVEL=warn"
+echo "== load: HTTP/1.1 over TLS, keep-alive: $(wrk_cmd "$DURATION" PORT)"
+echo "          h2 over TLS:                    $(h2_cmd "$DURATION" PORT)"
+echo "== $ROUNDS measured rounds of ${DURATION}s per config and protocol, interleaved ABBA, each after ${WARMUP}s of warm-up; figures are medians over rounds"
+echo "== response headers of GET /health:"
+echo "   ON:  $(header_names on)"
+echo "   OFF: $(header_names off)"
+echo
+
+mode=policies
+summary=()
+for proto in h1 h2; do
+  res=$work/res-$proto
+  : >"$res-off"; : >"$res-on"
+  echo "running $proto..." >&2
+  for r in $(seq "$ROUNDS"); do
+    if ((r % 2)); then order=(off on); else order=(on off); fi
+    for cfg in "${order[@]}"; do round "$proto" "$cfg" "$r" "$res-$cfg"; done
+  done
+  if [ "$proto" = h1 ]; then title="TLS HTTP/1.1 keep-alive (wrk)"; lat="(wrk --latency)"; else title="TLS h2 (h2load, -m$H2_STREAMS)"; lat="(h2load --log-file percentiles)"; fi
+  echo "### $title"
+  printf '%-10s %12s %9s %9s %11s %8s %9s %7s\n' policies "req/s" "p50 ms" "p99 ms" "CPU µs/req" "RSS MB" "non-2xx" errors
+  for cfg in off on; do
+    f=$res-$cfg
+    printf '%-10s %12.0f %9.3f %9.3f %11.1f %8.1f %9s %7s\n' "$cfg" \
+      "$(median 1 "$f")" "$(median 2 "$f")" "$(median 3 "$f")" "$(median 4 "$f")" \
+      "$(awk -v k="$(mem_kb "$cfg" VmRSS)" 'BEGIN {print k / 1024}')" "$(total 6 "$f")" "$(total 7 "$f")"
+  done
+  r_rps=$(ratio "$(median 1 "$res-on")" "$(median 1 "$res-off")" 3)
+  r_p50=$(ratio "$(median 2 "$res-on")" "$(median 2 "$res-off")" 3)
+  r_p99=$(ratio "$(median 3 "$res-on")" "$(median 3 "$res-off")" 3)
+  r_cpu=$(ratio "$(median 4 "$res-on")" "$(median 4 "$res-off")" 3)
+  printf '%-10s %12s %9s %9s %11s\n' "on/off" "$r_rps" "$r_p50" "$r_p99" "$r_cpu"
+  verdict=$(goal "$r_rps" '>=' "$GOAL")
+  printf '%-10s %12s   (req/s cost %s%%, CPU/req cost %s%%)\n' goal "$verdict" \
+    "$(awk -v r="${r_rps%x}" 'BEGIN {printf "%.1f", (1 - r) * 100}')" \
+    "$(awk -v r="${r_cpu%x}" 'BEGIN {printf "%.1f", (r - 1) * 100}')"
+  # The same ratio round by round (ON and OFF of one round ran back to back): the noise.
+  paired=$(paste -d' ' "$res-on" "$res-off" | awk '{printf "%s%.3f", sep, $1 / $8; sep = " "}')
+  echo "  req/s on/off per round: $paired"
+  echo "  latency $lat; CPU = utime+stime of the gateway process over the measured round / requests completed;"
+  echo "  RSS after this protocol's rounds; non-2xx and errors are totals over all rounds"
+  echo
+  summary+=("$(printf '%-30s req/s on/off %s  CPU/req on/off %s  p99 on/off %s  -> %s' "$title" "$r_rps" "$r_cpu" "$r_p99" "$verdict")")
+done
+
+echo "summary (goal: policies cost <= $(awk -v g="$GOAL" 'BEGIN {printf "%g", (1 - g) * 100}')% of req/s):"
+printf '  %s\n' "${summary[@]}"
+echo
+for cfg in on off; do summarize_gateway_log "$work/gateway-$cfg.log" "gateway ($cfg) log"; done
+keep_workdir gw-policies
