@@ -32,6 +32,9 @@ fn the_documented_example_parses() {
     assert_eq!(config.routes.len(), 4);
     assert!(config.client_ip.proxy_protocol);
     assert!(config.upstreams["customer"].sticky.is_some());
+    let ha = config.ha.as_ref().unwrap();
+    assert_eq!((ha.priority, ha.vip_mode), (150, VipMode::Interface));
+    assert_eq!(ha.vip, Cidr::parse("10.0.1.100/16").unwrap());
     assert_eq!(config.referenced_files().len(), 5);
 }
 
