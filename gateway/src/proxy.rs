@@ -120,6 +120,13 @@ pub async fn handle(
 
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
+    // Streamed bodies of unknown length log 0: the line is written at response head time.
+    let bytes = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     match target {
         Some(target) => target.metrics.observe(status, elapsed),
         None => snapshot.unrouted.observe(status, elapsed),
@@ -132,6 +139,7 @@ pub async fn handle(
         path = %raw_path,
         route = target.map_or("none", |t| t.label.as_str()),
         status,
+        bytes,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         upstream = trace.server.as_deref().unwrap_or("-"),
         upstream_status = trace.status.unwrap_or(0),

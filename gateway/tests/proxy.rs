@@ -699,3 +699,80 @@ fn check_command_and_start_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saving_the_config_file_reloads_it() {
+    let fx = Fixture::new();
+    let b0 = Backend::start("w0", &fx.pki).await;
+    let b1 = Backend::start("w1", &fx.pki).await;
+    let body = |list: &str| {
+        format!(
+            "[upstreams.pool]\nservers = [{list}]\n{}",
+            route("/", "pool")
+        )
+    };
+    let gw = fx.start_gateway(&body(&servers(&[&b0], "")));
+    // The fixture turns polling off; turn it on and start over with the same file.
+    let text = std::fs::read_to_string(&gw.config)
+        .unwrap()
+        .replace("watch_config = false", "watch_config = true");
+    drop(gw);
+    std::fs::write(fx.path("gateway.toml"), &text).unwrap();
+    let mut cmd = Command::new(GATEWAY);
+    cmd.env_clear().arg("--config").arg(fx.path("gateway.toml"));
+    let process = service_kit::testkit::ServerProcess::start(cmd);
+    let https = process.listener_addr("https");
+    let url = format!("https://localhost:{}", https.port());
+    let mut conn = client::connect(
+        &client::Target::from_url(&url, Some(fx.pki.client()))
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        conn.get("/whoami").await.unwrap().header("x-served-by"),
+        Some("w0")
+    );
+
+    std::fs::write(
+        fx.path("gateway.toml"),
+        text.replace(&b0.addr.to_string(), &b1.addr.to_string()),
+    )
+    .unwrap();
+    assert!(
+        process.wait_for_output("file change", Duration::from_secs(10)),
+        "no reload on save"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if conn.get("/whoami").await.unwrap().header("x-served-by") == Some("w1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the saved config never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines = process.output();
+    let access = lines
+        .iter()
+        .find(|l| l.contains("\"message\":\"request\""))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(access).unwrap();
+    for field in [
+        "request_id",
+        "client",
+        "method",
+        "path",
+        "status",
+        "bytes",
+        "duration_ms",
+        "upstream",
+        "upstream_status",
+        "tries",
+    ] {
+        assert!(!v[field].is_null(), "access log lacks {field}: {access}");
+    }
+}
