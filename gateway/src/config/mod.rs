@@ -538,7 +538,9 @@ impl HaConfig {
             return Err(invalid("[ha] peers must name the other gateway"));
         }
         let ms = self.advert_interval.0.as_millis();
-        if !(1..=65_535).contains(&ms) || self.advert_interval.0.subsec_micros() % 1000 != 0 {
+        if !(1..=65_535).contains(&ms)
+            || !self.advert_interval.0.subsec_micros().is_multiple_of(1000)
+        {
             return Err(invalid(
                 "[ha] advert_interval must be whole milliseconds between 1ms and 65535ms",
             ));
