@@ -3,7 +3,9 @@
 //! configs come from `devctl render --out .devctl/render` (bind-mounted read-only; override
 //! the directory with DEVCTL_RENDER).
 
-use crate::plan::{Instance, Kind, Plan, BIN_DIR, LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROLE};
+use crate::plan::{
+    Instance, Kind, Plan, BIN_DIR, LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROLE,
+};
 use crate::yaml::Yaml;
 
 pub const NETWORK: &str = "platform";
@@ -63,11 +65,17 @@ fn service(plan: &Plan, i: &Instance) -> Yaml {
         }
         s.insert("environment", env);
     }
+    if let Some(user) = &i.user {
+        s.insert("user", user);
+    }
     if !i.cap_add.is_empty() {
         s.insert("cap_add", Yaml::strs(i.cap_add.iter().cloned()));
     }
     let ours = matches!(i.kind, Kind::Gateway | Kind::Backend | Kind::Edge);
-    s.insert("restart", if ours { "on-failure" } else { "unless-stopped" });
+    s.insert(
+        "restart",
+        if ours { "on-failure" } else { "unless-stopped" },
+    );
     s.insert("labels", labels(plan, i));
     if let Some(args) = &i.healthcheck {
         let mut test = vec!["CMD".to_string(), format!("{BIN_DIR}/{}", i.binary)];
@@ -158,8 +166,8 @@ pub fn render(plan: &Plan, topology_path: &str) -> String {
     format!(
         "# Rendered by `devctl compose` from {topology_path}. Do not edit: a test fails when this\n\
          # file and the topology disagree. Configs and certificates come from\n\
-         # `devctl render --out .devctl/render` (or set DEVCTL_RENDER); images from `devctl up`\n\
-         # (or `devctl build`). Run: docker-compose -f compose/docker-compose.yml up -d\n{}",
+         # `devctl render --out .devctl/render` (or set DEVCTL_RENDER); images from `devctl up`.\n\
+         # Run: docker-compose -f compose/docker-compose.yml up -d\n{}",
         doc.render()
     )
 }

@@ -75,7 +75,11 @@ pub fn render(input: &Input<'_>) -> String {
     // devctl reloads explicitly (SIGHUP after an upload) so a half-written file is never read.
     let _ = writeln!(w, "watch_config = false\n");
 
-    let _ = writeln!(w, "[admin]\nlisten = {}\n", q(&format!("{admin_ip}:{}", g.admin_port)));
+    let _ = writeln!(
+        w,
+        "[admin]\nlisten = {}\n",
+        q(&format!("{admin_ip}:{}", g.admin_port))
+    );
 
     let _ = writeln!(
         w,

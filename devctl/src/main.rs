@@ -1,1 +1,422 @@
-fn main() {}
+//! `devctl`: production's 2 + 5 + 5 layout on one machine.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use devctl::context::Context;
+use devctl::plan::RuntimeKind;
+use devctl::ui::Ui;
+
+const EXAMPLES: &str = "\
+Examples:
+  devctl up                         # build, issue certificates, start everything, wait healthy
+  devctl status                     # table of instances and the VIP holder (--json for scripts)
+  devctl scale admin 6              # add admin-6, reload both gateways, Prometheus follows
+  devctl kill gateway-1             # the VIP moves to gateway-2; `devctl start gateway-1`
+  devctl logs admin-1 customer-1 -f --tail 20
+  devctl render --topology topology/production.toml --out /tmp/prod
+  devctl up --runtime process       # the same plan as local processes on 127.0.x.y
+  devctl down --volumes";
+
+/// Runs the InsightSerenity platform (2 gateways with a VIP, 5 admin, 5 customer backends,
+/// Prometheus, Grafana) on this machine, from a topology file.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = EXAMPLES)]
+struct Cli {
+    /// Topology file (default: topology/dev.toml of the checkout you are in).
+    #[arg(long, global = true, env = "DEVCTL_TOPOLOGY")]
+    topology: Option<PathBuf>,
+
+    /// State dir: CA, certificates, secrets, scale, process runtime files (default: .devctl/
+    /// in the checkout, else $XDG_STATE_HOME/devctl).
+    #[arg(long, global = true, env = "DEVCTL_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// docker (default) or process; commands after `up` use the runtime `up` used.
+    #[arg(long, global = true, value_enum, env = "DEVCTL_RUNTIME")]
+    runtime: Option<Runtime>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Runtime {
+    Docker,
+    Process,
+}
+
+impl From<Runtime> for RuntimeKind {
+    fn from(r: Runtime) -> RuntimeKind {
+        match r {
+            Runtime::Docker => RuntimeKind::Docker,
+            Runtime::Process => RuntimeKind::Process,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OpenTarget {
+    Grafana,
+    Prometheus,
+    Gateway,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build, issue certificates, create or converge everything, wait until healthy.
+    #[command(after_help = "Example: devctl up --timeout 3m")]
+    Up {
+        /// Use the binaries and images as they are.
+        #[arg(long)]
+        no_build: bool,
+        /// How long to wait for every instance to become healthy.
+        #[arg(long, default_value = "120s", value_parser = service_kit::settings::parse_duration)]
+        timeout: Duration,
+    },
+    /// Every instance's state and health, and which gateway holds the VIP.
+    #[command(after_help = "Example: devctl status --json | jq .vip.holder")]
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a pool's instance count; the gateways hot-reload, Prometheus follows.
+    #[command(after_help = "Example: devctl scale admin 6")]
+    Scale {
+        pool: String,
+        count: usize,
+        #[arg(long, default_value = "60s", value_parser = service_kit::settings::parse_duration)]
+        timeout: Duration,
+    },
+    /// Send a signal (default SIGKILL); the instance stays down until `devctl start`.
+    #[command(after_help = "Example: devctl kill gateway-1 --signal SIGTERM")]
+    Kill {
+        name: String,
+        #[arg(long, default_value = "SIGKILL")]
+        signal: String,
+    },
+    /// Start an instance stopped by `kill`.
+    Start { name: String },
+    /// Restart an instance (SIGTERM, drain, start).
+    Restart { name: String },
+    /// Merged logs, prefixed with the instance name.
+    #[command(after_help = "Example: devctl logs gateway-1 gateway-2 -f --tail 50")]
+    Logs {
+        names: Vec<String>,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Open Grafana, Prometheus or the gateway in a browser (or print the URL).
+    Open { target: OpenTarget },
+    /// (Re)issue every leaf certificate from the CA (made once, kept); --trust installs the CA.
+    Certs {
+        #[arg(long)]
+        trust: bool,
+    },
+    /// Remove every container and network with our labels (and volumes with --volumes).
+    Down {
+        #[arg(long)]
+        volumes: bool,
+        /// Also remove our images.
+        #[arg(long)]
+        images: bool,
+    },
+    /// Render compose/docker-compose.yml from the topology.
+    Compose {
+        /// Output file (default: compose/docker-compose.yml in the checkout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write every instance's files (gateway configs, certificates, Prometheus config and
+    /// targets) to a directory without starting anything.
+    #[command(
+        after_help = "Example: devctl render --topology topology/production.toml --out /tmp/prod"
+    )]
+    Render {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    service_kit::tls::install_default_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("devctl: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut text = format!("{e}");
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !text.contains(&c) {
+                    text.push_str(&format!(": {c}"));
+                }
+            }
+            eprintln!("devctl: {text}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn pick_runtime(cli_runtime: Option<Runtime>, ctx: &Context) -> RuntimeKind {
+    cli_runtime
+        .map(RuntimeKind::from)
+        .or_else(|| ctx.recorded_runtime())
+        .unwrap_or(RuntimeKind::Docker)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Context::load(cli.topology.as_deref(), cli.state_dir.as_deref())?;
+    let json_status = matches!(cli.command, Command::Status { json: true });
+    let ui = Ui::detect(json_status);
+    match cli.command {
+        Command::Compose { out } => compose(&ctx, out.as_deref()),
+        Command::Render { out } => render(&ctx, &out, cli.runtime),
+        Command::Certs { trust } => certs(&ctx, trust, pick_runtime(cli.runtime, &ctx)),
+        command => {
+            let kind = pick_runtime(cli.runtime, &ctx);
+            match kind {
+                RuntimeKind::Docker => match devctl::docker::connect().await {
+                    Ok(_) => docker(ctx, ui, command).await,
+                    Err(e) if matches!(command, Command::Up { .. }) && cli.runtime.is_none() => {
+                        ui.warn(&format!("{e}; using the process runtime instead"));
+                        process(ctx, ui, command).await
+                    }
+                    Err(e) => Err(e.into()),
+                },
+                RuntimeKind::Process => process(ctx, ui, command).await,
+            }
+        }
+    }
+}
+
+fn compose(ctx: &Context, out: Option<&Path>) -> anyhow::Result<()> {
+    let plan = ctx.plan(RuntimeKind::Docker)?;
+    let rel = ctx
+        .repo
+        .as_ref()
+        .and_then(|r| ctx.topology_path.strip_prefix(r).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| ctx.topology_path.to_string_lossy().into_owned());
+    // The committed file holds the topology's own instance counts, not `scale` overrides.
+    let plan = if plan
+        .pools
+        .iter()
+        .any(|(name, n)| ctx.topology.pool(name).map(|p| p.instances) != Some(*n))
+    {
+        let options = devctl::plan::PlanOptions {
+            runtime: RuntimeKind::Docker,
+            scale: Default::default(),
+            secrets: ctx.state.secrets()?,
+            state_dir: ctx.state.root.clone(),
+            version: devctl::context::VERSION.to_string(),
+        };
+        devctl::plan::Plan::build(&ctx.topology, &options)?
+    } else {
+        plan
+    };
+    let text = devctl::compose::render(&plan, &rel);
+    let out = match (out, &ctx.repo) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(r)) => r.join("compose/docker-compose.yml"),
+        (None, None) => bail!("no checkout found: pass --out FILE"),
+    };
+    devctl::state::write_atomic(&out, text.as_bytes(), false)?;
+    println!("{}", out.display());
+    Ok(())
+}
+
+fn render(ctx: &Context, out: &Path, runtime: Option<Runtime>) -> anyhow::Result<()> {
+    let kind = runtime
+        .map(RuntimeKind::from)
+        .unwrap_or(RuntimeKind::Docker);
+    let plan = ctx.plan(kind)?;
+    let certs = ctx
+        .state
+        .issue(&plan, &ctx.topology.tls.ca_common_name, false)
+        .context("issuing certificates")?;
+    let written = devctl::state::render_to(out, &plan, &certs)?;
+    println!(
+        "wrote {} files for {} instances to {} (CA: {})",
+        written.len(),
+        plan.instances.len(),
+        out.display(),
+        ctx.state.ca_path().display()
+    );
+    Ok(())
+}
+
+fn certs(ctx: &Context, trust: bool, kind: RuntimeKind) -> anyhow::Result<()> {
+    let plan = ctx.plan(kind)?;
+    if !trust {
+        ctx.state
+            .issue(&plan, &ctx.topology.tls.ca_common_name, true)?;
+        println!(
+            "issued {} leaf certificates in {} (CA kept: {}); `devctl up` rolls them out",
+            plan.certificates.len(),
+            ctx.state.certs_dir().display(),
+            ctx.state.ca_path().display()
+        );
+        return Ok(());
+    }
+    ctx.state
+        .issue(&plan, &ctx.topology.tls.ca_common_name, false)?;
+    devctl::trust::install(&ctx.state.ca_path(), &ctx.topology.name)
+}
+
+async fn docker(ctx: Context, ui: Ui, command: Command) -> anyhow::Result<()> {
+    use devctl::docker::{DockerRuntime, UpOptions};
+    let mut rt = DockerRuntime::new(ctx.clone(), ui).await?;
+    match command {
+        Command::Up { no_build, timeout } => {
+            ctx.record_runtime(RuntimeKind::Docker)?;
+            let status = rt
+                .up(&UpOptions {
+                    build: !no_build,
+                    timeout,
+                })
+                .await?;
+            print!("{}", devctl::summary::text(&status, &rt.plan));
+        }
+        Command::Status { json } => {
+            rt.mark_unavailable().await;
+            let status = rt.status().await?;
+            print_status(&status, json, &ui)?;
+        }
+        Command::Scale {
+            pool,
+            count,
+            timeout,
+        } => rt.scale(&pool, count, timeout).await?,
+        Command::Kill { name, signal } => {
+            rt.kill(&name, &signal).await?;
+            ui.done(&format!("{name}: sent {signal}"));
+        }
+        Command::Start { name } => {
+            rt.start(&name).await?;
+            ui.done(&format!("{name}: started"));
+        }
+        Command::Restart { name } => {
+            rt.restart(&name).await?;
+            ui.done(&format!("{name}: restarted"));
+        }
+        Command::Logs {
+            names,
+            follow,
+            tail,
+        } => rt.logs(&names, follow, tail).await?,
+        Command::Open { target } => open(&rt.plan, target)?,
+        Command::Down { volumes, images } => {
+            let removed = rt.down(volumes, images).await?;
+            for r in &removed {
+                ui.step(&format!("removed {r}"));
+            }
+            ui.done(&format!("{} objects removed", removed.len()));
+        }
+        Command::Compose { .. } | Command::Render { .. } | Command::Certs { .. } => {}
+    }
+    Ok(())
+}
+
+async fn process(ctx: Context, ui: Ui, command: Command) -> anyhow::Result<()> {
+    use devctl::process::ProcessRuntime;
+    let mut rt = ProcessRuntime::new(ctx.clone(), ui)?;
+    match command {
+        Command::Up { no_build, timeout } => {
+            ctx.record_runtime(RuntimeKind::Process)?;
+            let status = rt.up(!no_build, timeout).await?;
+            print!("{}", devctl::summary::text(&status, &rt.plan));
+        }
+        Command::Status { json } => {
+            let status = rt.status().await;
+            print_status(&status, json, &ui)?;
+        }
+        Command::Scale {
+            pool,
+            count,
+            timeout,
+        } => rt.scale(&pool, count, timeout).await?,
+        Command::Kill { name, signal } => {
+            rt.kill(&name, &signal)?;
+            ui.done(&format!("{name}: sent {signal}"));
+        }
+        Command::Start { name } => {
+            rt.start(&name).await?;
+            ui.done(&format!("{name}: started"));
+        }
+        Command::Restart { name } => {
+            rt.kill(&name, "SIGTERM")?;
+            rt.wait_exit(&name, Duration::from_secs(35)).await;
+            rt.start(&name).await?;
+            ui.done(&format!("{name}: restarted"));
+        }
+        Command::Logs {
+            names,
+            follow,
+            tail,
+        } => rt.logs(&names, follow, tail).await?,
+        Command::Open { target } => open(&rt.plan, target)?,
+        Command::Down { volumes, .. } => {
+            let removed = rt.down(volumes).await?;
+            ui.done(&format!("{} processes stopped", removed));
+        }
+        Command::Compose { .. } | Command::Render { .. } | Command::Certs { .. } => {}
+    }
+    Ok(())
+}
+
+fn print_status(status: &devctl::status::Status, json: bool, ui: &Ui) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(status)?);
+    } else {
+        print!("{}", devctl::status::table(status, ui.color));
+    }
+    Ok(())
+}
+
+fn open(plan: &devctl::plan::Plan, target: OpenTarget) -> anyhow::Result<()> {
+    let url = match target {
+        OpenTarget::Grafana => plan.endpoints.grafana.clone(),
+        OpenTarget::Prometheus => plan.endpoints.prometheus.clone(),
+        OpenTarget::Gateway => format!("{}/health", plan.endpoints.https),
+    };
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    let has_display = cfg!(target_os = "macos")
+        || std::env::var_os("DISPLAY").is_some()
+        || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if has_display {
+        if let Ok(status) = std::process::Command::new(opener)
+            .arg(&url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+        {
+            if status.success() {
+                println!("opened {url}");
+                return Ok(());
+            }
+        }
+    }
+    println!("{url}");
+    Ok(())
+}

@@ -129,6 +129,9 @@ pub struct Instance {
     pub aliases: Vec<String>,
     /// VRRP priority (gateways).
     pub priority: Option<u8>,
+    /// User to run as instead of the image's (gateways in interface mode: root, because
+    /// Docker gives a non-root user no effective capabilities, NET_ADMIN included).
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -179,7 +182,9 @@ pub struct Plan {
 pub enum PlanError {
     #[error("unknown pool {0:?}")]
     UnknownPool(String),
-    #[error("pool {pool}: {count} instances do not fit (1..=200, addresses in the subnet, no clash)")]
+    #[error(
+        "pool {pool}: {count} instances do not fit (1..=200, addresses in the subnet, no clash)"
+    )]
     BadScale { pool: String, count: usize },
 }
 
@@ -307,7 +312,10 @@ impl Plan {
             let count = pools.get(&pool.name).copied().unwrap_or(pool.instances);
             let port = pool.port;
             let mut servers = Vec::new();
-            for (i, addr) in Topology::pool_addresses(pool, count).into_iter().enumerate() {
+            for (i, addr) in Topology::pool_addresses(pool, count)
+                .into_iter()
+                .enumerate()
+            {
                 let name = format!("{}-{}", pool.name, i + 1);
                 let address = net.addr(addr);
                 let dir = config_dir(&name);
@@ -371,9 +379,11 @@ impl Plan {
                     healthcheck: Some(vec!["healthcheck".into()]),
                     cap_add: Vec::new(),
                     publish: Vec::new(),
-                    volume: docker.then(|| (format!("{prefix}-{}-data", pool.name), "/data".into())),
+                    volume: docker
+                        .then(|| (format!("{prefix}-{}-data", pool.name), "/data".into())),
                     aliases: vec![name.clone(), pool.name.clone()],
                     priority: None,
+                    user: None,
                 });
             }
             upstreams.push(gateway_config::Upstream { pool, servers });
@@ -470,11 +480,7 @@ impl Plan {
                     file("tls/client.crt", FileSource::Cert("gateway-client".into())),
                     file("tls/client.key", FileSource::Key("gateway-client".into())),
                 ],
-                healthcheck: Some(vec![
-                    "healthcheck".into(),
-                    "--config".into(),
-                    config_path,
-                ]),
+                healthcheck: Some(vec!["healthcheck".into(), "--config".into(), config_path]),
                 cap_add: if docker && t.gateways.vip_mode == VipMode::Interface {
                     vec!["NET_ADMIN".into(), "NET_RAW".into()]
                 } else {
@@ -491,6 +497,7 @@ impl Plan {
                 volume: None,
                 aliases: vec![name.clone(), "gateway".into()],
                 priority: Some(priority),
+                user: (docker && t.gateways.vip_mode == VipMode::Interface).then(|| "0:0".into()),
             });
         }
         // Gateways first: they are what everything else is reached through.
@@ -551,6 +558,7 @@ impl Plan {
             volume: None,
             aliases: vec!["edge".into()],
             priority: None,
+            user: None,
         });
 
         // Prometheus.
@@ -622,6 +630,7 @@ impl Plan {
             volume: None,
             aliases: vec!["prometheus".into()],
             priority: None,
+            user: None,
         });
 
         // Grafana.
@@ -635,10 +644,10 @@ impl Plan {
         let mut graf_files = vec![
             file(
                 "provisioning/datasources/prometheus.yml",
-                FileSource::Text(
-                    assets::GRAFANA_DATASOURCE
-                        .replace("http://prometheus:9090", &format!("http://{prom_addr}:{}", prom.port)),
-                ),
+                FileSource::Text(assets::GRAFANA_DATASOURCE.replace(
+                    "http://prometheus:9090",
+                    &format!("http://{prom_addr}:{}", prom.port),
+                )),
             ),
             file(
                 "provisioning/dashboards/provider.yml",
@@ -665,9 +674,19 @@ impl Plan {
             binary: "grafana".into(),
             args: Vec::new(),
             env: vec![
-                ("GF_SERVER_HTTP_ADDR".into(), if docker { "0.0.0.0".into() } else { graf_addr.to_string() }),
+                (
+                    "GF_SERVER_HTTP_ADDR".into(),
+                    if docker {
+                        "0.0.0.0".into()
+                    } else {
+                        graf_addr.to_string()
+                    },
+                ),
                 ("GF_SERVER_HTTP_PORT".into(), graf.port.to_string()),
-                ("GF_PATHS_PROVISIONING".into(), join(&graf_dir, "provisioning")),
+                (
+                    "GF_PATHS_PROVISIONING".into(),
+                    join(&graf_dir, "provisioning"),
+                ),
                 ("GF_AUTH_ANONYMOUS_ENABLED".into(), "true".into()),
                 ("GF_AUTH_ANONYMOUS_ORG_ROLE".into(), "Viewer".into()),
                 ("GF_ANALYTICS_REPORTING_ENABLED".into(), "false".into()),
@@ -681,6 +700,7 @@ impl Plan {
             volume: None,
             aliases: vec!["grafana".into()],
             priority: None,
+            user: None,
         });
 
         let targets = prometheus_targets(&instances, t.gateways.admin_port);
@@ -700,8 +720,14 @@ impl Plan {
         let endpoints = Endpoints {
             https: format!("https://{edge_host}:{edge_https}"),
             http: format!("http://{edge_host}:{edge_http}"),
-            prometheus: format!("http://{}", host_of(prom.port, prom_addr, prom.publish_port)),
-            grafana: format!("http://{}", host_of(graf.port, graf_addr, graf.publish_port)),
+            prometheus: format!(
+                "http://{}",
+                host_of(prom.port, prom_addr, prom.publish_port)
+            ),
+            grafana: format!(
+                "http://{}",
+                host_of(graf.port, graf_addr, graf.publish_port)
+            ),
             gateway_admin,
         };
 
@@ -770,7 +796,12 @@ fn file(path: &str, source: FileSource) -> PlannedFile {
 }
 
 /// SANs of a leaf: its names, its address, the VIP (gateways), loopback, the public names.
-fn leaf_sans(names: &[&str], address: Ipv4Addr, public: &[String], vip: Option<Ipv4Addr>) -> Vec<String> {
+fn leaf_sans(
+    names: &[&str],
+    address: Ipv4Addr,
+    public: &[String],
+    vip: Option<Ipv4Addr>,
+) -> Vec<String> {
     let mut sans: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     sans.push(address.to_string());
     if let Some(vip) = vip {
@@ -830,10 +861,13 @@ fn prometheus_targets(instances: &[Instance], admin_port: u16) -> Vec<(String, S
             Kind::Backend => i.port,
             _ => continue,
         };
-        by_role.entry(i.role.clone()).or_default().push(serde_json::json!({
-            "targets": [format!("{}:{port}", i.address)],
-            "labels": {"instance": i.name, "role": i.role},
-        }));
+        by_role
+            .entry(i.role.clone())
+            .or_default()
+            .push(serde_json::json!({
+                "targets": [format!("{}:{port}", i.address)],
+                "labels": {"instance": i.name, "role": i.role},
+            }));
     }
     by_role
         .into_iter()

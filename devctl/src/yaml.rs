@@ -171,23 +171,21 @@ mod tests {
 
     #[test]
     fn block_style_with_quoted_strings() {
-        let doc = Yaml::map()
-            .with("version", "2.4")
-            .with(
-                "services",
-                Yaml::map().with(
-                    "a",
-                    Yaml::map()
-                        .with("image", "x:1")
-                        .with("cap_add", Yaml::strs(["NET_ADMIN"]))
-                        .with(
-                            "ports",
-                            Yaml::Seq(vec![Yaml::map().with("k", 1i64).with("v", true)]),
-                        )
-                        .with("empty", Yaml::map())
-                        .with("tricky", "a: b\n\"c\" #d"),
-                ),
-            );
+        let doc = Yaml::map().with("version", "2.4").with(
+            "services",
+            Yaml::map().with(
+                "a",
+                Yaml::map()
+                    .with("image", "x:1")
+                    .with("cap_add", Yaml::strs(["NET_ADMIN"]))
+                    .with(
+                        "ports",
+                        Yaml::Seq(vec![Yaml::map().with("k", 1i64).with("v", true)]),
+                    )
+                    .with("empty", Yaml::map())
+                    .with("tricky", "a: b\n\"c\" #d"),
+            ),
+        );
         let expected = r#"version: "2.4"
 services:
   a:
