@@ -12,15 +12,14 @@ RUNS=${RUNS:-10}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-cargo build -q --release -p gateway --tests 2>/dev/null || true
 for i in $(seq "$RUNS"); do
-  cargo nextest run -q --release -p gateway --test ha --test ha_netns --no-capture \
+  cargo nextest run --release -p gateway --test ha --test ha_netns --no-capture \
     -E 'test(kill9_fails_over) | test(clean_stop) | test(interface_mode)' 2>&1 \
     | grep -E '^failover gap' >>"$log" || true
 done
 
 summarize() { # $1 = label pattern
-  grep -F "$1" "$log" | sed -E 's/.*: ([0-9.]+)(ms|s|µs)$/\1 \2/' | awk '
+  { grep -F "$1" "$log" || true; } | sed -E 's/.*: ([0-9.]+)(ms|s|µs)$/\1 \2/' | awk '
     { v = $1; if ($2 == "s") v *= 1000; if ($2 == "µs") v /= 1000; print v }' | sort -n | awk -v label="$1" '
     { a[NR] = $1 } END {
       if (NR == 0) { printf "%-45s no runs\n", label; exit }
