@@ -334,7 +334,7 @@ async fn follow_vip(gateway: std::sync::Weak<Gateway>) {
                 Ok(()) => break,
                 Err(e) if want && std::time::Instant::now() < deadline => {
                     tracing::debug!(error = %e, "VIP listener busy; retrying");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                     if !*held.borrow() {
                         break;
                     }

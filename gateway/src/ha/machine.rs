@@ -107,6 +107,10 @@ pub struct Config {
     /// over, so a node that just came back does not grab the VIP while it is still warming
     /// up. Does not delay failover when the master actually goes quiet.
     pub preempt_delay: Option<Duration>,
+    /// We are the only backup (a pair). Skew_Time exists to let the best of several backups
+    /// answer a stopping master first; with one backup it only delays the handover, so a
+    /// priority-0 advert makes us take over at once.
+    pub sole_backup: bool,
 }
 
 impl Config {
@@ -119,6 +123,7 @@ impl Config {
             advert_interval: DEFAULT_ADVERT_INTERVAL,
             preempt: true,
             preempt_delay: None,
+            sole_backup: false,
         }
     }
 }
@@ -405,7 +410,12 @@ impl Machine {
                 if advert.priority == 0 {
                     // The master is stopping: take over after Skew_Time only, so the best
                     // backup goes first.
-                    b.master_down_at = later(now, skew_time(ours, self.master_adver_interval));
+                    let wait = if self.config.sole_backup {
+                        Duration::ZERO
+                    } else {
+                        skew_time(ours, self.master_adver_interval)
+                    };
+                    b.master_down_at = later(now, wait);
                     b.master_stopped = true;
                     b.preempting = None;
                     self.master = Believed::Unknown;

@@ -132,6 +132,7 @@ impl HaNode {
         machine_config.advert_interval = config.advert_interval.0;
         machine_config.preempt = config.preempt;
         machine_config.preempt_delay = config.preempt_delay.map(|d| d.0);
+        machine_config.sole_backup = config.peers.len() == 1;
         let machine = Machine::new(machine_config).map_err(|e| HaError::Config(e.to_string()))?;
         let key =
             AdvertKey::new(config.secret.as_bytes()).map_err(|e| HaError::Config(e.to_string()))?;

@@ -329,6 +329,22 @@ fn priority_zero_advert_means_takeover_after_skew_only() {
 }
 
 #[test]
+fn a_sole_backup_takes_over_from_a_stopping_master_at_once() {
+    let t0 = Instant::now();
+    let mut cfg = config("b", 2, 100);
+    cfg.sole_backup = true;
+    let mut m = started(cfg, t0);
+    m.handle(t0 + ms(50), advert("a", 1, 200));
+    let stop = t0 + ms(100);
+    assert!(m.handle(stop, advert("a", 1, 0)).is_empty());
+    assert_eq!(m.next_deadline(), Some(stop));
+    assert_eq!(
+        m.handle(stop, Input::Tick),
+        become_master(Reason::MasterStopped, 100)
+    );
+}
+
+#[test]
 fn backup_learns_the_masters_interval() {
     let t0 = Instant::now();
     let mut m = started(config("b", 2, 100), t0);
