@@ -88,8 +88,9 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let id = RequestId::from_headers(req.headers());
-    let method = req.method().clone();
-    let raw_path = req.uri().path().to_string();
+    // The access log's copies of the request line are made only when it is on.
+    let access_log = tracing::enabled!(target: "access", tracing::Level::INFO);
+    let request_line = access_log.then(|| (req.method().clone(), req.uri().path().to_string()));
     let mut trace = UpstreamTrace::default();
     let https = client.scheme == Scheme::Https;
     let client_ip = client_ip::resolve(
@@ -131,6 +132,9 @@ pub async fn handle(
         Some(target) => target.metrics.observe(status, elapsed),
         None => snapshot.unrouted.observe(status, elapsed),
     }
+    let Some((method, raw_path)) = request_line else {
+        return response;
+    };
     tracing::info!(
         target: "access",
         request_id = %id,
