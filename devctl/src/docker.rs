@@ -512,7 +512,10 @@ impl DockerRuntime {
     /// The hash that decides replacement: the container body, the image ID, and every file
     /// that is not reloaded in place.
     async fn spec_hash(&self, i: &Instance, files: &state::Materialized) -> String {
-        let body = serde_json::to_vec(&self.body(i)).unwrap_or_default();
+        // Through a Value: its maps are sorted, so the hash does not depend on HashMap order.
+        let body = serde_json::to_value(self.body(i))
+            .and_then(|v| serde_json::to_vec(&v))
+            .unwrap_or_default();
         let image_id = self.image_id(&i.image).await.unwrap_or_default();
         let mut parts: Vec<Vec<u8>> = vec![body, image_id.into_bytes()];
         for (rel, bytes, _) in files {
@@ -726,7 +729,18 @@ impl DockerRuntime {
                 }
             }
         }
-        // Create in parallel, a few at a time.
+        // Gateways being replaced go one at a time, each healthy before the next, so the
+        // pair keeps the VIP; everything else is created in parallel, a few at a time.
+        let (rolling, to_create): (Vec<_>, Vec<_>) = to_create
+            .into_iter()
+            .partition(|(i, _, _, replace)| *replace && i.kind == Kind::Gateway);
+        for (i, files, hash, _) in rolling {
+            self.stop_and_remove(&i.container_name, 10).await?;
+            self.create(i, &files, &hash).await?;
+            self.wait_healthy(Duration::from_secs(60), Some(std::slice::from_ref(&i.name)))
+                .await?;
+            report.replaced.push(i.name.clone());
+        }
         let results: Vec<Result<(String, bool)>> = futures_util::stream::iter(to_create)
             .map(|(i, files, hash, replace)| async move {
                 if replace {
@@ -856,6 +870,37 @@ impl DockerRuntime {
         }
     }
 
+    /// Health of an instance Docker does not probe: Prometheus's /-/ready, the edge's port.
+    async fn probe(&self, i: &Instance) -> &'static str {
+        match i.kind {
+            Kind::Prometheus => {
+                let url = format!("{}/-/ready", self.plan.endpoints.prometheus);
+                match service_kit::client::get(&url, None, Duration::from_secs(1)).await {
+                    Ok(r) if r.status.is_success() => "healthy",
+                    _ => "unhealthy",
+                }
+            }
+            Kind::Edge => {
+                let addr = self
+                    .plan
+                    .endpoints
+                    .https
+                    .trim_start_matches("https://")
+                    .to_string();
+                match tokio::time::timeout(
+                    Duration::from_secs(1),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => "healthy",
+                    _ => "unhealthy",
+                }
+            }
+            _ => "none",
+        }
+    }
+
     async fn instance_ready(&self, i: &Instance) -> bool {
         let Some(c) = self.inspect(&i.container_name).await else {
             return false;
@@ -867,14 +912,7 @@ impl DockerRuntime {
         if i.healthcheck.is_some() {
             return health == "healthy";
         }
-        match i.kind {
-            Kind::Prometheus => {
-                let url = format!("{}/-/ready", self.plan.endpoints.prometheus);
-                matches!(service_kit::client::get(&url, None, Duration::from_secs(1)).await,
-                    Ok(r) if r.status.is_success())
-            }
-            _ => true,
-        }
+        matches!(self.probe(i).await, "healthy" | "none")
     }
 
     async fn last_logs(&self, container: &str, n: usize) -> Vec<String> {
@@ -936,7 +974,12 @@ impl DockerRuntime {
             };
             let (state, health, uptime, role) = match &inspected {
                 Some(c) => {
-                    let (s, h) = container_state(c);
+                    let (s, mut h) = container_state(c);
+                    if s == "running" && h == "none" {
+                        if let Some(i) = self.plan.instance(&name) {
+                            h = self.probe(i).await.to_string();
+                        }
+                    }
                     let role = c
                         .config
                         .as_ref()

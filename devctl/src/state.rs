@@ -307,12 +307,20 @@ pub fn write_targets(dir: &Path, plan: &Plan) -> Result<(), StateError> {
 
 /// `devctl render`: every instance's files under `out/<instance>/` (the layout the compose
 /// file mounts) and Prometheus's targets under `out/prometheus/targets/`.
+///
+/// The files are bind-mounted into containers whose user is uid 65532: as root, devctl hands
+/// them to that uid (keys stay 0600); otherwise keys are left readable (0644) so the
+/// container can read them.
 pub fn render_to(out: &Path, plan: &Plan, certs: &Certs) -> Result<Vec<PathBuf>, StateError> {
+    let root = nix::unistd::geteuid().is_root();
     let mut written = Vec::new();
     for instance in &plan.instances {
         for (rel, bytes, private) in materialize(instance, certs) {
             let path = out.join(&instance.name).join(&rel);
-            write_atomic(&path, &bytes, private)?;
+            write_atomic(&path, &bytes, private && root)?;
+            if root {
+                hand_over(&out.join(&instance.name), &path)?;
+            }
             written.push(path);
         }
     }
@@ -322,6 +330,15 @@ pub fn render_to(out: &Path, plan: &Plan, certs: &Certs) -> Result<Vec<PathBuf>,
         written.push(targets.join(name));
     }
     Ok(written)
+}
+
+/// chown `path` and its parents up to `top` to the image user.
+fn hand_over(top: &Path, path: &Path) -> Result<(), StateError> {
+    let uid = Some(crate::plan::IMAGE_UID);
+    for p in path.ancestors().take_while(|p| p.starts_with(top)) {
+        std::os::unix::fs::chown(p, uid, uid).map_err(io(p))?;
+    }
+    Ok(())
 }
 
 /// SHA-256 of some byte strings, hex (labels that tell whether a container is current).

@@ -1,6 +1,8 @@
 //! The committed Prometheus and Grafana files: promtool accepts the config and the rules, the
 //! rule unit tests pass, and every dashboard panel queries our pinned datasource.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
