@@ -133,6 +133,17 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Runs one process of the process runtime and restarts it when it fails (internal).
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long)]
+        pid_file: PathBuf,
+        #[arg(long)]
+        stop_file: PathBuf,
+        program: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Write every instance's files (gateway configs, certificates, Prometheus config and
     /// targets) to a directory without starting anything.
     #[command(
@@ -146,6 +157,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Supervise {
+        pid_file,
+        stop_file,
+        program,
+        args,
+    } = &cli.command
+    {
+        let code = devctl::process::supervise(pid_file, stop_file, program, args);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     service_kit::tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -329,7 +350,10 @@ async fn docker(ctx: Context, ui: Ui, command: Command) -> anyhow::Result<()> {
             }
             ui.done(&format!("{} objects removed", removed.len()));
         }
-        Command::Compose { .. } | Command::Render { .. } | Command::Certs { .. } => {}
+        Command::Compose { .. }
+        | Command::Render { .. }
+        | Command::Certs { .. }
+        | Command::Supervise { .. } => {}
     }
     Ok(())
 }
@@ -376,7 +400,10 @@ async fn process(ctx: Context, ui: Ui, command: Command) -> anyhow::Result<()> {
             let removed = rt.down(volumes).await?;
             ui.done(&format!("{} processes stopped", removed));
         }
-        Command::Compose { .. } | Command::Render { .. } | Command::Certs { .. } => {}
+        Command::Compose { .. }
+        | Command::Render { .. }
+        | Command::Certs { .. }
+        | Command::Supervise { .. } => {}
     }
     Ok(())
 }

@@ -70,6 +70,12 @@ impl ProcessRuntime {
         self.ctx.state.run_dir().join(format!("{name}.pid"))
     }
 
+    /// Present while an instance was stopped on purpose (`kill`, `down`, scale-down): its
+    /// supervisor does not restart it.
+    fn stop_path(&self, name: &str) -> PathBuf {
+        self.ctx.state.run_dir().join(format!("{name}.stopped"))
+    }
+
     fn log_path(&self, name: &str) -> PathBuf {
         self.ctx.state.logs_dir().join(format!("{name}.log"))
     }
@@ -145,8 +151,21 @@ impl ProcessRuntime {
             .open(&log)
             .map_err(io(&log))?;
         let err = out.try_clone().map_err(io(&log))?;
-        let mut cmd = std::process::Command::new(&program);
-        cmd.args(&i.args)
+        let stop = self.stop_path(&i.name);
+        let _ = std::fs::remove_file(&stop);
+        let _ = std::fs::remove_file(self.pid_path(&i.name));
+        // A supervisor (this binary) runs the program and restarts it when it fails by itself,
+        // like the containers' on-failure restart policy.
+        let exe = std::env::current_exe().map_err(io(Path::new("devctl")))?;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("supervise")
+            .arg("--pid-file")
+            .arg(self.pid_path(&i.name))
+            .arg("--stop-file")
+            .arg(&stop)
+            .arg("--")
+            .arg(&program)
+            .args(&i.args)
             .envs(i.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(&self.ctx.state.root)
             .stdin(std::process::Stdio::null())
@@ -154,12 +173,7 @@ impl ProcessRuntime {
             .stderr(err);
         // Its own process group: it outlives devctl and ignores devctl's Ctrl-C.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().map_err(io(&program))?;
-        state::write_atomic(
-            &self.pid_path(&i.name),
-            child.id().to_string().as_bytes(),
-            false,
-        )?;
+        cmd.spawn().map_err(io(&exe))?;
         Ok(())
     }
 
@@ -274,6 +288,7 @@ impl ProcessRuntime {
                     report.entry("reloaded").or_default().push(i.name.clone());
                 }
                 Some(pid) if changed => {
+                    let _ = state::write_atomic(&self.stop_path(&i.name), b"restart\n", false);
                     let _ = send_signal(Pid::from_raw(pid), Signal::SIGTERM);
                     self.wait_exit(&i.name, Duration::from_secs(35)).await;
                     self.spawn(i)?;
@@ -315,6 +330,7 @@ impl ProcessRuntime {
     }
 
     async fn stop_pidfile(&self, name: &str, grace: Duration) {
+        let _ = state::write_atomic(&self.stop_path(name), b"stopped by devctl\n", false);
         let path = self.pid_path(name);
         if let Some(pid) = std::fs::read_to_string(&path)
             .ok()
@@ -470,6 +486,12 @@ impl ProcessRuntime {
         let pid = self
             .pid(name)
             .ok_or_else(|| ProcessError::Other(format!("{name} is not running")))?;
+        if matches!(
+            sig,
+            Signal::SIGKILL | Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT
+        ) {
+            state::write_atomic(&self.stop_path(name), b"stopped by devctl\n", false)?;
+        }
         send_signal(Pid::from_raw(pid), sig)
             .map_err(|e| ProcessError::Other(format!("{name}: {e}")))?;
         Ok(())
@@ -637,4 +659,46 @@ fn tail_lines(path: &Path, n: usize) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect()
+}
+
+/// `devctl supervise` (hidden): runs `program`, writes its PID to `pid_file`, and restarts
+/// it after a failure (non-zero exit or a signal) unless `stop_file` exists (devctl stopped
+/// it on purpose). A clean exit (0, e.g. after draining on SIGTERM) ends supervision.
+pub fn supervise(pid_file: &Path, stop_file: &Path, program: &Path, args: &[String]) -> i32 {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = Instant::now();
+        let mut child = match std::process::Command::new(program).args(args).spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("devctl supervise: cannot start {}: {e}", program.display());
+                return 1;
+            }
+        };
+        if let Err(e) = state::write_atomic(pid_file, child.id().to_string().as_bytes(), false) {
+            eprintln!("devctl supervise: {e}");
+        }
+        let status = match child.wait() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("devctl supervise: {e}");
+                return 1;
+            }
+        };
+        if stop_file.exists() || status.success() {
+            return 0;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
+        eprintln!(
+            "devctl supervise: {} {status}; restarting in {backoff:?}",
+            program.display()
+        );
+        std::thread::sleep(backoff);
+        if stop_file.exists() {
+            return 0;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
 }

@@ -46,7 +46,11 @@ fn usage_errors_exit_2_and_failures_exit_1_with_one_line_and_a_hint() {
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "name = \"x\"\n").unwrap();
-    let out = devctl(dir.path(), &["--topology", bad.to_str().unwrap(), "status"], &[]);
+    let out = devctl(
+        dir.path(),
+        &["--topology", bad.to_str().unwrap(), "status"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("devctl: topology "), "{stderr}");
@@ -71,7 +75,11 @@ fn render_writes_production_artifacts() {
         ],
         &[],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config = std::fs::read_to_string(out_dir.join("gateway-1/gateway.toml")).unwrap();
     assert!(config.contains("address = \"10.0.2.10:3002\""));
     assert!(config.contains("vip = \"10.0.1.100/16\""));
@@ -93,9 +101,15 @@ fn render_writes_production_artifacts() {
 /// What CI runs on the committed compose file: docker-compose must accept it.
 #[test]
 fn docker_compose_accepts_the_committed_file() {
-    let found = Command::new("docker-compose").arg("version").output().is_ok();
+    let found = Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_ok();
     if !found {
-        assert!(std::env::var_os("CI").is_none(), "docker-compose is missing in CI");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "docker-compose is missing in CI"
+        );
         eprintln!("skipped: docker-compose not found");
         return;
     }

@@ -23,6 +23,7 @@ fn repo() -> PathBuf {
 }
 
 struct Env {
+    name: String,
     _dir: tempfile::TempDir,
     topology: PathBuf,
     state: PathBuf,
@@ -57,6 +58,7 @@ impl Env {
             "http://127.0.4.10:9090".to_string()
         };
         Env {
+            name: name.to_string(),
             https: format!("https://127.0.0.1:{}", p(443)),
             prometheus,
             _dir: dir,
@@ -64,6 +66,10 @@ impl Env {
             state,
             runtime,
         }
+    }
+
+    fn deployment(&self) -> &str {
+        &self.name
     }
 
     fn devctl(&self, args: &[&str]) -> Output {
@@ -182,11 +188,60 @@ fn vip_holder(env: &Env) -> Option<String> {
     env.status()["vip"]["holder"].as_str().map(str::to_string)
 }
 
+/// Kills an instance's process behind devctl's back (as a crash would).
+fn crash(env: &Env, name: &str) {
+    let pid: i32 = if env.runtime == "docker" {
+        block_on(async {
+            let docker = devctl::docker::connect().await.unwrap();
+            let container = format!("insightserenity-{}-{name}", env.deployment());
+            docker
+                .inspect_container(
+                    &container,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+                .unwrap()
+                .state
+                .and_then(|s| s.pid)
+                .unwrap()
+        })
+        .try_into()
+        .unwrap()
+    } else {
+        std::fs::read_to_string(env.state.join(format!("run/{name}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eprintln!("crashed {name} (pid {pid})");
+}
+
 fn flow(env: &Env, docker: bool) {
     let _down = Down(env);
     let started = Instant::now();
     env.ok(&["up", "--timeout", "240s"]);
     eprintln!("up: {:.1?}", started.elapsed());
+
+    // A second `up` converges to the same state: nothing to do, and quickly.
+    let started = Instant::now();
+    let out = env.devctl(&["up", "--timeout", "60s"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("everything already matches the plan"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 
     // 12 healthy instances and a VIP holder.
     let status = env.status();
@@ -305,6 +360,24 @@ fn flow(env: &Env, docker: bool) {
         .unwrap()
         .clone();
     assert_ne!(g1["state"], "running", "a killed instance stays down: {g1}");
+
+    // A crash (not `devctl kill`) brings the instance back by itself.
+    crash(env, "admin-3");
+    eventually(
+        "admin-3 back after a crash",
+        Duration::from_secs(30),
+        || {
+            let status = env.status();
+            status["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| {
+                    s["name"] == "admin-3" && s["state"] == "running" && s["health"] == "healthy"
+                })
+                .then_some(())
+        },
+    );
 
     // start gateway-1: it comes back and, with preemption, takes the VIP again.
     env.ok(&["start", "gateway-1"]);
