@@ -5,7 +5,8 @@ use std::path::Path;
 
 use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
-use service_kit::sqlite::{Db, StoreError};
+use service_kit::json::PageRequest;
+use service_kit::sqlite::{count_by, Db, StoreError};
 
 const MIGRATIONS: &[&str] = &["
     CREATE TABLE users (
@@ -72,13 +73,7 @@ pub struct UserChanges {
     pub role: Option<Role>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Page {
-    pub items: Vec<User>,
-    pub total: i64,
-    pub limit: i64,
-    pub offset: i64,
-}
+pub type Page = service_kit::json::Page<User>;
 
 #[derive(Clone)]
 pub struct UserStore {
@@ -149,12 +144,8 @@ impl UserStore {
             .await
     }
 
-    pub async fn list(
-        &self,
-        role: Option<Role>,
-        limit: i64,
-        offset: i64,
-    ) -> Result<Page, StoreError> {
+    pub async fn list(&self, role: Option<Role>, page: PageRequest) -> Result<Page, StoreError> {
+        let PageRequest { limit, offset } = page;
         self.db
             .call(move |conn| {
                 let role = role.map(Role::as_str);
@@ -222,21 +213,12 @@ impl UserStore {
     pub async fn count_by_role(&self) -> Result<Vec<(Role, i64)>, StoreError> {
         self.db
             .call(|conn| {
-                let mut stmt =
-                    conn.prepare_cached("SELECT role, count(*) FROM users GROUP BY role")?;
-                let rows = stmt
-                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Role::ALL
-                    .into_iter()
-                    .map(|role| {
-                        let n = rows
-                            .iter()
-                            .find(|(r, _)| r == role.as_str())
-                            .map_or(0, |(_, n)| *n);
-                        (role, n)
-                    })
-                    .collect())
+                count_by(
+                    conn,
+                    "SELECT role, count(*) FROM users GROUP BY role",
+                    &Role::ALL,
+                    Role::as_str,
+                )
             })
             .await
     }

@@ -5,14 +5,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use service_kit::json::{ApiJson, ApiPath, ApiQuery};
+use service_kit::json::{ApiJson, ApiPath, ApiQuery, PageRequest};
 use service_kit::ApiError;
 
 use crate::store::{NewUser, Role, UserChanges};
 use crate::{conflict_or, SharedState};
-
-pub const MAX_PAGE: i64 = 100;
-pub const DEFAULT_PAGE: i64 = 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,18 +114,8 @@ pub async fn list(
     State(state): State<SharedState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::validation(
-            "limit",
-            format!("must be between 1 and {MAX_PAGE}"),
-        ));
-    }
-    let offset = query.offset.unwrap_or(0);
-    if offset < 0 {
-        return Err(ApiError::validation("offset", "must not be negative"));
-    }
-    let page = state.store.list(query.role, limit, offset).await?;
+    let page = PageRequest::new(query.limit, query.offset)?;
+    let page = state.store.list(query.role, page).await?;
     Ok(Json(page).into_response())
 }
 

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -504,43 +503,7 @@ async fn metrics_are_promtool_clean_and_count_requests() {
     assert!(text.contains(r#"http_requests_total{method="GET",route="unmatched",status="404"} 1"#));
     assert!(text.contains(r#"build_info{service="admin-server",version=""#));
     assert!(text.contains("process_resident_memory_bytes"));
-    promtool_check(&text, fx.dir.path());
-}
-
-fn promtool_check(text: &str, dir: &Path) {
-    let Ok(path) = which("promtool") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is required in CI (Debian package prometheus)"
-        );
-        eprintln!("skipping promtool check: promtool not installed (apt-get install prometheus)");
-        return;
-    };
-    let file = dir.join("metrics.txt");
-    std::fs::write(&file, text).unwrap();
-    let out = Command::new(path)
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&file).unwrap())
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool: {report}"
-    );
-}
-
-fn which(name: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or(())
+    service_kit::testkit::promtool_check(&text, fx.dir.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,16 +5,13 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use service_kit::json::{ApiJson, ApiPath, ApiQuery};
+use service_kit::json::{ApiJson, ApiPath, ApiQuery, PageRequest};
 use service_kit::ApiError;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::store::{Changes, NewConsultation, Status};
 use crate::SharedState;
-
-pub const MAX_PAGE: i64 = 100;
-pub const DEFAULT_PAGE: i64 = 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,18 +97,8 @@ pub async fn list(
     State(state): State<SharedState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::validation(
-            "limit",
-            format!("must be between 1 and {MAX_PAGE}"),
-        ));
-    }
-    let offset = query.offset.unwrap_or(0);
-    if offset < 0 {
-        return Err(ApiError::validation("offset", "must not be negative"));
-    }
-    Ok(Json(state.store.list(query.status, limit, offset).await?).into_response())
+    let page = PageRequest::new(query.limit, query.offset)?;
+    Ok(Json(state.store.list(query.status, page).await?).into_response())
 }
 
 pub async fn get_one(

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 use serde::{Deserialize, Serialize};
-use service_kit::sqlite::{Db, StoreError};
+use service_kit::json::PageRequest;
+use service_kit::sqlite::{count_by, Db, StoreError};
 
 const MIGRATIONS: &[&str] = &["
     CREATE TABLE consultations (
@@ -91,13 +92,7 @@ pub struct Changes {
     pub status: Option<Status>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Page {
-    pub items: Vec<Consultation>,
-    pub total: i64,
-    pub limit: i64,
-    pub offset: i64,
-}
+pub type Page = service_kit::json::Page<Consultation>;
 
 /// One entry of the change log.
 #[derive(Debug, Clone, Serialize)]
@@ -200,9 +195,9 @@ impl ConsultationStore {
     pub async fn list(
         &self,
         status: Option<Status>,
-        limit: i64,
-        offset: i64,
+        page: PageRequest,
     ) -> Result<Page, StoreError> {
+        let PageRequest { limit, offset } = page;
         self.db
             .call(move |conn| {
                 let status = status.map(Status::as_str);
@@ -278,18 +273,12 @@ impl ConsultationStore {
     pub async fn summary(&self) -> Result<(Vec<(Status, i64)>, i64), StoreError> {
         self.db
             .call(|conn| {
-                let mut stmt =
-                    conn.prepare_cached("SELECT status, count(*) FROM consultations GROUP BY status")?;
-                let rows = stmt
-                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                let by_status = Status::ALL
-                    .into_iter()
-                    .map(|s| {
-                        let n = rows.iter().find(|(r, _)| r == s.as_str()).map_or(0, |(_, n)| *n);
-                        (s, n)
-                    })
-                    .collect();
+                let by_status = count_by(
+                    conn,
+                    "SELECT status, count(*) FROM consultations GROUP BY status",
+                    &Status::ALL,
+                    Status::as_str,
+                )?;
                 // RFC 3339 UTC strings of equal shape compare in time order.
                 let upcoming: i64 = conn.query_row(
                     "SELECT count(*) FROM consultations WHERE status = 'scheduled' AND scheduled_at > ?1",

@@ -579,7 +579,7 @@ async fn admin_endpoints_metrics_and_graceful_stop() {
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
-    promtool_check(&text, fx.dir.path());
+    service_kit::testkit::promtool_check(&text, fx.dir.path());
 
     // Health checks probe the backend.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -600,34 +600,6 @@ async fn admin_endpoints_metrics_and_graceful_stop() {
     assert!(gw
         .process
         .wait_for_output("drained cleanly", Duration::from_secs(1)));
-}
-
-fn promtool_check(text: &str, dir: &std::path::Path) {
-    let Some(promtool) = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("promtool"))
-            .find(|p| p.is_file())
-    }) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is required in CI"
-        );
-        eprintln!("skipping promtool check: promtool not installed");
-        return;
-    };
-    let file = dir.join("metrics.txt");
-    std::fs::write(&file, text).unwrap();
-    let out = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&file).unwrap())
-        .output()
-        .unwrap();
-    let report =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool: {report}"
-    );
 }
 
 #[test]

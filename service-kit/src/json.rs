@@ -118,6 +118,43 @@ fn backticked(message: &str) -> Option<String> {
     Some(message[start..start + len].to_string())
 }
 
+/// Largest page a list endpoint returns, and the default page size.
+pub const MAX_PAGE: i64 = 100;
+pub const DEFAULT_PAGE: i64 = 20;
+
+/// Validated `limit`/`offset` of a list request (422 naming the field when out of range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl PageRequest {
+    pub fn new(limit: Option<i64>, offset: Option<i64>) -> Result<Self, ApiError> {
+        let limit = limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ApiError::validation(
+                "limit",
+                format!("must be between 1 and {MAX_PAGE}"),
+            ));
+        }
+        let offset = offset.unwrap_or(0);
+        if offset < 0 {
+            return Err(ApiError::validation("offset", "must not be negative"));
+        }
+        Ok(PageRequest { limit, offset })
+    }
+}
+
+/// One page of a list, with the total across pages.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
 /// Path parameters; a malformed one (e.g. a non-numeric id) is a 400 JSON error.
 #[derive(Debug, Clone, Copy, Default, FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]

@@ -136,6 +136,30 @@ impl Db {
     }
 }
 
+/// Counts rows per value of an enum column: `sql` selects `(value TEXT, count INTEGER)` rows
+/// (a `GROUP BY`); every variant in `all` appears in the result, zero included.
+pub fn count_by<E: Copy>(
+    conn: &Connection,
+    sql: &str,
+    all: &[E],
+    name: impl Fn(E) -> &'static str,
+) -> Result<Vec<(E, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(all
+        .iter()
+        .map(|&value| {
+            let n = rows
+                .iter()
+                .find(|(v, _)| v == name(value))
+                .map_or(0, |(_, n)| *n);
+            (value, n)
+        })
+        .collect())
+}
+
 fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)

@@ -218,3 +218,37 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `promtool check metrics` on an exposition text and asserts it is clean. Without
+/// promtool the check is skipped with a note, except under CI where that is a failure.
+pub fn promtool_check(text: &str, scratch: &Path) {
+    let promtool = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("promtool"))
+            .find(|p| p.is_file())
+    });
+    let Some(promtool) = promtool else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is required in CI (Debian package prometheus)"
+        );
+        eprintln!("skipping promtool check: promtool not installed (apt-get install prometheus)");
+        return;
+    };
+    let file = scratch.join("metrics.txt");
+    std::fs::write(&file, text).expect("write metrics");
+    let out = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).expect("open metrics"))
+        .output()
+        .expect("run promtool");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+}
