@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -16,6 +17,11 @@ if ((${#missing[@]})); then
     echo "note: not root, cannot install ${missing[*]}; tests that need them will say so" >&2
   fi
 fi
+
+# devctl's end-to-end tests run the static release binaries in FROM-scratch images; build them
+# here, once, so no test waits on a cold LTO build (devctl skips it when they are up to date).
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
+  --target x86_64-unknown-linux-gnu -p admin-server -p customer-services -p gateway
 
 profile=default
 [ -n "${CI:-}" ] && profile=ci
