@@ -28,7 +28,11 @@
 #
 # Environment (defaults): DURATION=10, WARMUP=2, ROUNDS=4 (even keeps ABBA balanced),
 # WORKERS=$(nproc), CONNS=64, WRK_THREADS=2, H2_STREAMS=10, H2_THREADS=1, SKIP_BUILD=0,
-# KEEP_WORKDIR=0, GOAL=0.95 (least ON/OFF req/s ratio). As in gateway_vs_nginx.sh.
+# KEEP_WORKDIR=0, PROTOCOLS="h1 h2", GOAL=0.95 (least ON/OFF req/s ratio), and
+# ON_POLICIES="rate_limit body headers client_ip conn_limit cache": the policies that ON turns
+# on (the others stay as in OFF), to find which one costs, e.g. ON_POLICIES=headers
+# (ON_POLICIES=none: both the same, an A/A run that shows the noise); RESTART=1 (0: keep the
+# two processes for the whole run instead of restarting both before every round).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +45,11 @@ WRK_THREADS=${WRK_THREADS:-2}
 H2_STREAMS=${H2_STREAMS:-10}
 H2_THREADS=${H2_THREADS:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
+PROTOCOLS=${PROTOCOLS:-h1 h2}
+RESTART=${RESTART:-1}
 GOAL=${GOAL:-0.95}
+ALL_POLICIES="rate_limit body headers client_ip conn_limit cache"
+ON_POLICIES=${ON_POLICIES:-$ALL_POLICIES}
 BACKENDS=5
 . bench/lib.sh
 
@@ -60,28 +68,46 @@ free_port OFF_ADMIN 29901
 free_port ON_ADMIN 29902
 
 # ---------------------------------------------------------------------------------------------
-# The two configs: lib.sh's bench config plus the policies.
-write_gateway_config "$work/gateway-on.toml" "$ON_PORT" "$ON_ADMIN" \
-'rate_limit = { rate = 100000000, per = "1s", burst = 100000000 }
-client_max_body_size = "1m"' \
-'[[routes]]
+# The two configs: lib.sh's bench config plus the policies. policy_config ON|OFF POLICIES
+# sets route_keys and extra_toml with the named policies on and the others off.
+on_policy() { [[ " $2 " == *" $1 "* ]]; }
+policy_config() { # $1 = the policies that are on (a list; "" = none)
+  local on=$1
+  route_keys="" extra_toml=""
+  if on_policy rate_limit "$on"; then
+    route_keys+='rate_limit = { rate = 100000000, per = "1s", burst = 100000000 }
+'
+  fi
+  if on_policy body "$on"; then
+    route_keys+='client_max_body_size = "1m"
+'
+  fi
+  extra_toml+='[[routes]]
 prefix = "/static/"
 upstream = "customer"
-cache = { max_object_size = "1m" }
+'
+  if on_policy cache "$on"; then
+    extra_toml+='cache = { max_object_size = "1m" }
 [cache]
 max_size = "64m"
-[client_ip]
+'
+  fi
+  if on_policy client_ip "$on"; then
+    extra_toml+='[client_ip]
 trusted_proxies = ["10.9.9.9/32"]
-[limits]
-max_connections_per_ip = 10000'
-
-write_gateway_config "$work/gateway-off.toml" "$OFF_PORT" "$OFF_ADMIN" "" \
-'[[routes]]
-prefix = "/static/"
-upstream = "customer"
-[limits]
+'
+  fi
+  if on_policy conn_limit "$on"; then
+    extra_toml+='[limits]
+max_connections_per_ip = 10000
+'
+  else
+    extra_toml+='[limits]
 max_connections_per_ip = 0
-[defaults.security_headers]
+'
+  fi
+  if ! on_policy headers "$on"; then
+    extra_toml+='[defaults.security_headers]
 # hsts cannot be turned off: left out, the built-in one applies.
 content_security_policy = ""
 x_frame_options = ""
@@ -89,12 +115,45 @@ x_content_type_options = ""
 x_xss_protection = ""
 referrer_policy = ""
 permissions_policy = ""
-server = ""'
+server = ""
+'
+  fi
+}
+[ "$ON_POLICIES" != none ] || ON_POLICIES=""   # none: an A/A run, for the noise
+for p in $ON_POLICIES; do
+  on_policy "$p" "$ALL_POLICIES" || die "unknown policy '$p' in ON_POLICIES (known: $ALL_POLICIES)"
+done
+policy_config "$ON_POLICIES"
+write_gateway_config "$work/gateway-on.toml" "$ON_PORT" "$ON_ADMIN" "${route_keys%$'\n'}" "${extra_toml%$'\n'}"
+policy_config ""
+write_gateway_config "$work/gateway-off.toml" "$OFF_PORT" "$OFF_ADMIN" "${route_keys%$'\n'}" "${extra_toml%$'\n'}"
 
-start_gateway "$work/gateway-off.toml" "$OFF_PORT" "$work/gateway-off.log" warn
-OFF_PID=$started_pid
-start_gateway "$work/gateway-on.toml" "$ON_PORT" "$work/gateway-on.log" warn
-ON_PID=$started_pid
+# Two gateway processes of the same binary can differ by a few percent for as long as they run
+# (an A/A run, ON_POLICIES=none, shows it), so by default both are restarted before every
+# round (RESTART=1; the warm-up refills their upstream keep-alive pools), in alternating start
+# order: the instance difference then varies between rounds instead of biasing one config.
+OFF_PID= ON_PID=
+start_both() { # $1 = round number (odd: OFF starts first)
+  stop_pid "$OFF_PID"; stop_pid "$ON_PID"
+  local first=off second=on cfg
+  if (( ${1:-1} % 2 == 0 )); then first=on second=off; fi
+  for cfg in $first $second; do
+    if [ "$cfg" = off ]; then
+      start_gateway "$work/gateway-off.toml" "$OFF_PORT" "$work/gateway-off.log" warn
+      OFF_PID=$started_pid
+    else
+      start_gateway "$work/gateway-on.toml" "$ON_PORT" "$work/gateway-on.log" warn
+      ON_PID=$started_pid
+    fi
+  done
+}
+start_both 1
+started_round=1
+before_round() { # lib.sh's run_pair hook
+  [ "$RESTART" = 1 ] || return 0
+  (( $1 == started_round )) || start_both "$1"
+  started_round=0
+}
 
 proxy_pids() { if [ "$1" = on ]; then echo "$ON_PID"; else echo "$OFF_PID"; fi; }
 port_of() { if [ "$1" = on ]; then echo "$ON_PORT"; else echo "$OFF_PORT"; fi; }
@@ -115,10 +174,12 @@ header_names() {
 # Run
 machine_line
 echo "== gateway $(gateway_revision), $WORKERS worker threads, two processes: policies ON (:$ON_PORT) and OFF (:$OFF_PORT)"
+echo "== ON: ${ON_POLICIES:-none (the same config as OFF: an A/A run)}"
 echo "== $BACKENDS customer-services backends on 127.0.0.1:${backend_ports[*]} (HTTPS, LOG_LEVEL=warn), TLS verified, least_conn, keepalive 256; gateways at LOG_LEVEL=warn"
 echo "== load: HTTP/1.1 over TLS, keep-alive: $(wrk_cmd "$DURATION" PORT)"
 echo "          h2 over TLS:                    $(h2_cmd "$DURATION" PORT)"
 echo "== $ROUNDS measured rounds of ${DURATION}s per config and protocol, interleaved ABBA, each after ${WARMUP}s of warm-up; figures are medians over rounds"
+if [ "$RESTART" = 1 ]; then echo "== both gateways restarted before every round (fresh processes, alternating start order)"; fi
 echo "== response headers of GET /health:"
 echo "   ON:  $(header_names on)"
 echo "   OFF: $(header_names off)"
@@ -126,39 +187,19 @@ echo
 
 mode=policies
 summary=()
-for proto in h1 h2; do
-  res=$work/res-$proto
-  : >"$res-off"; : >"$res-on"
+for proto in $PROTOCOLS; do
   echo "running $proto..." >&2
-  for r in $(seq "$ROUNDS"); do
-    if ((r % 2)); then order=(off on); else order=(on off); fi
-    for cfg in "${order[@]}"; do round "$proto" "$cfg" "$r" "$res-$cfg"; done
-  done
-  if [ "$proto" = h1 ]; then title="TLS HTTP/1.1 keep-alive (wrk)"; lat="(wrk --latency)"; else title="TLS h2 (h2load, -m$H2_STREAMS)"; lat="(h2load --log-file percentiles)"; fi
-  echo "### $title"
-  printf '%-10s %12s %9s %9s %11s %8s %9s %7s\n' policies "req/s" "p50 ms" "p99 ms" "CPU µs/req" "RSS MB" "non-2xx" errors
-  for cfg in off on; do
-    f=$res-$cfg
-    printf '%-10s %12.0f %9.3f %9.3f %11.1f %8.1f %9s %7s\n' "$cfg" \
-      "$(median 1 "$f")" "$(median 2 "$f")" "$(median 3 "$f")" "$(median 4 "$f")" \
-      "$(awk -v k="$(mem_kb "$cfg" VmRSS)" 'BEGIN {print k / 1024}')" "$(total 6 "$f")" "$(total 7 "$f")"
-  done
-  r_rps=$(ratio "$(median 1 "$res-on")" "$(median 1 "$res-off")" 3)
-  r_p50=$(ratio "$(median 2 "$res-on")" "$(median 2 "$res-off")" 3)
-  r_p99=$(ratio "$(median 3 "$res-on")" "$(median 3 "$res-off")" 3)
-  r_cpu=$(ratio "$(median 4 "$res-on")" "$(median 4 "$res-off")" 3)
-  printf '%-10s %12s %9s %9s %11s\n' "on/off" "$r_rps" "$r_p50" "$r_p99" "$r_cpu"
+  run_pair "$proto" off on
+  echo "### $(proto_title "$proto"): policies OFF vs ON"
+  pair_table "$proto" off on
   verdict=$(goal "$r_rps" '>=' "$GOAL")
-  printf '%-10s %12s   (req/s cost %s%%, CPU/req cost %s%%)\n' goal "$verdict" \
+  printf '%-15s %12s   (req/s cost %s%%, CPU/req cost %s%%)\n' goal "$verdict" \
     "$(awk -v r="${r_rps%x}" 'BEGIN {printf "%.1f", (1 - r) * 100}')" \
     "$(awk -v r="${r_cpu%x}" 'BEGIN {printf "%.1f", (r - 1) * 100}')"
-  # The same ratio round by round (ON and OFF of one round ran back to back): the noise.
-  paired=$(paste -d' ' "$res-on" "$res-off" | awk '{printf "%s%.3f", sep, $1 / $8; sep = " "}')
-  echo "  req/s on/off per round: $paired"
-  echo "  latency $lat; CPU = utime+stime of the gateway process over the measured round / requests completed;"
+  echo "  latency $(proto_latency "$proto"); CPU = utime+stime of the gateway process over the measured round / requests completed;"
   echo "  RSS after this protocol's rounds; non-2xx and errors are totals over all rounds"
   echo
-  summary+=("$(printf '%-30s req/s on/off %s  CPU/req on/off %s  p99 on/off %s  -> %s' "$title" "$r_rps" "$r_cpu" "$r_p99" "$verdict")")
+  summary+=("$(printf '%-30s req/s on/off %s  CPU/req on/off %s  p99 on/off %s  -> %s' "$(proto_title "$proto")" "$r_rps" "$r_cpu" "$r_p99" "$verdict")")
 done
 
 echo "summary (goal: policies cost <= $(awk -v g="$GOAL" 'BEGIN {printf "%g", (1 - g) * 100}')% of req/s):"
