@@ -120,6 +120,17 @@ wait_ready() {
   exit 1
 }
 
+# Waits (up to 10 s) until nothing listens on 127.0.0.1:$1 (a process just stopped may hold it).
+wait_port_free() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null || return 0
+    sleep 0.1
+  done
+  echo "port $1 still in use:" >&2
+  ss -ltnp "sport = :$1" >&2 2>/dev/null || true
+  exit 1
+}
+
 # A throwaway CA and a server certificate for localhost / 127.0.0.1 in $work/certs.
 issue_certs() {
   certs=$work/certs
@@ -190,6 +201,7 @@ write_gateway_config() {
 started_pid=
 start_gateway() {
   local config=$1 port=$2 log=$3 level=$4 gw=${5:-$bin/gateway}
+  wait_port_free "$port"
   "$gw" check --config "$config" >"$log.check" 2>&1 || {
     echo "gateway rejected its config:" >&2; cat "$log.check" "$config" >&2; exit 1; }
   if [ "$level" = info ]; then
