@@ -405,9 +405,9 @@ goal() { # $1 = ratio value, $2 = op (>= or <=), $3 = bound
 
 # Two gateways (or configs) side by side: run_pair PROTO A B runs ROUNDS measured rounds of
 # each, interleaved ABBA (A B, B A, A B, ...), into $work/res-PROTO-A and -B; pair_table
-# PROTO A B prints their medians and the B/A ratios (3 decimals), which it leaves in r_rps,
-# r_p50, r_p99 and r_cpu, and the B/A req/s ratio of each round (B and A of a round ran back
-# to back: how noisy the figures are).
+# PROTO A B prints their medians and the B/A ratios of the medians (3 decimals), left in
+# r_rps, r_p50, r_p99 and r_cpu, then the paired ratios: B/A within each round (B and A of a
+# round ran back to back) and their medians, left in p_rps and p_cpu.
 run_pair() {
   local proto=$1 a=$2 b=$3 r name order
   local res=$work/res-$proto
@@ -435,7 +435,13 @@ pair_table() {
   r_p99=$(ratio "$(median 3 "$res-$b")" "$(median 3 "$res-$a")" 3)
   r_cpu=$(ratio "$(median 4 "$res-$b")" "$(median 4 "$res-$a")" 3)
   printf '%-15s %12s %9s %9s %11s\n' "$b/$a" "$r_rps" "$r_p50" "$r_p99" "$r_cpu"
-  echo "  req/s $b/$a per round: $(paste -d' ' "$res-$b" "$res-$a" | awk '{printf "%s%.3f", sep, $1 / $8; sep = " "}')"
+  # Paired: the median over rounds of B/A within each round (B and A ran back to back), which
+  # cancels slow spells of the machine that last longer than a round.
+  paste -d' ' "$res-$b" "$res-$a" | awk '{printf "%.4f %.4f\n", $1 / $8, $4 / $11}' >"$res-paired"
+  p_rps="$(median 1 "$res-paired")x" p_cpu="$(median 2 "$res-paired")x"
+  printf '%-15s %12s %9s %9s %11s\n' "$b/$a paired" "$(printf '%.3fx' "${p_rps%x}")" "" "" "$(printf '%.3fx' "${p_cpu%x}")"
+  echo "  req/s $b/$a per round: $(awk '{printf "%s%.3f", sep, $1; sep = " "}' "$res-paired")"
+  echo "  CPU/req $b/$a per round: $(awk '{printf "%s%.3f", sep, $2; sep = " "}' "$res-paired")"
 }
 proto_title() { if [ "$1" = h1 ]; then echo "TLS HTTP/1.1 keep-alive (wrk)"; else echo "TLS h2 (h2load, -m$H2_STREAMS)"; fi; }
 proto_latency() { if [ "$1" = h1 ]; then echo "(wrk --latency)"; else echo "(h2load --log-file percentiles)"; fi; }
