@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
@@ -40,16 +40,11 @@ impl StoreError {
     pub fn is_constraint(&self) -> bool {
         matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation)
     }
-
-    fn is_busy(&self) -> bool {
-        matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
-            if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
-    }
 }
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        if err.is_busy() {
+        if err.is_contended() {
             ApiError::unavailable("the store is busy; retry shortly")
         } else {
             ApiError::internal(&err)
@@ -79,14 +74,17 @@ impl Db {
         )
         .map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        // Switching to WAL takes a lock too; the busy timeout above covers racing replicas.
-        conn.pragma_update(None, "journal_mode", "WAL")
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        // Switching to WAL upgrades a shared lock to an exclusive one. When two replicas race,
+        // SQLite breaks the deadlock by failing one with SQLITE_BUSY *without* calling the busy
+        // handler, so the timeout above does not cover it: retry the statement ourselves.
+        retry_while_busy(deadline, || conn.pragma_update(None, "journal_mode", "WAL"))
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_err)?;
-        migrate(&mut conn, migrations)?;
+        retry_while_busy(deadline, || migrate(&mut conn, migrations))?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -160,6 +158,54 @@ pub fn count_by<E: Copy>(
         .collect())
 }
 
+/// Busy errors a retry can clear: lock contention between processes.
+trait Contended {
+    fn is_contended(&self) -> bool;
+}
+
+impl Contended for rusqlite::Error {
+    fn is_contended(&self) -> bool {
+        matches!(self, rusqlite::Error::SqliteFailure(e, _)
+            if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+    }
+}
+
+impl Contended for StoreError {
+    fn is_contended(&self) -> bool {
+        match self {
+            StoreError::Open { source, .. }
+            | StoreError::Migration { source, .. }
+            | StoreError::Sqlite(source) => source.is_contended(),
+            StoreError::Worker(_) => false,
+        }
+    }
+}
+
+/// Runs `op` again after a short, growing, jittered pause while it fails with a busy error,
+/// until `deadline`. For the statements where SQLite returns SQLITE_BUSY without consulting
+/// the busy handler (lock upgrades that would otherwise deadlock).
+fn retry_while_busy<T, E: Contended>(
+    deadline: Instant,
+    mut op: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match op() {
+            Err(err) if err.is_contended() && Instant::now() < deadline => {
+                // Jitter from the clock so racing replicas do not retry in lockstep.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                let jitter =
+                    Duration::from_nanos(u64::from(nanos) % pause.as_nanos().max(1) as u64);
+                std::thread::sleep(pause + jitter);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
+
 fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -203,26 +249,34 @@ mod tests {
 
     #[test]
     fn concurrent_openers_apply_each_migration_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
-        let handles: Vec<_> = (0..5)
-            .map(|_| {
-                let path = path.clone();
-                std::thread::spawn(move || Db::open(&path, MIGRATIONS).map(|_| ()))
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap().unwrap();
+        // Several rounds on fresh files: the WAL switch race only shows up now and then.
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("db.sqlite");
+            let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let path = path.clone();
+                    let start = start.clone();
+                    std::thread::spawn(move || {
+                        start.wait();
+                        Db::open(&path, MIGRATIONS).map(|_| ())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+            let conn = Connection::open(&path).unwrap();
+            let version: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, 2);
+            let mode: String = conn
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
         }
-        let conn = Connection::open(&path).unwrap();
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, 2);
-        let mode: String = conn
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .unwrap();
-        assert_eq!(mode, "wal");
     }
 
     #[tokio::test]
