@@ -4,7 +4,8 @@
 //! (path normalization, longest-prefix match); neither does I/O, and time is passed in.
 //! [`config`] is the TOML schema; [`runtime`] turns a config into a servable snapshot;
 //! [`proxy`] is the request path; [`upstream`] the transport and keep-alive caches;
-//! [`server`] owns listeners, reloads and drain; [`admin`] the internal endpoints.
+//! [`server`] owns listeners, reloads and drain; [`workers`] the thread-per-core runtimes;
+//! [`admin`] the internal endpoints.
 
 pub mod admin;
 pub mod balance;
@@ -20,3 +21,4 @@ pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod upstream;
+pub mod workers;

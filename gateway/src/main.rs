@@ -11,8 +11,9 @@ use clap::{Parser, Subcommand};
 /// (headers, buffers) better than glibc's malloc; measured in bench/PROFILE.md.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use gateway::config::Config;
+use gateway::config::{Config, RuntimeModel};
 use gateway::server::Gateway;
+use gateway::workers::Workers;
 
 /// InsightSerenity gateway: TLS-terminating reverse proxy.
 #[derive(Debug, Parser)]
@@ -161,11 +162,37 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.runtime.worker_threads {
-        builder.worker_threads(n.max(1));
-    }
-    let runtime = match builder.enable_all().build() {
+    let threads = config.runtime.worker_threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n.max(1),
+    );
+    // Thread per core: the workers serve clients; this thread's runtime runs the rest (admin
+    // API, health checks, reloads, HA). Work stealing: one runtime does everything.
+    let (runtime, workers) = match config.runtime.model {
+        RuntimeModel::ThreadPerCore => {
+            let workers = match Workers::start(threads) {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("error: cannot start the worker threads: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            (
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build(),
+                Some(workers),
+            )
+        }
+        RuntimeModel::WorkStealing => (
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build(),
+            None,
+        ),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -173,8 +200,9 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     service_kit::telemetry::init();
-    runtime.block_on(async move {
-        let gateway = match Gateway::start(path).await {
+    let handles = workers.as_ref().map_or_else(Vec::new, Workers::handles);
+    let code = runtime.block_on(async move {
+        let gateway = match Gateway::start(path, handles).await {
             Ok(g) => g,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -216,7 +244,10 @@ fn run(path: &std::path::Path) -> ExitCode {
         } else {
             ExitCode::from(1)
         }
-    })
+    });
+    // Past the drain: whatever the workers still hold is cut.
+    drop(workers);
+    code
 }
 
 async fn reload_on_sighup(gateway: Arc<Gateway>) {

@@ -74,6 +74,8 @@ pub fn error_response(err: &ApiError, id: &RequestId) -> Response<ResponseBody> 
 /// What the access log records about the upstream side of a request.
 #[derive(Default)]
 struct UpstreamTrace {
+    /// Whether the access log is on: the server key is copied only then.
+    logged: bool,
     server: Option<String>,
     status: Option<u16>,
     tries: u32,
@@ -91,7 +93,10 @@ pub async fn handle(
     // The access log's copies of the request line are made only when it is on.
     let access_log = tracing::enabled!(target: "access", tracing::Level::INFO);
     let request_line = access_log.then(|| (req.method().clone(), req.uri().path().to_string()));
-    let mut trace = UpstreamTrace::default();
+    let mut trace = UpstreamTrace {
+        logged: access_log,
+        ..UpstreamTrace::default()
+    };
     let https = client.scheme == Scheme::Https;
     let client_ip = client_ip::resolve(
         client.conn_client,
@@ -407,12 +412,7 @@ async fn forward(
     let mut body = if replayable { None } else { Some(body) };
     let mut exceeded = None;
     let idempotent = is_idempotent(&parts.method);
-    let uri = upstream_uri(path, parts.uri.query())?;
-    let mut headers = upstream_headers(&parts, client, client_ip, id);
-    if websocket {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    }
+    let uri = upstream_uri(&parts.uri, path)?;
     let key = upstream
         .hash_key
         .as_ref()
@@ -421,6 +421,15 @@ async fn forward(
         .sticky
         .as_ref()
         .and_then(|s| cookie(&parts.headers, &s.name).and_then(|v| s.verify(v)));
+    // The client's header map becomes the upstream one. It is moved into the last try that
+    // can happen and cloned only for tries a retry could follow.
+    let mut headers = std::mem::take(&mut parts.headers);
+    upstream_headers(&mut headers, &parts.uri, client, client_ip, id);
+    if websocket {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    let mut headers = Some(headers);
 
     let max_tries = upstream
         .tries
@@ -452,7 +461,9 @@ async fn forward(
             upstream.retries.inc();
         }
         trace.tries += 1;
-        trace.server = Some(server.key.clone());
+        if trace.logged {
+            trace.server = Some(server.key.clone());
+        }
 
         let checkout = if websocket {
             // An upgraded connection is never pooled: dial a fresh one.
@@ -495,11 +506,21 @@ async fn forward(
                 None => break,
             }
         };
+        // A replayable request may go again after this try fails: keep the headers for it.
+        let may_replay = idempotent && replayable && (trace.tries as usize) < max_tries;
+        let try_headers = if may_replay {
+            headers.clone()
+        } else {
+            headers.take()
+        };
+        let Some(try_headers) = try_headers else {
+            break;
+        };
         let mut request = Request::new(try_body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri.clone();
         *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = headers.clone();
+        *request.headers_mut() = try_headers;
 
         let sent = tokio::time::timeout(
             target.read_timeout,
@@ -534,7 +555,11 @@ async fn forward(
                 last_error = Some(bad_gateway("the upstream server failed to answer"));
                 match unsent.request {
                     // Nothing reached the server: any request may go to the next one.
-                    Some(request) => body = request.into_body().into_stream(),
+                    Some(request) => {
+                        let (head, unsent_body) = request.into_parts();
+                        headers = Some(head.headers);
+                        body = unsent_body.into_stream();
+                    }
                     None if idempotent && replayable => {}
                     None => break,
                 }
@@ -674,35 +699,42 @@ async fn send_with_stale_retry(
     }
 }
 
-fn upstream_uri(path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
-    let target = match query {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_string(),
-    };
-    target.parse().map_err(|_| {
+/// The origin-form target sent upstream: the normalized path and the query. The request's
+/// own target is reused when normalization left the path as it was (the common case).
+fn upstream_uri(client_uri: &Uri, path: &str) -> Result<Uri, ApiError> {
+    let bad = || {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_path",
             "invalid request target",
         )
-    })
+    };
+    if client_uri.path() == path {
+        if let Some(pq) = client_uri.path_and_query() {
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(pq.clone());
+            return Uri::from_parts(parts).map_err(|_| bad());
+        }
+    }
+    let target = match client_uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    target.parse().map_err(|_| bad())
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 /// Removes hop-by-hop headers and any header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -716,18 +748,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(&name);
     }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(&name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -736,77 +758,81 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// The headers sent upstream: the client's minus hop-by-hop ones, Host preserved (from
-/// `:authority` for h2 clients), forwarding headers set, our request id.
+/// Turns the client's headers into the ones sent upstream, in place (no second map): minus
+/// hop-by-hop ones and any named in `Connection`, Host preserved (from `:authority` for h2
+/// clients), forwarding headers set, our request id.
 fn upstream_headers(
-    parts: &http::request::Parts,
+    headers: &mut HeaderMap,
+    uri: &Uri,
     client: ClientConn,
     client_ip: IpAddr,
     id: &RequestId,
-) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 6);
-    let connection_listed: Vec<&str> = parts
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    let mut forwarded_for: Option<String> = None;
-    for (name, value) in &parts.headers {
-        if is_hop_by_hop(name)
-            || connection_listed
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(name.as_str()))
-        {
-            continue;
+) {
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
         }
-        if name == X_FORWARDED_FOR {
-            if let Ok(v) = value.to_str() {
-                forwarded_for = Some(match forwarded_for {
-                    Some(prev) => format!("{prev}, {v}"),
-                    None => v.to_string(),
-                });
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+
+    let hop = client.conn_client;
+    let xff = match headers.get_all(&X_FORWARDED_FOR).iter().next() {
+        None => HeaderValue::from_str(&hop.to_string()).ok(),
+        Some(_) => {
+            let mut joined = String::new();
+            for prev in headers.get_all(&X_FORWARDED_FOR) {
+                if let Ok(prev) = prev.to_str() {
+                    joined.push_str(prev);
+                    joined.push_str(", ");
+                }
             }
-            continue;
+            joined.push_str(&hop.to_string());
+            HeaderValue::from_str(&joined).ok()
         }
-        if name == X_REAL_IP
-            || name == X_FORWARDED_PROTO
-            || name == X_FORWARDED_HOST
-            || name == request_id::HEADER
-        {
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
-    }
-    let hop = client.conn_client.to_string();
-    let xff = match forwarded_for {
-        Some(prev) => format!("{prev}, {hop}"),
-        None => hop,
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    match xff {
+        Some(v) => {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_FOR);
+        }
     }
-    if let Ok(v) = HeaderValue::from_str(&client_ip.to_string()) {
-        headers.insert(X_REAL_IP.clone(), v);
+    match HeaderValue::from_str(&client_ip.to_string()) {
+        Ok(v) => {
+            headers.insert(X_REAL_IP.clone(), v);
+        }
+        Err(_) => {
+            headers.remove(&X_REAL_IP);
+        }
     }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(client.scheme.as_str()),
     );
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
+    let host = headers.get(header::HOST).cloned().or_else(|| {
+        uri.authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-        headers.insert(header::HOST, host);
+    match host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+            headers.insert(header::HOST, host);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
     }
     headers.insert(request_id::HEADER, id.header_value());
-    headers
 }
 
 /// The bytes the `hash` algorithm hashes for this request; `None` falls back to round robin.
@@ -867,7 +893,14 @@ mod tests {
             ],
             "/api/v1/admin/users",
         );
-        let h = upstream_headers(&p, client(), "198.51.100.7".parse().unwrap(), &id);
+        let mut h = p.headers;
+        upstream_headers(
+            &mut h,
+            &p.uri,
+            client(),
+            "198.51.100.7".parse().unwrap(),
+            &id,
+        );
         assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.7");
         assert_eq!(h["x-real-ip"], "198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -883,9 +916,20 @@ mod tests {
     #[test]
     fn h2_authority_becomes_host() {
         let id = RequestId::generate();
-        let p = parts(&[], "https://api.example.com:8443/x");
-        let h = upstream_headers(&p, client(), "198.51.100.7".parse().unwrap(), &id);
+        let p = parts(&[], "https://api.example.com:8443/x?q=1");
+        let mut h = p.headers;
+        upstream_headers(
+            &mut h,
+            &p.uri,
+            client(),
+            "198.51.100.7".parse().unwrap(),
+            &id,
+        );
         assert_eq!(h["host"], "api.example.com:8443");
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+        // The upstream target is origin-form whatever form the client used.
+        assert_eq!(upstream_uri(&p.uri, "/x").unwrap(), "/x?q=1");
+        assert_eq!(upstream_uri(&p.uri, "/y").unwrap(), "/y?q=1");
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct Gateway {
     ha: Mutex<Option<Arc<HaNode>>>,
     /// Bind mode: the VIP and whether this node holds it (listeners on it are bound only then).
     vip_bind: Option<(std::net::IpAddr, watch::Receiver<bool>)>,
+    /// The worker runtimes that accept and serve client connections; empty: the runtime
+    /// that started the gateway does.
+    workers: Vec<tokio::runtime::Handle>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,8 +117,12 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 impl Gateway {
-    /// Loads the config, binds every listener and starts serving.
-    pub async fn start(config_path: &Path) -> Result<Arc<Gateway>, StartError> {
+    /// Loads the config, binds every listener and starts serving: on each of `workers` when
+    /// given (thread per core), else on the calling runtime.
+    pub async fn start(
+        config_path: &Path,
+        workers: Vec<tokio::runtime::Handle>,
+    ) -> Result<Arc<Gateway>, StartError> {
         let config = Config::load(config_path)?;
         let metrics = GatewayMetrics::new()?;
         let (bind_vip, vip_bind) = match &config.ha {
@@ -141,6 +148,7 @@ impl Gateway {
             conn_limiter: Arc::new(ConnLimiter::default()),
             ha: Mutex::new(None),
             vip_bind,
+            workers,
         });
         tokio::spawn(forget_idle_clients(Arc::downgrade(&gateway)));
         gateway.commit_listeners(bound);
@@ -265,9 +273,50 @@ impl Gateway {
         for (kind, addr, listener) in bound {
             let (stop, stopped) = watch::channel(false);
             let local = listener.local_addr().unwrap_or(addr);
-            tokio::spawn(accept_loop(self.clone(), listener, kind, stopped));
-            tracing::info!(listener = kind.label(), addr = %local, "listening");
+            self.spawn_accept_loops(listener, kind, &stopped);
+            tracing::info!(listener = kind.label(), addr = %local, workers = self.workers.len().max(1), "listening");
             listeners.insert((kind, addr), ListenerHandle { stop });
+        }
+    }
+
+    /// One accept loop per worker, each on its own `dup` of the socket registered with its
+    /// worker's event loop (NGINX's shared listen socket without `reuseport`: whichever
+    /// worker is free takes the next connection, and the bind still fails if another
+    /// process holds the port).
+    fn spawn_accept_loops(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        kind: ListenerKind,
+        stopped: &watch::Receiver<bool>,
+    ) {
+        if self.workers.is_empty() {
+            tokio::spawn(accept_loop(self.clone(), listener, kind, stopped.clone()));
+            return;
+        }
+        let listener = match listener.into_std() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot hand the listener to the workers");
+                return;
+            }
+        };
+        for worker in &self.workers {
+            let copy = match listener.try_clone() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot share the listener with a worker");
+                    continue;
+                }
+            };
+            let gateway = self.clone();
+            let stopped = stopped.clone();
+            worker.spawn(async move {
+                // Registers the socket with this worker's event loop.
+                match TcpListener::from_std(copy) {
+                    Ok(listener) => accept_loop(gateway, listener, kind, stopped).await,
+                    Err(e) => tracing::error!(error = %e, "worker cannot accept on the listener"),
+                }
+            });
         }
     }
 

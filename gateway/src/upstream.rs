@@ -183,12 +183,39 @@ struct Idle {
     since: Instant,
 }
 
+/// How many idle caches each server keeps: one per proxy worker thread plus one for
+/// everything else. Set once at start, before any upstream exists.
+static IDLE_SLOTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+thread_local! {
+    /// This thread's idle cache: its worker number, 0 off the workers.
+    static IDLE_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Gives each of `workers` threads its own idle connection cache per server. An upstream
+/// connection's task runs on the runtime that dialled it, so a worker reusing only its own
+/// connections never hands a request to another thread. Call before the first upstream is
+/// built; later calls are ignored.
+pub fn set_worker_count(workers: usize) {
+    let _ = IDLE_SLOTS.set(workers + 1);
+}
+
+/// Marks the calling thread as worker `index` (0-based) for the idle caches.
+pub fn enter_worker(index: usize) {
+    IDLE_SLOT.with(|slot| slot.set(index + 1));
+}
+
+fn idle_slot(slots: usize) -> usize {
+    IDLE_SLOT.with(|slot| slot.get()) % slots.max(1)
+}
+
 /// One server's keep-alive cache and metric handles; lives as long as the server stays in
 /// the config.
 pub struct ServerConns {
     pub key: String,
     pub addr: SocketAddr,
-    idle: Mutex<Vec<Idle>>,
+    /// One keep-alive cache per worker thread (see [`set_worker_count`]).
+    idle: Box<[Mutex<Vec<Idle>>]>,
     /// Bumped when the cache is flushed (reload); older connections are not taken back.
     generation: AtomicU64,
     outcomes: [IntCounter; 5],
@@ -224,7 +251,9 @@ impl ServerConns {
         ServerConns {
             key: key.to_string(),
             addr,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..*IDLE_SLOTS.get_or_init(|| 1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             generation: AtomicU64::new(0),
             outcomes,
             removed: tokio::sync::watch::Sender::new(false),
@@ -240,19 +269,22 @@ impl ServerConns {
         self.outcomes[outcome.index()].inc();
     }
 
+    /// The calling thread's idle cache.
     fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        lock_idle(&self.idle[idle_slot(self.idle.len())])
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle().len()
+        self.idle.iter().map(|slot| lock_idle(slot).len()).sum()
     }
 
     /// Closes every idle connection (they may have been made with an older TLS config).
     fn flush(&self, idle_total: &AtomicUsize) {
         self.generation.fetch_add(1, Ordering::Relaxed);
-        let dropped = std::mem::take(&mut *self.idle());
-        idle_total.fetch_sub(dropped.len(), Ordering::Relaxed);
+        for slot in &self.idle {
+            let dropped = std::mem::take(&mut *lock_idle(slot));
+            idle_total.fetch_sub(dropped.len(), Ordering::Relaxed);
+        }
     }
 
     /// A cached live connection (most recently used first), or a new one.
@@ -298,6 +330,10 @@ impl ServerConns {
             since: Instant::now(),
         });
     }
+}
+
+fn lock_idle(slot: &Mutex<Vec<Idle>>) -> MutexGuard<'_, Vec<Idle>> {
+    slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn handshake<T>(io: TokioIo<T>, addr: SocketAddr) -> Result<Sender, ConnectError>

@@ -748,3 +748,73 @@ async fn saving_the_config_file_reloads_it() {
         assert!(!v[field].is_null(), "access log lacks {field}: {access}");
     }
 }
+
+/// Both threading models serve concurrent clients and keep upstream connections alive; with
+/// thread per core the worker threads exist and each reuses the connections it dialled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_runtime_models_serve_and_reuse_upstream_connections() {
+    for model in ["thread_per_core", "work_stealing"] {
+        let fx = Fixture::new();
+        let backend = Backend::start("b0", &fx.pki).await;
+        let gw = fx.start_gateway_with_model(
+            model,
+            &format!(
+                "[upstreams.pool]\nkeepalive = 64\nservers = [{{ address = \"{}\" }}]\n{}",
+                backend.addr,
+                route("/", "pool")
+            ),
+        );
+        let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", gw.process.pid()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_string())
+            .collect();
+        let workers = threads
+            .iter()
+            .filter(|t| t.starts_with("gateway-worke"))
+            .count();
+        assert_eq!(
+            workers,
+            if model == "thread_per_core" { 2 } else { 0 },
+            "{model}: threads {threads:?}"
+        );
+
+        const CLIENTS: usize = 16;
+        const REQUESTS: usize = 25;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..CLIENTS {
+            let mut conn = gw.connect().await;
+            tasks.spawn(async move {
+                let mut ok = 0;
+                for _ in 0..REQUESTS {
+                    let resp = conn.get("/whoami").await.unwrap();
+                    assert_eq!(resp.status, StatusCode::OK);
+                    assert_eq!(resp.header("x-served-by"), Some("b0"));
+                    ok += 1;
+                }
+                ok
+            });
+        }
+        let mut served = 0;
+        while let Some(done) = tasks.join_next().await {
+            served += done.unwrap();
+        }
+        assert_eq!(served, CLIENTS * REQUESTS, "{model}");
+        assert_eq!(backend.hits(), CLIENTS * REQUESTS, "{model}");
+        // At most CLIENTS requests are in flight at once; each worker keeps its own idle
+        // connections, so at most 2 × CLIENTS connections were ever needed.
+        let accepted = backend.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (1..=2 * CLIENTS).contains(&accepted),
+            "{model}: {accepted} upstream connections for {served} requests"
+        );
+        let upstreams = gw.admin_get("/-/upstreams").await.json().unwrap();
+        let idle = upstreams["upstreams"]["pool"]["servers"][0]["idle"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            (1..=accepted as u64).contains(&idle),
+            "{model}: {idle} idle of {accepted}: {upstreams}"
+        );
+    }
+}

@@ -137,11 +137,27 @@ fn default_track_penalty() -> u8 {
     60
 }
 
+/// The proxy's threading model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeModel {
+    /// One single-threaded event loop per worker thread, each accepting, serving and keeping
+    /// its own upstream connections (NGINX's model): a request never changes threads.
+    #[default]
+    ThreadPerCore,
+    /// One work-stealing tokio runtime shared by all workers: an idle worker takes over a busy
+    /// one's tasks, at the cost of cross-thread hand-offs on every request.
+    WorkStealing,
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Worker threads for the proxy (default: one per core). Read at start only.
     pub worker_threads: Option<usize>,
+    /// How the workers run (default `thread_per_core`). Read at start only.
+    #[serde(default)]
+    pub model: RuntimeModel,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Option<Dur>,
     /// Poll the config file (and certificates) for changes and reload on change.

@@ -1,6 +1,8 @@
 //! Security headers on every response (errors and redirects included), HSTS only over HTTPS,
 //! and upstream `Server` / `X-Powered-By` removed or replaced.
 
+use std::collections::HashSet;
+
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::SecurityHeadersConfig;
@@ -33,12 +35,41 @@ pub struct SecurityHeaders {
 
 static X_POWERED_BY: HeaderName = HeaderName::from_static("x-powered-by");
 
+/// A header value that lives as long as the process. Cloning a `from_static` value copies a
+/// pointer; cloning a `from_str` one updates a reference count on a buffer every worker
+/// thread shares, once per header per response. Each distinct string is leaked once, so
+/// reloads with the same values leak nothing more.
+fn static_value(value: &str) -> Option<HeaderValue> {
+    // `from_static` accepts visible ASCII and tab only (it panics on anything else); values
+    // with other bytes that `from_str` accepts keep an ordinary, refcounted value.
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
+        return HeaderValue::from_str(value).ok();
+    }
+    static INTERNED: std::sync::LazyLock<std::sync::Mutex<HashSet<&'static str>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut interned = INTERNED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let value: &'static str = match interned.get(value) {
+        Some(&known) => known,
+        None => {
+            let leaked: &'static str = Box::leak(value.to_owned().into_boxed_str());
+            interned.insert(leaked);
+            leaked
+        }
+    };
+    Some(HeaderValue::from_static(value))
+}
+
 impl SecurityHeaders {
     pub fn new(config: &SecurityHeadersConfig) -> Self {
         let mut always = Vec::new();
         let mut push = |name: &'static str, value: &Option<String>| {
             if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
-                if let Ok(v) = HeaderValue::from_str(v) {
+                if let Some(v) = static_value(v) {
                     always.push((HeaderName::from_static(name), v));
                 }
             }
@@ -57,13 +88,13 @@ impl SecurityHeaders {
             if h.preload {
                 v.push_str("; preload");
             }
-            HeaderValue::from_str(&v).ok()
+            static_value(&v)
         });
         let server = config
             .server
             .as_deref()
             .filter(|s| !s.is_empty())
-            .and_then(|s| HeaderValue::from_str(s).ok());
+            .and_then(static_value);
         SecurityHeaders {
             always,
             hsts,
@@ -120,6 +151,18 @@ mod tests {
         let mut plain = HeaderMap::new();
         h.apply(&mut plain, false);
         assert!(!plain.contains_key("strict-transport-security"));
+    }
+
+    #[test]
+    fn values_are_interned_and_odd_bytes_do_not_panic() {
+        let a = static_value("DENY").unwrap();
+        let b = static_value(&String::from("DENY")).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            static_value("caf\u{e9}").unwrap().as_bytes(),
+            "caf\u{e9}".as_bytes()
+        );
+        assert!(static_value("bad\nvalue").is_none());
     }
 
     #[test]

@@ -80,6 +80,22 @@ ca = "{ca}"
 
     pub fn start_gateway(&self, body: &str) -> Gateway {
         let config = self.write_config(body);
+        self.launch(config)
+    }
+
+    /// Like `start_gateway`, with `[runtime] model` set.
+    pub fn start_gateway_with_model(&self, model: &str, body: &str) -> Gateway {
+        let head = self.config_head().replacen(
+            "worker_threads = 2\n",
+            &format!("worker_threads = 2\nmodel = \"{model}\"\n"),
+            1,
+        );
+        let path = self.path("gateway.toml");
+        std::fs::write(&path, format!("{head}{body}")).unwrap();
+        self.launch(path)
+    }
+
+    fn launch(&self, config: PathBuf) -> Gateway {
         let mut cmd = Command::new(GATEWAY);
         cmd.env_clear().arg("--config").arg(&config);
         let process = ServerProcess::start(cmd);
@@ -169,6 +185,8 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// TCP connections accepted.
+    pub accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -209,14 +227,16 @@ impl Backend {
         let listener = bind_retry(addr).await;
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let name = name.to_string();
         let task = {
-            let (name, hits) = (name.clone(), hits.clone());
+            let (name, hits, accepted) = (name.clone(), hits.clone(), accepted.clone());
             tokio::spawn(async move {
                 let mut conns = JoinSet::new();
                 loop {
                     tokio::select! {
                         Ok((stream, _)) = listener.accept() => {
+                            accepted.fetch_add(1, Ordering::SeqCst);
                             let acceptor = acceptor.clone();
                             let (name, hits, behaviour) = (name.clone(), hits.clone(), behaviour.clone());
                             conns.spawn(async move {
@@ -238,6 +258,7 @@ impl Backend {
             name,
             addr,
             hits,
+            accepted,
             task,
         }
     }
