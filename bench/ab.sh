@@ -7,11 +7,13 @@
 #
 #   GATEWAY_B=/tmp/other/gateway bash bench/ab.sh
 #   GATEWAY_A=old GATEWAY_B=new NAME_A=glibc NAME_B=mimalloc SKIP_BUILD=1 bash bench/ab.sh
+#   GATEWAY_B=target/x86_64-unknown-linux-gnu/release/gateway NAME_A=per_core \
+#     NAME_B=stealing RUNTIME_B='model = "work_stealing"' bash bench/ab.sh
 #
 # Environment (defaults): GATEWAY_A=target/x86_64-unknown-linux-gnu/release/gateway (built
 # unless SKIP_BUILD=1), GATEWAY_B (required), NAME_A=a, NAME_B=b, DURATION=10, WARMUP=2,
 # ROUNDS=4, WORKERS=$(nproc), CONNS=64, WRK_THREADS=2, H2_STREAMS=10, H2_THREADS=1,
-# PROTOCOLS="h1 h2", RESTART=1 (both restarted before every round; 0: one process each for
+# PROTOCOLS="h1 h2", RUNTIME_A/RUNTIME_B (extra [runtime] lines per side), RESTART=1 (both restarted before every round; 0: one process each for
 # the whole run), KEEP_WORKDIR=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +31,8 @@ RESTART=${RESTART:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 NAME_A=${NAME_A:-a}
 NAME_B=${NAME_B:-b}
+RUNTIME_A=${RUNTIME_A:-}
+RUNTIME_B=${RUNTIME_B:-}
 BACKENDS=5
 . bench/lib.sh
 
@@ -51,8 +55,8 @@ free_port A_PORT 28443
 free_port B_PORT 28444
 free_port A_ADMIN 29901
 free_port B_ADMIN 29902
-write_gateway_config "$work/gateway-a.toml" "$A_PORT" "$A_ADMIN"
-write_gateway_config "$work/gateway-b.toml" "$B_PORT" "$B_ADMIN"
+runtime_extra=$RUNTIME_A write_gateway_config "$work/gateway-a.toml" "$A_PORT" "$A_ADMIN"
+runtime_extra=$RUNTIME_B write_gateway_config "$work/gateway-b.toml" "$B_PORT" "$B_ADMIN"
 # Both restarted before every round (RESTART=1), in alternating start order: two processes
 # of the same binary can differ by a few percent for as long as they run (see policies.sh).
 A_PID= B_PID=

@@ -164,7 +164,8 @@ start_backends() {
 #
 # write_gateway_config FILE PORT ADMIN_PORT [ROUTE_KEYS] [EXTRA_TOML]: the bench config (one
 # route `/` to the backends over verified TLS, least_conn, keepalive 256). ROUTE_KEYS go into
-# the `/` route's table, EXTRA_TOML (whole tables, more [[routes]]) at the end.
+# the `/` route's table, EXTRA_TOML (whole tables, more [[routes]]) at the end; the variable
+# runtime_extra (if set) adds lines to [runtime].
 write_gateway_config() {
   local file=$1 port=$2 admin=$3 route_keys=${4:-} extra=${5:-} servers="" p
   for p in "${backend_ports[@]}"; do servers+="{ address = \"127.0.0.1:$p\" }, "; done
@@ -172,6 +173,7 @@ write_gateway_config() {
     echo "[runtime]"
     echo "worker_threads = $WORKERS"
     echo "watch_config = false"
+    [ -z "${runtime_extra:-}" ] || printf '%s\n' "$runtime_extra"
     echo "[admin]"
     echo "listen = \"127.0.0.1:$admin\""
     echo "[https]"

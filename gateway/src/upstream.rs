@@ -279,11 +279,11 @@ impl ServerConns {
     }
 
     /// Closes every idle connection (they may have been made with an older TLS config).
-    fn flush(&self, idle_total: &AtomicUsize) {
+    fn flush(&self, idle_totals: &[AtomicUsize]) {
         self.generation.fetch_add(1, Ordering::Relaxed);
-        for slot in &self.idle {
+        for (slot, total) in self.idle.iter().zip(idle_totals) {
             let dropped = std::mem::take(&mut *lock_idle(slot));
-            idle_total.fetch_sub(dropped.len(), Ordering::Relaxed);
+            total.fetch_sub(dropped.len(), Ordering::Relaxed);
         }
     }
 
@@ -362,7 +362,10 @@ struct UpstreamState {
 pub struct UpstreamShared {
     pub name: String,
     state: Mutex<UpstreamState>,
-    idle_total: AtomicUsize,
+    /// Idle connections per worker slot, across this upstream's servers: NGINX's `keepalive`
+    /// caps each worker's cache, and so does ours (one worker's full cache must not starve
+    /// another into dialling for every request).
+    idle_totals: Box<[AtomicUsize]>,
 }
 
 /// A picked server: released back to the balancer when dropped, with the recorded outcome.
@@ -401,7 +404,9 @@ impl UpstreamShared {
                 pool: Pool::new(algorithm, specs),
                 servers,
             }),
-            idle_total: AtomicUsize::new(0),
+            idle_totals: (0..*IDLE_SLOTS.get_or_init(|| 1))
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
         })
     }
 
@@ -420,7 +425,7 @@ impl UpstreamShared {
         let servers = server_map(&self.name, &specs, &state.servers, metrics);
         let pool = Pool::reloaded(&state.pool, algorithm, specs);
         for (key, old) in &state.servers {
-            old.flush(&self.idle_total);
+            old.flush(&self.idle_totals);
             if !servers.contains_key(key) {
                 old.removed.send_replace(true);
             }
@@ -433,7 +438,7 @@ impl UpstreamShared {
     pub fn retire(&self) {
         let state = self.state();
         for server in state.servers.values() {
-            server.flush(&self.idle_total);
+            server.flush(&self.idle_totals);
             server.removed.send_replace(true);
         }
     }
@@ -473,8 +478,9 @@ impl UpstreamShared {
         }
     }
 
+    /// The calling worker's idle count (what its `keepalive` cap applies to).
     pub fn idle_total(&self) -> &AtomicUsize {
-        &self.idle_total
+        &self.idle_totals[idle_slot(self.idle_totals.len())]
     }
 
     /// Marks a server healthy or not for active health checks.
@@ -580,7 +586,7 @@ impl UpstreamBody {
     fn give_back(&mut self) {
         if let Some(c) = self.checkin.take() {
             c.server
-                .checkin(c.sender, c.generation, c.limit, &c.shared.idle_total);
+                .checkin(c.sender, c.generation, c.limit, c.shared.idle_total());
         }
     }
 }

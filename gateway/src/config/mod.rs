@@ -271,7 +271,8 @@ pub struct UpstreamConfig {
     /// `hash` only: ketama consistent hashing (default) or NGINX's plain modulo hash.
     #[serde(default = "yes")]
     pub consistent: bool,
-    /// Idle keep-alive connections cached for this pool (NGINX `keepalive`).
+    /// Idle keep-alive connections cached for this pool by each worker thread (NGINX
+    /// `keepalive`, which is per worker process too).
     #[serde(default = "default_keepalive")]
     pub keepalive: usize,
     /// Idle keep-alive connections older than this are closed (NGINX `keepalive_timeout`).
