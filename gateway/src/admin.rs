@@ -152,6 +152,11 @@ fn refresh_gauges(gw: &Gateway) {
     m.server_up.reset();
     m.server_active.reset();
     m.server_idle.reset();
+    for (worker, open) in gw.worker_connections().into_iter().enumerate() {
+        m.worker_connections
+            .with_label_values(&[&worker.to_string()])
+            .set(open as i64);
+    }
     let snapshot = gw.snapshot.load();
     if let Some(cache) = &snapshot.cache {
         m.cache_bytes.set(cache.weighted_size() as i64);

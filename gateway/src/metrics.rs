@@ -23,6 +23,8 @@ pub struct GatewayMetrics {
     pub reloads: IntCounterVec,
     pub last_reload_success: IntGauge,
     pub connections: IntGaugeVec,
+    /// Open client connections per worker thread (thread per core); refreshed at scrape time.
+    pub worker_connections: IntGaugeVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_clients: IntGauge,
     pub connections_refused: IntCounterVec,
@@ -113,6 +115,13 @@ impl GatewayMetrics {
                 "Open client connections, by listener kind.",
             ),
             &["listener"],
+        )?;
+        let worker_connections = IntGaugeVec::new(
+            Opts::new(
+                "gateway_worker_client_connections",
+                "Open client connections served by each worker thread (thread per core).",
+            ),
+            &["worker"],
         )?;
         let rate_limited = IntCounterVec::new(
             Opts::new(
@@ -208,6 +217,7 @@ impl GatewayMetrics {
             Box::new(reloads.clone()),
             Box::new(last_reload_success.clone()),
             Box::new(connections.clone()),
+            Box::new(worker_connections.clone()),
         ] {
             registry.register(c)?;
         }
@@ -225,6 +235,7 @@ impl GatewayMetrics {
             reloads,
             last_reload_success,
             connections,
+            worker_connections,
             rate_limited,
             rate_limit_clients,
             connections_refused,

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -66,9 +67,11 @@ pub struct Gateway {
     ha: Mutex<Option<Arc<HaNode>>>,
     /// Bind mode: the VIP and whether this node holds it (listeners on it are bound only then).
     vip_bind: Option<(std::net::IpAddr, watch::Receiver<bool>)>,
-    /// The worker runtimes that accept and serve client connections; empty: the runtime
-    /// that started the gateway does.
+    /// The worker runtimes that serve client connections; empty: the runtime that started
+    /// the gateway does.
     workers: Vec<tokio::runtime::Handle>,
+    /// Open client connections per worker, for the accept loops' choice.
+    worker_load: Box<[AtomicUsize]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +151,7 @@ impl Gateway {
             conn_limiter: Arc::new(ConnLimiter::default()),
             ha: Mutex::new(None),
             vip_bind,
+            worker_load: workers.iter().map(|_| AtomicUsize::new(0)).collect(),
             workers,
         });
         tokio::spawn(forget_idle_clients(Arc::downgrade(&gateway)));
@@ -273,50 +277,9 @@ impl Gateway {
         for (kind, addr, listener) in bound {
             let (stop, stopped) = watch::channel(false);
             let local = listener.local_addr().unwrap_or(addr);
-            self.spawn_accept_loops(listener, kind, &stopped);
+            tokio::spawn(accept_loop(self.clone(), listener, kind, stopped));
             tracing::info!(listener = kind.label(), addr = %local, workers = self.workers.len().max(1), "listening");
             listeners.insert((kind, addr), ListenerHandle { stop });
-        }
-    }
-
-    /// One accept loop per worker, each on its own `dup` of the socket registered with its
-    /// worker's event loop (NGINX's shared listen socket without `reuseport`: whichever
-    /// worker is free takes the next connection, and the bind still fails if another
-    /// process holds the port).
-    fn spawn_accept_loops(
-        self: &Arc<Self>,
-        listener: TcpListener,
-        kind: ListenerKind,
-        stopped: &watch::Receiver<bool>,
-    ) {
-        if self.workers.is_empty() {
-            tokio::spawn(accept_loop(self.clone(), listener, kind, stopped.clone()));
-            return;
-        }
-        let listener = match listener.into_std() {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot hand the listener to the workers");
-                return;
-            }
-        };
-        for worker in &self.workers {
-            let copy = match listener.try_clone() {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot share the listener with a worker");
-                    continue;
-                }
-            };
-            let gateway = self.clone();
-            let stopped = stopped.clone();
-            worker.spawn(async move {
-                // Registers the socket with this worker's event loop.
-                match TcpListener::from_std(copy) {
-                    Ok(listener) => accept_loop(gateway, listener, kind, stopped).await,
-                    Err(e) => tracing::error!(error = %e, "worker cannot accept on the listener"),
-                }
-            });
         }
     }
 
@@ -478,7 +441,7 @@ async fn accept_loop(
                         break;
                     };
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_client(gateway.clone(), stream, peer, kind, watcher));
+                    gateway.dispatch(stream, peer, kind, watcher);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -488,6 +451,65 @@ async fn accept_loop(
             },
             _ = stop.changed() => break,
         }
+    }
+}
+
+impl Gateway {
+    /// Open client connections per worker thread (empty without workers).
+    pub fn worker_connections(&self) -> Vec<usize> {
+        self.worker_load
+            .iter()
+            .map(|open| open.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Hands an accepted connection to the worker with the fewest open connections (all its
+    /// requests are then served there), or serves it here without workers. Accepting in one
+    /// place and choosing by load keeps workers even: a burst of new connections would
+    /// otherwise go to whichever worker's accept loop woke first and drained the backlog,
+    /// and with h2 (many streams per connection) one overloaded worker is the tail latency.
+    fn dispatch(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        kind: ListenerKind,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let Some((index, worker)) = self
+            .workers
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, _)| self.worker_load[*i].load(Ordering::Relaxed))
+        else {
+            tokio::spawn(serve_client(self.clone(), stream, peer, kind, watcher));
+            return;
+        };
+        // Moves the socket from this thread's event loop to the worker's.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand a connection to a worker");
+                return;
+            }
+        };
+        self.worker_load[index].fetch_add(1, Ordering::Relaxed);
+        let gateway = self.clone();
+        worker.spawn(async move {
+            let _load = WorkerLoad(&gateway.worker_load[index]);
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve_client(gateway.clone(), stream, peer, kind, watcher).await,
+                Err(e) => tracing::warn!(error = %e, "worker cannot take the connection"),
+            }
+        });
+    }
+}
+
+/// One open connection on a worker, for as long as it lives.
+struct WorkerLoad<'a>(&'a AtomicUsize);
+
+impl Drop for WorkerLoad<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

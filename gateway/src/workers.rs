@@ -1,13 +1,13 @@
 //! Thread per core: the proxy's worker threads, each running its own current-thread tokio
 //! runtime, like NGINX's worker processes.
 //!
-//! Every worker accepts on its own copy (`dup`) of each listening socket, serves the
-//! connections it accepted, and dials and reuses its own upstream connections (see
-//! `upstream::set_worker_count`), so a request never changes threads: no work-stealing
-//! hand-offs between the client connection's task and the upstream connection's task, no
-//! cross-thread wake-ups. Shared state (the config snapshot, balancer, metrics, limiter) is
-//! the same for all workers. The control runtime (admin API, health checks, reloads, HA)
-//! stays separate.
+//! The control runtime accepts and hands each connection to the worker with the fewest open
+//! connections (`server::Gateway::dispatch`). From then on the worker alone serves it and
+//! dials and reuses its own upstream connections (see `upstream::set_worker_count`), so a
+//! request never changes threads: no work-stealing hand-offs between the client connection's
+//! task and the upstream connection's task, no cross-thread wake-ups. Shared state (the
+//! config snapshot, balancer, metrics, limiter) is the same for all workers. The control
+//! runtime also runs the admin API, health checks, reloads and HA.
 
 use std::io;
 use std::thread::JoinHandle;
@@ -63,7 +63,7 @@ impl Workers {
         Ok(workers)
     }
 
-    /// The workers' runtimes, to spawn listeners' accept loops on.
+    /// The workers' runtimes, to hand connections to.
     pub fn handles(&self) -> Vec<Handle> {
         self.handles.clone()
     }

@@ -781,9 +781,26 @@ async fn both_runtime_models_serve_and_reuse_upstream_connections() {
 
         const CLIENTS: usize = 16;
         const REQUESTS: usize = 25;
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut conns = Vec::new();
         for _ in 0..CLIENTS {
             let mut conn = gw.connect().await;
+            assert_eq!(conn.get("/whoami").await.unwrap().status, StatusCode::OK);
+            conns.push(conn);
+        }
+        // Open connections are spread evenly over the workers.
+        let metrics = gw.admin_get("/metrics").await.text();
+        let per_worker: Vec<u64> = metrics
+            .lines()
+            .filter(|l| l.starts_with("gateway_worker_client_connections{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        if model == "thread_per_core" {
+            assert_eq!(per_worker, [8, 8], "{metrics}");
+        } else {
+            assert!(per_worker.is_empty(), "{per_worker:?}");
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for mut conn in conns {
             tasks.spawn(async move {
                 let mut ok = 0;
                 for _ in 0..REQUESTS {
@@ -800,7 +817,7 @@ async fn both_runtime_models_serve_and_reuse_upstream_connections() {
             served += done.unwrap();
         }
         assert_eq!(served, CLIENTS * REQUESTS, "{model}");
-        assert_eq!(backend.hits(), CLIENTS * REQUESTS, "{model}");
+        assert_eq!(backend.hits(), CLIENTS * (REQUESTS + 1), "{model}");
         // At most CLIENTS requests are in flight at once; each worker keeps its own idle
         // connections, so at most 2 × CLIENTS connections were ever needed.
         let accepted = backend.accepted.load(std::sync::atomic::Ordering::SeqCst);
