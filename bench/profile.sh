@@ -21,7 +21,10 @@
 #   bash bench/profile.sh
 #   SKIP_BUILD=1 KEEP_WORKDIR=1 bash bench/profile.sh
 #
-# Environment (defaults): DURATION=15 (wrk seconds), PERF_SECONDS=10, PERF_FREQ=999 (Hz),
+#   LOAD=h2 bash bench/profile.sh      # h2load -c64 -m10 instead of wrk
+#
+# Environment (defaults): LOAD=h1 (wrk; h2: h2load -cCONNS -mH2_STREAMS, H2_STREAMS=10),
+# DURATION=15 (load seconds), PERF_SECONDS=10, PERF_FREQ=999 (Hz),
 # WORKERS=$(nproc), CONNS=64, WRK_THREADS=2, DWARF=1 (0: skip the DWARF pass), NGINX_COUNTS=1
 # (0: no gateway-vs-NGINX syscall counts; NGINX is installed with apt-get if missing), SKIP_BUILD=0,
 # PROFILE_BIN (a gateway with symbols to use instead of building one), KEEP_WORKDIR=0 (1: keep
@@ -38,14 +41,28 @@ WRK_THREADS=${WRK_THREADS:-2}
 DWARF=${DWARF:-1}
 NGINX_COUNTS=${NGINX_COUNTS:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
-WARMUP=2 H2_STREAMS=1 H2_THREADS=1
+WARMUP=2 H2_THREADS=1
+H2_STREAMS=${H2_STREAMS:-10}
+LOAD=${LOAD:-h1}
 BACKENDS=5
 . bench/lib.sh
 
-require_positive DURATION PERF_SECONDS PERF_FREQ WORKERS CONNS WRK_THREADS
+require_positive DURATION PERF_SECONDS PERF_FREQ WORKERS CONNS WRK_THREADS H2_STREAMS
+case $LOAD in h1|h2) ;; *) die "LOAD must be h1 (wrk) or h2 (h2load)";; esac
+
+# The load (wrk for h1, h2load for h2) and what it reports: requests done and req/s.
+load_cmd() { if [ "$LOAD" = h1 ]; then wrk_cmd "$@"; else h2_cmd "$@"; fi; }
+load_requests() {
+  if [ "$LOAD" = h1 ]; then awk '/requests in/ {print $1}' "$1"
+  else awk '/^requests:/ {print $8}' "$1"; fi
+}
+load_rps() {
+  if [ "$LOAD" = h1 ]; then awk '/^Requests\/sec/ {printf "%.0f", $2}' "$1"
+  else awk '/^finished in/ {printf "%.0f", $4}' "$1"; fi
+}
 ((DURATION >= PERF_SECONDS + 4)) || die "DURATION must exceed PERF_SECONDS by 4 s at least"
 
-ensure_tools wrk:wrk curl:curl perf:linux-perf
+ensure_tools wrk:wrk h2load:nghttp2-client curl:curl perf:linux-perf
 [ "$NGINX_COUNTS" != 1 ] || ensure_tools nginx:nginx
 build_release customer-services
 profiling=${PROFILE_BIN:-target/release/gateway}
@@ -86,17 +103,17 @@ perf_pass() {
   shift 2
   port=$(port_of "$proxy")
   list=$(proxy_pids "$proxy" | tr ' ' ',')
-  timeout $((WARMUP + 30)) $(wrk_cmd "$WARMUP" "$port") >/dev/null 2>&1 || true
+  timeout $((WARMUP + 30)) $(load_cmd "$WARMUP" "$port") >/dev/null 2>&1 || true
   t0=$(cpu_ticks "$proxy")
-  timeout $((DURATION + 30)) $(wrk_cmd "$DURATION" "$port") >"$work/wrk-$name.out" 2>&1 &
+  timeout $((DURATION + 30)) $(load_cmd "$DURATION" "$port") >"$work/wrk-$name.out" 2>&1 &
   local wrk=$!
   sleep 3
   perf record -q -F "$PERF_FREQ" "$@" -p "$list" -o "$work/perf-$name.data" -- sleep "$PERF_SECONDS" \
     >"$work/perf-$name.log" 2>&1 || { cat "$work/perf-$name.log" >&2; die "perf record failed"; }
   wait "$wrk" || { cat "$work/wrk-$name.out" >&2; die "wrk failed"; }
   t1=$(cpu_ticks "$proxy")
-  reqs=$(awk '/requests in/ {print $1}' "$work/wrk-$name.out")
-  echo "  $name pass ($proxy): $(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$work/wrk-$name.out") req/s," \
+  reqs=$(load_requests "$work/wrk-$name.out")
+  echo "  $name pass ($proxy): $(load_rps "$work/wrk-$name.out") req/s," \
     "$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.1f", d * 1e6 / hz / n}') µs CPU/req" \
     "(perf running for ${PERF_SECONDS}s of it), $(perf report -i "$work/perf-$name.data" --stdio 2>/dev/null | awk '/^# Samples:/ {print $3; exit}') samples"
 }
@@ -111,7 +128,7 @@ count_pass() {
   port=$(port_of "$name")
   for sc in $SYSCALLS; do events+=",syscalls:sys_enter_$sc"; done
   list=$(proxy_pids "$name" | tr ' ' ',')
-  timeout $((WARMUP + 30)) $(wrk_cmd "$WARMUP" "$port") >/dev/null 2>&1 || true
+  timeout $((WARMUP + 30)) $(load_cmd "$WARMUP" "$port") >/dev/null 2>&1 || true
   # Counting covers the whole wrk run: from 0.5 s before it to 0.5 s after (idle: ~nothing).
   perf stat -x, -e "$events" -p "$list" -o "$work/stat-$name.csv" -- sleep $((DURATION + 1)) &
   local perf=$!
@@ -120,16 +137,16 @@ count_pass() {
   b0=$(user_sys_ticks "${backend_pids[@]}" | awk '{print $1 + $2}')
   read -r m0 n0 i0 < <(machine_ticks)
   # wrk's own CPU: the children times of the shell that waited for it.
-  timeout $((DURATION + 30)) sh -c "$(wrk_cmd "$DURATION" "$port") >'$work/wrk-count-$name.out' 2>&1; rc=\$?
+  timeout $((DURATION + 30)) sh -c "$(load_cmd "$DURATION" "$port") >'$work/wrk-count-$name.out' 2>&1; rc=\$?
     sed 's/^.*) //' /proc/\$\$/stat | awk '{print \$14 + \$15}' >'$work/wrk-count-$name.cpu'; exit \$rc" ||
     { cat "$work/wrk-count-$name.out" >&2; die "wrk failed against $name"; }
   read -r m1 n1 i1 < <(machine_ticks)
   read -r u1 s1 < <(user_sys_ticks $(proxy_pids "$name"))
   b1=$(user_sys_ticks "${backend_pids[@]}" | awk '{print $1 + $2}')
   wait "$perf" || die "perf stat failed ($work/stat-$name.csv)"
-  reqs=$(awk '/requests in/ {print $1}' "$work/wrk-count-$name.out")
+  reqs=$(load_requests "$work/wrk-count-$name.out")
   {
-    echo "req/s $(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$work/wrk-count-$name.out")"
+    echo "req/s $(load_rps "$work/wrk-count-$name.out")"
     per_req() { awk -v d="$2" -v hz="$CLK_TCK" -v n="$reqs" -v k="$1" 'BEGIN {printf "%s %.1f\n", k, d * 1e6 / hz / n}'; }
     per_req proxy_cpu_us $((u1 - u0 + s1 - s0))
     per_req proxy_user_us $((u1 - u0))
@@ -234,7 +251,7 @@ tally() {
 
 machine_line
 echo "== gateway $(gateway_revision) built with symbols (${PROFILE_BIN:-target/release/gateway}), $WORKERS worker threads, LOG_LEVEL=warn"
-echo "== $BACKENDS customer-services backends on 127.0.0.1:${backend_ports[*]} (HTTPS); load: $(wrk_cmd "$DURATION" PORT)"
+echo "== $BACKENDS customer-services backends on 127.0.0.1:${backend_ports[*]} (HTTPS); load: $(load_cmd "$DURATION" PORT)"
 echo "== perf record -F $PERF_FREQ -p GATEWAY_PID -- sleep $PERF_SECONDS, from 3 s into the load (event: cpu-clock)"
 perf_pass fp gateway -g
 [ "$DWARF" != 1 ] || perf_pass dwarf gateway --call-graph dwarf,32768

@@ -647,7 +647,10 @@ async fn serve_http<S>(
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let snapshot = gateway.snapshot.load_full();
         let gateway = gateway.clone();
-        async move {
+        // Boxed: the request future is about 8 KB (8,160 bytes measured), and hyper's h2 server spawns one
+        // task per stream, moving the future into it by value: a memcpy per move that showed
+        // as the top symbol of the h2 profile. A box makes every move a pointer copy.
+        Box::pin(async move {
             let response = match client.scheme {
                 Scheme::Https => proxy::handle(&gateway, &snapshot, req, client).await,
                 Scheme::Http => match &snapshot.config.http {
@@ -669,7 +672,7 @@ async fn serve_http<S>(
                 },
             };
             Ok::<_, std::convert::Infallible>(response)
-        }
+        })
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own limits sit above ours so that ours answer first, as JSON; its header timer
