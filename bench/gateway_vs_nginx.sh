@@ -29,6 +29,7 @@
 #                    on:  gateway LOG_LEVEL=info (one JSON line per request), nginx
 #                         access_log on (combined format); both write to /dev/null
 #                    both: the two, one after the other (separate tables)
+#   NGINX_SECURITY_HEADERS=1  0: NGINX without the gateway's default security headers
 #   SKIP_BUILD=0     1: use the release binaries already in target/ (no cargo build)
 #   KEEP_WORKDIR=0   1: copy the generated configs, logs and raw wrk/h2load output to
 #                    /tmp/gw-vs-nginx-DATE before cleaning up
