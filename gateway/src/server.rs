@@ -4,6 +4,9 @@
 //! (certificates re-read, upstream state carried over), swap it in, then stop listeners that
 //! are gone and restart health checks. Any failure before the swap leaves the old config
 //! serving. Connections accepted on a listener that a reload removes stay open until done.
+//!
+//! Accept loops run on the calling (control) runtime; with thread per core each accepted
+//! connection goes to the worker with the fewest open connections (`Gateway::dispatch`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -492,24 +495,36 @@ impl Gateway {
                 return;
             }
         };
-        self.worker_load[index].fetch_add(1, Ordering::Relaxed);
-        let gateway = self.clone();
+        // Counted now, so a burst of accepts sees each choice at once; uncounted when the task
+        // ends, or when it is dropped unrun (a worker that stopped).
+        let load = WorkerLoad::new(self.clone(), index);
         worker.spawn(async move {
-            let _load = WorkerLoad(&gateway.worker_load[index]);
+            let gateway = load.gateway.clone();
             match TcpStream::from_std(stream) {
-                Ok(stream) => serve_client(gateway.clone(), stream, peer, kind, watcher).await,
+                Ok(stream) => serve_client(gateway, stream, peer, kind, watcher).await,
                 Err(e) => tracing::warn!(error = %e, "worker cannot take the connection"),
             }
+            drop(load);
         });
     }
 }
 
 /// One open connection on a worker, for as long as it lives.
-struct WorkerLoad<'a>(&'a AtomicUsize);
+struct WorkerLoad {
+    gateway: Arc<Gateway>,
+    index: usize,
+}
 
-impl Drop for WorkerLoad<'_> {
+impl WorkerLoad {
+    fn new(gateway: Arc<Gateway>, index: usize) -> Self {
+        gateway.worker_load[index].fetch_add(1, Ordering::Relaxed);
+        WorkerLoad { gateway, index }
+    }
+}
+
+impl Drop for WorkerLoad {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.gateway.worker_load[self.index].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -647,9 +662,9 @@ async fn serve_http<S>(
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let snapshot = gateway.snapshot.load_full();
         let gateway = gateway.clone();
-        // Boxed: the request future is about 8 KB (8,160 bytes measured), and hyper's h2 server spawns one
-        // task per stream, moving the future into it by value: a memcpy per move that showed
-        // as the top symbol of the h2 profile. A box makes every move a pointer copy.
+        // Boxed: the request future is about 8 KB (8,160 bytes measured), and hyper's h2
+        // server spawns one task per stream, moving the future into it by value: a memcpy per
+        // move that showed as the top symbol of the h2 profile. A box moves a pointer.
         Box::pin(async move {
             let response = match client.scheme {
                 Scheme::Https => proxy::handle(&gateway, &snapshot, req, client).await,
