@@ -1,5 +1,6 @@
 //! What every command starts from: the topology, the state dir, and the plan for a runtime.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::plan::{Plan, PlanOptions, RuntimeKind};
@@ -19,6 +20,8 @@ pub enum ContextError {
     Plan(#[from] crate::plan::PlanError),
     #[error("no topology file given and no topology/dev.toml above {0}: pass --topology FILE")]
     NoTopology(PathBuf),
+    #[error("{path}: {problem}; fix or delete that entry, or run `devctl down` (it resets scale)")]
+    BadScaleFile { path: PathBuf, problem: String },
 }
 
 #[derive(Debug, Clone)]
@@ -80,10 +83,35 @@ impl Context {
         })
     }
 
+    /// The plan with the pool sizes `devctl scale` saved. A saved size the topology does
+    /// not allow (edited by hand, a pool since removed) names the file and the entry.
     pub fn plan(&self, runtime: RuntimeKind) -> Result<Plan, ContextError> {
+        let path = self.state.scale_path();
+        let scale = self.state.scale(&self.topology.name).map_err(|e| match e {
+            crate::state::StateError::Corrupt { path, message } => ContextError::BadScaleFile {
+                path,
+                problem: message,
+            },
+            other => other.into(),
+        })?;
+        self.plan_with(runtime, scale).map_err(|e| match e {
+            ContextError::Plan(p) => ContextError::BadScaleFile {
+                path,
+                problem: format!("deployment {:?}: {p}", self.topology.name),
+            },
+            other => other,
+        })
+    }
+
+    /// The plan with these pool sizes over the topology's (what `scale` validates with).
+    pub fn plan_with(
+        &self,
+        runtime: RuntimeKind,
+        scale: BTreeMap<String, usize>,
+    ) -> Result<Plan, ContextError> {
         let options = PlanOptions {
             runtime,
-            scale: self.state.scale(&self.topology.name)?,
+            scale,
             secrets: self.state.secrets()?,
             state_dir: self.state.root.clone(),
             version: VERSION.to_string(),

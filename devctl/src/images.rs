@@ -16,6 +16,7 @@ const SOURCES: &[&str] = &[
     "admin-server",
     "customer-services",
     "gateway",
+    "gateway-config",
     "Cargo.lock",
     "Cargo.toml",
 ];
@@ -81,49 +82,6 @@ pub fn binaries_up_to_date(repo: &Path) -> bool {
         .filter_map(|s| newest_mtime(&repo.join(s)))
         .max();
     newest_source.is_some_and(|s| s <= oldest_binary)
-}
-
-/// `RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target ...` for our
-/// binaries; output goes to `log`.
-pub fn build_binaries(repo: &Path, log: &Path) -> Result<(), ImageError> {
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| ImageError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
-    }
-    let out = std::fs::File::create(log).map_err(|source| ImageError::Io {
-        path: log.to_owned(),
-        source,
-    })?;
-    let err = out.try_clone().map_err(|source| ImageError::Io {
-        path: log.to_owned(),
-        source,
-    })?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.current_dir(repo)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args(["build", "--release", "--target", TARGET]);
-    for b in BINARIES {
-        cmd.args(["-p", b]);
-    }
-    let status = cmd
-        .stdout(out)
-        .stderr(err)
-        .stdin(std::process::Stdio::null())
-        .status()
-        .map_err(ImageError::Cargo)?;
-    if status.success() {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(15)..].join("\n");
-    Err(ImageError::Build {
-        status: status.to_string(),
-        tail,
-    })
 }
 
 /// An in-memory `docker build` context.

@@ -1,16 +1,20 @@
 //! devctl: runs the platform's production layout on one machine.
 //!
-//! topology (TOML, [`topology`]) → plan (pure data, [`plan`]) → runtime ([`docker`] through
-//! bollard, or local processes: [`process`]). Everything up to the plan is pure and
-//! unit-tested; the runtimes are thin layers that apply a plan.
+//! topology (TOML, [`topology`]) → plan (pure data, [`plan`]) → converge (pure diff against
+//! what runs, [`converge`]) → engine (Docker through bollard, or local processes:
+//! [`engine`]). The commands ([`ops`]) are written once above the [`engine::Engine`] trait.
+//! Everything up to the converge schedule is pure and unit-tested; engines are thin layers
+//! that observe and act on one instance at a time.
 
+pub mod build;
 pub mod compose;
 pub mod context;
-pub mod docker;
-pub mod gateway_config;
+pub mod converge;
+pub mod engine;
+pub mod gateway_toml;
 pub mod images;
+pub mod ops;
 pub mod plan;
-pub mod process;
 pub mod state;
 pub mod status;
 pub mod summary;

@@ -8,7 +8,12 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use devctl::context::Context;
+use devctl::engine::docker::DockerEngine;
+use devctl::engine::process::ProcessEngine;
+use devctl::engine::Engine;
+use devctl::ops::Session;
 use devctl::plan::RuntimeKind;
+use devctl::state::Reissue;
 use devctl::ui::Ui;
 
 const EXAMPLES: &str = "\
@@ -164,7 +169,7 @@ fn main() -> ExitCode {
         args,
     } = &cli.command
     {
-        let code = devctl::process::supervise(pid_file, stop_file, program, args);
+        let code = devctl::engine::process::supervise(pid_file, stop_file, program, args);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     service_kit::tls::install_default_provider();
@@ -206,52 +211,102 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Context::load(cli.topology.as_deref(), cli.state_dir.as_deref())?;
     let json_status = matches!(cli.command, Command::Status { json: true });
     let ui = Ui::detect(json_status);
+    let kind = pick_runtime(cli.runtime, &ctx);
     match cli.command {
-        Command::Compose { out } => compose(&ctx, out.as_deref()),
-        Command::Render { out } => render(&ctx, &out, cli.runtime),
-        Command::Certs { trust } => certs(&ctx, trust, pick_runtime(cli.runtime, &ctx)),
-        command => {
-            let kind = pick_runtime(cli.runtime, &ctx);
-            match kind {
-                RuntimeKind::Docker => match devctl::docker::connect().await {
-                    Ok(_) => docker(ctx, ui, command).await,
-                    Err(e) if matches!(command, Command::Up { .. }) && cli.runtime.is_none() => {
-                        ui.warn(&format!("{e}; using the process runtime instead"));
-                        process(ctx, ui, command).await
-                    }
-                    Err(e) => Err(e.into()),
-                },
-                RuntimeKind::Process => process(ctx, ui, command).await,
+        Command::Compose { out } => return compose(&ctx, out.as_deref()),
+        Command::Render { out } => return render(&ctx, &out, cli.runtime),
+        Command::Certs { trust } => return certs(&ctx, trust, kind),
+        Command::Supervise { .. } => return Ok(()),
+        _ => {}
+    }
+    let project = ctx.topology.project.clone();
+    let deployment = ctx.topology.name.clone();
+    let (state, repo) = (ctx.state.clone(), ctx.repo.clone());
+    match kind {
+        RuntimeKind::Docker => {
+            match DockerEngine::connect(&project, &deployment, state, repo).await {
+                Ok(engine) => execute(Session::new(engine, ctx, ui, kind), cli.command).await,
+                // A laptop without a Docker engine still gets the platform, as processes.
+                Err(e) if matches!(cli.command, Command::Up { .. }) && cli.runtime.is_none() => {
+                    ui.warn(&format!("{e}; using the process runtime instead"));
+                    let engine = ProcessEngine::new(ctx.state.clone(), ctx.repo.clone());
+                    let kind = RuntimeKind::Process;
+                    execute(Session::new(engine, ctx, ui, kind), cli.command).await
+                }
+                Err(e) => Err(e.into()),
             }
+        }
+        RuntimeKind::Process => {
+            let engine = ProcessEngine::new(state, repo);
+            execute(Session::new(engine, ctx, ui, kind), cli.command).await
         }
     }
 }
 
+/// Every engine command, once.
+async fn execute<E: Engine>(s: Session<E>, command: Command) -> anyhow::Result<()> {
+    let ui = s.ui;
+    match command {
+        Command::Up { no_build, timeout } => {
+            let (status, plan) = s.up(!no_build, timeout).await?;
+            s.ctx.record_runtime(s.runtime)?;
+            print!("{}", devctl::summary::text(&status, &plan));
+        }
+        Command::Status { json } => {
+            let status = s.show_status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", devctl::status::table(&status, ui.color));
+            }
+        }
+        Command::Scale {
+            pool,
+            count,
+            timeout,
+        } => s.scale(&pool, count, timeout).await?,
+        Command::Kill { name, signal } => {
+            s.kill(&name, &signal).await?;
+            ui.done(&format!("{name}: sent {signal}"));
+        }
+        Command::Start { name } => {
+            s.start(&name).await?;
+            ui.done(&format!("{name}: started"));
+        }
+        Command::Restart { name } => {
+            s.restart(&name).await?;
+            ui.done(&format!("{name}: restarted"));
+        }
+        Command::Logs {
+            names,
+            follow,
+            tail,
+        } => s.logs(&names, follow, tail).await?,
+        Command::Open { target } => open(&s.ctx.plan(s.runtime)?, target)?,
+        Command::Down { volumes, images } => {
+            let removed = s.down(volumes, images).await?;
+            for r in &removed {
+                ui.step(&format!("removed {r}"));
+            }
+            ui.done(&format!("{} objects removed", removed.len()));
+        }
+        Command::Compose { .. }
+        | Command::Render { .. }
+        | Command::Certs { .. }
+        | Command::Supervise { .. } => {}
+    }
+    Ok(())
+}
+
 fn compose(ctx: &Context, out: Option<&Path>) -> anyhow::Result<()> {
-    let plan = ctx.plan(RuntimeKind::Docker)?;
+    // The committed file holds the topology's own instance counts, not `scale` overrides.
+    let plan = ctx.plan_with(RuntimeKind::Docker, Default::default())?;
     let rel = ctx
         .repo
         .as_ref()
         .and_then(|r| ctx.topology_path.strip_prefix(r).ok())
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|| ctx.topology_path.to_string_lossy().into_owned());
-    // The committed file holds the topology's own instance counts, not `scale` overrides.
-    let plan = if plan
-        .pools
-        .iter()
-        .any(|(name, n)| ctx.topology.pool(name).map(|p| p.instances) != Some(*n))
-    {
-        let options = devctl::plan::PlanOptions {
-            runtime: RuntimeKind::Docker,
-            scale: Default::default(),
-            secrets: ctx.state.secrets()?,
-            state_dir: ctx.state.root.clone(),
-            version: devctl::context::VERSION.to_string(),
-        };
-        devctl::plan::Plan::build(&ctx.topology, &options)?
-    } else {
-        plan
-    };
     let text = devctl::compose::render(&plan, &rel);
     let out = match (out, &ctx.repo) {
         (Some(p), _) => p.to_path_buf(),
@@ -270,7 +325,7 @@ fn render(ctx: &Context, out: &Path, runtime: Option<Runtime>) -> anyhow::Result
     let plan = ctx.plan(kind)?;
     let certs = ctx
         .state
-        .issue(&plan, &ctx.topology.tls.ca_common_name, false)
+        .issue(&plan, &ctx.topology.tls.ca_common_name, Reissue::Changed)
         .context("issuing certificates")?;
     let written = devctl::state::render_to(out, &plan, &certs)?;
     println!(
@@ -287,7 +342,7 @@ fn certs(ctx: &Context, trust: bool, kind: RuntimeKind) -> anyhow::Result<()> {
     let plan = ctx.plan(kind)?;
     if !trust {
         ctx.state
-            .issue(&plan, &ctx.topology.tls.ca_common_name, true)?;
+            .issue(&plan, &ctx.topology.tls.ca_common_name, Reissue::All)?;
         println!(
             "issued {} leaf certificates in {} (CA kept: {}); `devctl up` rolls them out",
             plan.certificates.len(),
@@ -297,124 +352,11 @@ fn certs(ctx: &Context, trust: bool, kind: RuntimeKind) -> anyhow::Result<()> {
         return Ok(());
     }
     ctx.state
-        .issue(&plan, &ctx.topology.tls.ca_common_name, false)?;
-    devctl::trust::install(&ctx.state.ca_path(), &ctx.topology.name)
-}
-
-async fn docker(ctx: Context, ui: Ui, command: Command) -> anyhow::Result<()> {
-    use devctl::docker::{DockerRuntime, UpOptions};
-    let mut rt = DockerRuntime::new(ctx.clone(), ui).await?;
-    match command {
-        Command::Up { no_build, timeout } => {
-            ctx.record_runtime(RuntimeKind::Docker)?;
-            let status = rt
-                .up(&UpOptions {
-                    build: !no_build,
-                    timeout,
-                })
-                .await?;
-            print!("{}", devctl::summary::text(&status, &rt.plan));
-        }
-        Command::Status { json } => {
-            rt.mark_unavailable().await;
-            let status = rt.status().await?;
-            print_status(&status, json, &ui)?;
-        }
-        Command::Scale {
-            pool,
-            count,
-            timeout,
-        } => rt.scale(&pool, count, timeout).await?,
-        Command::Kill { name, signal } => {
-            rt.kill(&name, &signal).await?;
-            ui.done(&format!("{name}: sent {signal}"));
-        }
-        Command::Start { name } => {
-            rt.start(&name).await?;
-            ui.done(&format!("{name}: started"));
-        }
-        Command::Restart { name } => {
-            rt.restart(&name).await?;
-            ui.done(&format!("{name}: restarted"));
-        }
-        Command::Logs {
-            names,
-            follow,
-            tail,
-        } => rt.logs(&names, follow, tail).await?,
-        Command::Open { target } => open(&rt.plan, target)?,
-        Command::Down { volumes, images } => {
-            let removed = rt.down(volumes, images).await?;
-            for r in &removed {
-                ui.step(&format!("removed {r}"));
-            }
-            ui.done(&format!("{} objects removed", removed.len()));
-        }
-        Command::Compose { .. }
-        | Command::Render { .. }
-        | Command::Certs { .. }
-        | Command::Supervise { .. } => {}
-    }
-    Ok(())
-}
-
-async fn process(ctx: Context, ui: Ui, command: Command) -> anyhow::Result<()> {
-    use devctl::process::ProcessRuntime;
-    let mut rt = ProcessRuntime::new(ctx.clone(), ui)?;
-    match command {
-        Command::Up { no_build, timeout } => {
-            ctx.record_runtime(RuntimeKind::Process)?;
-            let status = rt.up(!no_build, timeout).await?;
-            print!("{}", devctl::summary::text(&status, &rt.plan));
-        }
-        Command::Status { json } => {
-            let status = rt.status().await;
-            print_status(&status, json, &ui)?;
-        }
-        Command::Scale {
-            pool,
-            count,
-            timeout,
-        } => rt.scale(&pool, count, timeout).await?,
-        Command::Kill { name, signal } => {
-            rt.kill(&name, &signal)?;
-            ui.done(&format!("{name}: sent {signal}"));
-        }
-        Command::Start { name } => {
-            rt.start(&name).await?;
-            ui.done(&format!("{name}: started"));
-        }
-        Command::Restart { name } => {
-            rt.kill(&name, "SIGTERM")?;
-            rt.wait_exit(&name, Duration::from_secs(35)).await;
-            rt.start(&name).await?;
-            ui.done(&format!("{name}: restarted"));
-        }
-        Command::Logs {
-            names,
-            follow,
-            tail,
-        } => rt.logs(&names, follow, tail).await?,
-        Command::Open { target } => open(&rt.plan, target)?,
-        Command::Down { volumes, .. } => {
-            let removed = rt.down(volumes).await?;
-            ui.done(&format!("{} processes stopped", removed));
-        }
-        Command::Compose { .. }
-        | Command::Render { .. }
-        | Command::Certs { .. }
-        | Command::Supervise { .. } => {}
-    }
-    Ok(())
-}
-
-fn print_status(status: &devctl::status::Status, json: bool, ui: &Ui) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(status)?);
-    } else {
-        print!("{}", devctl::status::table(status, ui.color));
-    }
-    Ok(())
+        .issue(&plan, &ctx.topology.tls.ca_common_name, Reissue::Changed)?;
+    Ok(devctl::trust::install(
+        &ctx.state.ca_path(),
+        &ctx.topology.name,
+    )?)
 }
 
 fn open(plan: &devctl::plan::Plan, target: OpenTarget) -> anyhow::Result<()> {

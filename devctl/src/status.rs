@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::engine::{Health, State};
 use crate::plan::Plan;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -13,9 +14,9 @@ pub struct ServiceStatus {
     pub role: String,
     pub address: String,
     /// running, exited, created, restarting, missing, unavailable, ...
-    pub state: String,
+    pub state: State,
     /// healthy, unhealthy, starting, none
-    pub health: String,
+    pub health: Health,
     #[serde(skip)]
     pub uptime: Option<Duration>,
 }
@@ -40,7 +41,7 @@ impl Status {
     pub fn healthy(&self, name: &str) -> bool {
         self.services
             .iter()
-            .any(|s| s.name == name && s.state == "running" && s.health == "healthy")
+            .any(|s| s.name == name && s.state == State::Running && s.health == Health::Healthy)
     }
 }
 
@@ -103,10 +104,10 @@ pub fn table(status: &Status, color: bool) -> String {
     );
     out.push_str(&header);
     for s in &status.services {
-        let health_code = match s.health.as_str() {
-            "healthy" => "32",
-            "starting" | "none" => "33",
-            _ => "31",
+        let health_code = match s.health {
+            Health::Healthy => "32",
+            Health::Starting | Health::None => "33",
+            Health::Unhealthy => "31",
         };
         let vip = if status.vip.holder.as_deref() == Some(s.name.as_str()) {
             "  <- VIP"
@@ -118,8 +119,8 @@ pub fn table(status: &Status, color: bool) -> String {
             s.name,
             s.role,
             s.address,
-            s.state,
-            paint(&format!("{:<10}", s.health), health_code),
+            s.state.as_str(),
+            paint(&format!("{:<10}", s.health.as_str()), health_code),
             uptime_text(s.uptime),
         ));
     }
@@ -147,8 +148,8 @@ mod tests {
                 name: "admin-1".into(),
                 role: "admin".into(),
                 address: "172.28.2.10:3002".into(),
-                state: "running".into(),
-                health: "healthy".into(),
+                state: State::Running,
+                health: Health::Healthy,
                 uptime: Some(Duration::from_secs(61)),
             }],
             vip: VipStatus {

@@ -7,7 +7,7 @@ pub fn text(status: &Status, plan: &Plan) -> String {
     let healthy = status
         .services
         .iter()
-        .filter(|s| s.health == "healthy")
+        .filter(|s| s.health == crate::engine::Health::Healthy)
         .count();
     let mut out = format!(
         "\nInsightSerenity {} is up ({} runtime): {healthy} healthy of {} instances\n",

@@ -128,3 +128,69 @@ impl Progress {
         }
     }
 }
+
+/// Progress of a long count (units of a build): a bar on a TTY, a line every 15 s otherwise.
+pub struct Counter {
+    bar: Option<indicatif::ProgressBar>,
+    quiet: bool,
+    what: String,
+    len: u64,
+    started: std::time::Instant,
+    last_line: std::time::Instant,
+}
+
+impl Ui {
+    /// `len` is an estimate (the last build's size): positions past it grow it.
+    pub fn counter(&self, len: u64, what: &str) -> Counter {
+        let now = std::time::Instant::now();
+        let bar = (self.tty && !self.quiet).then(|| {
+            let bar = indicatif::ProgressBar::new(len.max(1));
+            let style = indicatif::ProgressStyle::with_template(&format!(
+                "{{spinner}} [{{bar:30}}] {{pos}}/~{{len}} {what} [{{elapsed}}] {{wide_msg}}"
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Counter {
+            bar,
+            quiet: self.quiet,
+            what: what.to_string(),
+            len,
+            started: now,
+            last_line: now,
+        }
+    }
+}
+
+impl Counter {
+    pub fn set(&mut self, pos: u64, message: &str) {
+        if pos > self.len {
+            self.len = pos;
+        }
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(self.len.max(1));
+                bar.set_position(pos);
+                bar.set_message(message.to_string());
+            }
+            None if !self.quiet && self.last_line.elapsed() >= Duration::from_secs(15) => {
+                self.last_line = std::time::Instant::now();
+                eprintln!(
+                    "   [{pos}/~{}] {} ({:.0}s, now {message})",
+                    self.len,
+                    self.what,
+                    self.started.elapsed().as_secs_f64()
+                );
+            }
+            None => {}
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -192,7 +192,7 @@ fn vip_holder(env: &Env) -> Option<String> {
 fn crash(env: &Env, name: &str) {
     let pid: i32 = if env.runtime == "docker" {
         block_on(async {
-            let docker = devctl::docker::connect().await.unwrap();
+            let docker = devctl::engine::docker::connect().await.unwrap();
             let container = format!("insightserenity-{}-{name}", env.deployment());
             docker
                 .inspect_container(
@@ -400,7 +400,7 @@ fn flow(env: &Env, docker: bool) {
 
 #[test]
 fn docker_runtime_end_to_end() {
-    let reachable = block_on(devctl::docker::connect());
+    let reachable = block_on(devctl::engine::docker::connect());
     if let Err(e) = &reachable {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -416,7 +416,7 @@ fn docker_runtime_end_to_end() {
         use bollard::query_parameters::{
             ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
         };
-        let docker = devctl::docker::connect().await.unwrap();
+        let docker = devctl::engine::docker::connect().await.unwrap();
         let filters = std::collections::HashMap::from([(
             "label".to_string(),
             vec![

@@ -77,7 +77,7 @@ fn promtool_accepts_the_config_as_devctl_lays_it_out() {
     )
     .unwrap();
     let certs = StateDir::new(dir.path().join("state"))
-        .issue(&plan, "test CA", false)
+        .issue(&plan, "test CA", devctl::state::Reissue::Changed)
         .unwrap();
     let out = dir.path().join("render");
     state::render_to(&out, &plan, &certs).unwrap();

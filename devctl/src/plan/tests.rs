@@ -194,7 +194,7 @@ fn rendered_gateway_configs_are_valid_gateway_configs() {
         let p = plan(topology, runtime);
         for g in p.gateways() {
             let config = text(g, "gateway.toml");
-            let parsed = gateway::config::Config::parse(&config)
+            let parsed = ::gateway::config::Config::parse(&config)
                 .unwrap_or_else(|e| panic!("{} ({runtime:?}): {e}\n{config}", g.name));
             assert_eq!(parsed.upstreams["admin"].servers.len(), 5);
             assert_eq!(parsed.upstreams["customer"].servers.len(), 5);
@@ -369,7 +369,7 @@ fn scale_adds_at_the_next_addresses_and_everything_follows() {
             for g in p.gateways() {
                 let config = text(g, "gateway.toml");
                 assert!(config.contains(address), "{} lacks {address}", g.name);
-                gateway::config::Config::parse(&config).unwrap();
+                ::gateway::config::Config::parse(&config).unwrap();
             }
             let targets = &p
                 .targets
