@@ -124,3 +124,94 @@ fn docker_compose_accepts_the_committed_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// A mistyped `scale` exits 1 with one line that says why, and changes nothing on disk.
+#[test]
+fn a_bad_scale_changes_nothing_and_leaves_devctl_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let process = ["--runtime", "process"];
+    // A first valid scale with nothing running is saved for the next `up`.
+    let out = devctl(&state, &[&process[..], &["scale", "admin", "6"]].concat(), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = snapshot(&state);
+    assert!(!before.is_empty());
+    let cases: &[(&[&str], &str)] = &[
+        (&["scale", "nope", "3"], "unknown pool \"nope\" (pools: admin, customer)"),
+        (&["scale", "admin", "0"], "pool admin: 0 instances do not fit (a pool has 1..=200)"),
+        (&["scale", "admin", "300"], "pool admin: 300 instances do not fit (a pool has 1..=200)"),
+    ];
+    for (args, reason) in cases {
+        let out = devctl(&state, &[&process[..], args].concat(), &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+        assert_eq!(snapshot(&state), before, "{args:?} changed the state dir");
+        let status = devctl(&state, &[&process[..], &["status", "--json"]].concat(), &[]);
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let admins = json["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["role"] == "admin")
+            .count();
+        assert_eq!(admins, 6, "the saved size still holds");
+    }
+}
+
+/// A state dir broken by hand: `status` names the file and the entry and still shows what
+/// runs, `down` repairs it.
+#[test]
+fn a_broken_scale_file_is_named_and_down_repairs_it() {
+    let cases: &[(&str, &str)] = &[
+        (r#"{"deployments":{"dev":{"nope":3}}}"#, "unknown pool \"nope\""),
+        (r#"{"deployments":{"dev":{"admin":0}}}"#, "pool admin: 0 instances do not fit"),
+        ("{not json", "not a scale file"),
+    ];
+    for (text, reason) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("scale.json"), text).unwrap();
+        let process = ["--runtime", "process"];
+        let out = devctl(&state, &[&process[..], &["status"]].concat(), &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}: {stderr}");
+        assert!(stderr.contains("scale.json") && stderr.contains(reason), "{text}: {stderr}");
+        assert!(stderr.contains("devctl down"), "a hint: {stderr}");
+        // Commands that need the plan fail with the same one line.
+        let out = devctl(&state, &[&process[..], &["up", "--no-build"]].concat(), &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(reason), "{text}: {stderr}");
+        // `down` needs no plan, and resets the sizes.
+        let out = devctl(&state, &[&process[..], &["down"]].concat(), &[]);
+        assert!(out.status.success(), "{text}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = devctl(&state, &[&process[..], &["status"]].concat(), &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !stderr.contains("scale.json"), "{stderr}");
+    }
+}
