@@ -7,7 +7,7 @@
 pub mod compose;
 pub mod context;
 pub mod docker;
-pub mod gateway_config;
+pub mod gateway_toml;
 pub mod images;
 pub mod plan;
 pub mod process;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::gateway_config;
+use crate::gateway_toml;
 use crate::topology::{Ipv4Net, Topology, VipMode};
 
 /// Label keys devctl puts on every object it creates (and the only ones `down` removes).
@@ -330,7 +330,7 @@ impl Plan {
                     .or(pool.weights.last())
                     .copied()
                     .unwrap_or(1);
-                servers.push(gateway_config::Server {
+                servers.push(gateway_toml::Server {
                     address,
                     port,
                     weight,
@@ -386,7 +386,7 @@ impl Plan {
                     user: None,
                 });
             }
-            upstreams.push(gateway_config::Upstream { pool, servers });
+            upstreams.push(gateway_toml::Upstream { pool, servers });
         }
 
         // Gateways.
@@ -425,7 +425,7 @@ impl Plan {
                     .collect(),
                 config_dir: dir.clone(),
             };
-            let config = gateway_config::render(&gateway_config::Input {
+            let config = gateway_toml::render(&gateway_toml::Input {
                 topology: t,
                 net: &net,
                 gateway: &view,

@@ -34,6 +34,11 @@ pub fn invalid(message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(message.into())
 }
 
+/// Serialization leaves out what equals its default (the parser puts it back).
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
 /// Largest weight accepted; keeps weight arithmetic far from overflow.
 pub const MAX_WEIGHT: u32 = 1_000_000;
 
@@ -44,27 +49,27 @@ pub const MIN_SECRET_LEN: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub runtime: RuntimeConfig,
     pub admin: AdminConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub https: Option<HttpsConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpConfig>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub upstream_tls: UpstreamTlsConfig,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub routes: Vec<RouteConfig>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub client_ip: ClientIpConfig,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub limits: LimitsConfig,
     /// Policies every route gets unless it sets its own.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub defaults: PolicyConfig,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub cache: CacheConfig,
     /// The VRRP-style pair holding the VIP; applied at start (a reload keeps the running HA).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -382,11 +387,11 @@ pub struct ServerConfig {
     #[serde(default = "default_fail_timeout")]
     pub fail_timeout: Dur,
     /// Concurrent requests allowed to this server; 0 = unlimited.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub max_conns: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub backup: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub down: bool,
 }
 

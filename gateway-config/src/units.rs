@@ -50,16 +50,16 @@ impl Dur {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.0;
-        if d.subsec_nanos() % 1_000_000 != 0 {
+        if !d.subsec_nanos().is_multiple_of(1_000_000) {
             let fraction = format!("{:09}", d.subsec_nanos());
             return write!(f, "{}.{}s", d.as_secs(), fraction.trim_end_matches('0'));
         }
         let ms = d.as_millis();
         match ms {
             0 => f.write_str("0s"),
-            ms if ms % 3_600_000 == 0 => write!(f, "{}h", ms / 3_600_000),
-            ms if ms % 60_000 == 0 => write!(f, "{}m", ms / 60_000),
-            ms if ms % 1000 == 0 => write!(f, "{}s", ms / 1000),
+            ms if ms.is_multiple_of(3_600_000) => write!(f, "{}h", ms / 3_600_000),
+            ms if ms.is_multiple_of(60_000) => write!(f, "{}m", ms / 60_000),
+            ms if ms.is_multiple_of(1000) => write!(f, "{}s", ms / 1000),
             ms => write!(f, "{ms}ms"),
         }
     }
@@ -122,7 +122,7 @@ impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
         for (unit, factor) in [("g", 1u64 << 30), ("m", 1 << 20), ("k", 1 << 10)] {
-            if n != 0 && n % factor == 0 {
+            if n != 0 && n.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", n / factor);
             }
         }
