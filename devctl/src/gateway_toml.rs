@@ -1,8 +1,15 @@
 //! Renders one gateway's TOML config (the format of `gateway/gateway.example.toml`) from the
-//! topology and the plan's addresses. Pure text; a test parses it with the gateway's own parser.
+//! topology and the plan's addresses: [`build`] makes a [`gateway_config::Config`] value,
+//! [`render`] serializes it. Pure; a test parses the text with the gateway's own parser.
 
-use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use gateway_config::{
+    AdminConfig, Cidr, ClientIpConfig, Config, HaConfig, HttpConfig, HttpsConfig, PolicyConfig,
+    RateLimitSetting, RouteCacheConfig, RouteConfig, RuntimeConfig, ServerConfig, StickyConfig,
+    UpstreamConfig, UpstreamTlsConfig,
+};
 
 use crate::plan::{GatewayView, Net, RuntimeKind, Secrets};
 use crate::topology::{Pool, Topology, VipMode};
@@ -29,23 +36,21 @@ pub struct Input<'a> {
     pub secrets: &'a Secrets,
 }
 
-/// A TOML basic string.
-fn q(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
+fn path(dir: &str, rel: &str) -> PathBuf {
+    PathBuf::from(format!("{}/{rel}", dir.trim_end_matches('/')))
 }
 
-fn path(dir: &str, rel: &str) -> String {
-    q(&format!("{}/{rel}", dir.trim_end_matches('/')))
+fn socket(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
 }
 
-pub fn render(input: &Input<'_>) -> String {
+/// The gateway config for `input.gateway`.
+pub fn build(input: &Input<'_>) -> Config {
     let t = input.topology;
     let g = &t.gateways;
     let net = input.net;
     let gw = input.gateway;
     let docker = net.runtime == RuntimeKind::Docker;
-    let https_port = net.port(g.https_port);
-    let http_port = net.port(g.http_port);
     // In a container the gateway listens on every address (its own and, in interface mode,
     // the VIP once it holds it); on loopback it binds the VIP, only while master.
     let vip_mode = if docker { g.vip_mode } else { VipMode::Bind };
@@ -58,157 +63,129 @@ pub fn render(input: &Input<'_>) -> String {
     } else {
         gw.address
     };
-    let mut out = String::new();
-    let w = &mut out;
-    let _ = writeln!(
-        w,
-        "# {name}: rendered by devctl from the {deployment} topology. Do not edit: change the\n\
-         # topology and run `devctl up` (or `devctl render`).\n",
-        name = gw.name,
-        deployment = t.name
-    );
-    let _ = writeln!(w, "[runtime]");
-    if let Some(threads) = g.worker_threads {
-        let _ = writeln!(w, "worker_threads = {threads}");
-    }
-    let _ = writeln!(w, "shutdown_timeout = \"30s\"");
-    // devctl reloads explicitly (SIGHUP after an upload) so a half-written file is never read.
-    let _ = writeln!(w, "watch_config = false\n");
-
-    let _ = writeln!(
-        w,
-        "[admin]\nlisten = {}\n",
-        q(&format!("{admin_ip}:{}", g.admin_port))
-    );
-
-    let _ = writeln!(
-        w,
-        "[https]\nlisten = [{}]\ncert = {}\nkey = {}\n",
-        q(&format!("{listen_ip}:{https_port}")),
-        path(&gw.config_dir, "tls/server.crt"),
-        path(&gw.config_dir, "tls/server.key"),
-    );
-    let _ = writeln!(
-        w,
-        "[http]\nlisten = [{}]\n# Redirects name the port clients use: the edge's.\nhttps_port = {}\n",
-        q(&format!("{listen_ip}:{http_port}")),
-        t.edge.https_port
-    );
-
-    let _ = writeln!(
-        w,
-        "[client_ip]\n# Only the edge forwarder may vouch for client addresses (PROXY v2).\n\
-         trusted_proxies = [{}]\nproxy_protocol = {}\n",
-        q(&format!("{}/32", input.edge_source)),
-        t.edge.proxy_protocol
-    );
-
-    let _ = writeln!(
-        w,
-        "[upstream_tls]\nca = {}\nclient_cert = {}\nclient_key = {}\n",
-        path(&gw.config_dir, "tls/ca.crt"),
-        path(&gw.config_dir, "tls/client.crt"),
-        path(&gw.config_dir, "tls/client.key"),
-    );
-
-    for up in input.upstreams {
-        let p = up.pool;
-        let _ = writeln!(w, "[upstreams.{}]", p.name);
-        let _ = writeln!(w, "algorithm = {}", q(p.algorithm.as_str()));
-        let _ = writeln!(w, "keepalive = {}", p.keepalive);
-        for (key, value) in [
-            ("keepalive_timeout", &p.keepalive_timeout),
-            ("connect_timeout", &p.connect_timeout),
-            ("read_timeout", &p.read_timeout),
-        ] {
-            if let Some(d) = value {
-                let _ = writeln!(w, "{key} = {}", q(&d.0));
-            }
-        }
-        if let Some(tries) = p.tries {
-            let _ = writeln!(w, "tries = {tries}");
-        }
-        let _ = writeln!(w);
-        let hc = &p.health_check;
-        let _ = writeln!(
-            w,
-            "[upstreams.{}.health_check]\npath = {}\ninterval = {}\ntimeout = {}\nrise = {}\nfall = {}\n",
-            p.name,
-            q(&hc.path),
-            q(&hc.interval.0),
-            q(&hc.timeout.0),
-            hc.rise,
-            hc.fall
-        );
-        if let Some(sticky) = &p.sticky {
-            let _ = writeln!(
-                w,
-                "[upstreams.{}.sticky]\ncookie = {}\nsecret = {}\nmax_age = {}\n",
-                p.name,
-                q(&sticky.cookie),
-                q(&input.secrets.sticky),
-                q(&sticky.max_age.0)
-            );
-        }
-        for s in &up.servers {
-            let _ = writeln!(
-                w,
-                "[[upstreams.{}.servers]]\naddress = {}\nweight = {}\nmax_fails = {}\nfail_timeout = {}\nmax_conns = {}\n",
-                p.name,
-                q(&format!("{}:{}", s.address, s.port)),
-                s.weight,
-                p.max_fails,
-                q(&p.fail_timeout.0),
-                p.max_conns
-            );
-        }
-    }
-
-    for route in &t.routes {
-        let _ = writeln!(
-            w,
-            "[[routes]]\nprefix = {}\nupstream = {}",
-            q(&route.prefix),
-            q(&route.pool)
-        );
-        if let Some(rl) = &route.rate_limit {
-            let _ = writeln!(
-                w,
-                "rate_limit = {{ rate = {}, per = {}, burst = {} }}",
-                rl.rate,
-                q(&rl.per.0),
-                rl.burst
-            );
-        }
-        if let Some(d) = &route.read_timeout {
-            let _ = writeln!(w, "read_timeout = {}", q(&d.0));
-        }
-        if route.cache {
-            let _ = writeln!(w, "cache = {{ max_object_size = \"1m\" }}");
-        }
-        let _ = writeln!(w);
-    }
-
-    let peers: Vec<String> = gw
-        .peers
+    let upstreams = input
+        .upstreams
         .iter()
-        .map(|p| q(&format!("{p}:{}", g.advert_port)))
+        .map(|up| (up.pool.name.clone(), upstream(up, input.secrets)))
         .collect();
-    let vip_prefix = if docker { g.vip_prefix } else { 8 };
-    let _ = writeln!(w, "[ha]");
-    let _ = writeln!(w, "name = {}", q(&gw.name));
-    let _ = writeln!(w, "priority = {}", gw.priority);
-    let _ = writeln!(w, "address = {}", q(&gw.address.to_string()));
-    let _ = writeln!(w, "port = {}", g.advert_port);
-    let _ = writeln!(w, "peers = [{}]", peers.join(", "));
-    let _ = writeln!(w, "advert_interval = {}", q(&g.advert_interval.0));
-    let _ = writeln!(w, "preempt = {}", g.preempt);
-    if let Some(d) = &g.preempt_delay {
-        let _ = writeln!(w, "preempt_delay = {}", q(&d.0));
+    let routes = t
+        .routes
+        .iter()
+        .map(|route| RouteConfig {
+            prefix: route.prefix.clone(),
+            host: None,
+            upstream: route.pool.clone(),
+            read_timeout: route.read_timeout,
+            policy: PolicyConfig {
+                rate_limit: route.rate_limit.map(RateLimitSetting::On),
+                ..PolicyConfig::default()
+            },
+            cache: route.cache.then(RouteCacheConfig::default),
+        })
+        .collect();
+    Config {
+        runtime: RuntimeConfig {
+            worker_threads: g.worker_threads,
+            shutdown_timeout: Some(gateway_config::Dur(std::time::Duration::from_secs(30))),
+            // devctl reloads explicitly (SIGHUP after an upload) so a half-written file is
+            // never read.
+            watch_config: Some(false),
+            ..RuntimeConfig::default()
+        },
+        admin: AdminConfig {
+            listen: socket(admin_ip, g.admin_port),
+        },
+        https: Some(HttpsConfig {
+            listen: vec![socket(listen_ip, net.port(g.https_port))],
+            cert: path(&gw.config_dir, "tls/server.crt"),
+            key: path(&gw.config_dir, "tls/server.key"),
+        }),
+        http: Some(HttpConfig {
+            listen: vec![socket(listen_ip, net.port(g.http_port))],
+            // Redirects name the port clients use: the edge's.
+            https_port: t.edge.https_port,
+            acme_challenge_dir: None,
+        }),
+        upstream_tls: UpstreamTlsConfig {
+            ca: Some(path(&gw.config_dir, "tls/ca.crt")),
+            client_cert: Some(path(&gw.config_dir, "tls/client.crt")),
+            client_key: Some(path(&gw.config_dir, "tls/client.key")),
+        },
+        upstreams,
+        routes,
+        // Only the edge forwarder may vouch for client addresses (PROXY v2).
+        client_ip: ClientIpConfig {
+            trusted_proxies: vec![Cidr {
+                addr: input.edge_source.into(),
+                prefix: 32,
+            }],
+            proxy_protocol: t.edge.proxy_protocol,
+        },
+        limits: Default::default(),
+        defaults: PolicyConfig::default(),
+        cache: Default::default(),
+        ha: Some(HaConfig {
+            name: gw.name.clone(),
+            priority: gw.priority,
+            address: gw.address.into(),
+            port: g.advert_port,
+            peers: gw.peers.iter().map(|p| socket(*p, g.advert_port)).collect(),
+            advert_interval: g.advert_interval,
+            preempt: g.preempt,
+            preempt_delay: g.preempt_delay,
+            secret: input.secrets.ha.clone(),
+            vip: Cidr {
+                addr: input.vip.into(),
+                prefix: if docker { g.vip_prefix } else { 8 },
+            },
+            vip_mode,
+            interface: None,
+            track_penalty: g.track_penalty,
+        }),
     }
-    let _ = writeln!(w, "secret = {}", q(&input.secrets.ha));
-    let _ = writeln!(w, "vip = {}", q(&format!("{}/{vip_prefix}", input.vip)));
-    let _ = writeln!(w, "vip_mode = {}", q(vip_mode.as_str()));
-    let _ = writeln!(w, "track_penalty = {}", g.track_penalty);
-    out
+}
+
+fn upstream(up: &Upstream<'_>, secrets: &Secrets) -> UpstreamConfig {
+    let p = up.pool;
+    let servers = up
+        .servers
+        .iter()
+        .map(|s| ServerConfig {
+            weight: s.weight,
+            max_fails: p.max_fails,
+            fail_timeout: p.fail_timeout,
+            max_conns: p.max_conns,
+            ..ServerConfig::new(socket(s.address, s.port))
+        })
+        .collect();
+    let mut config = UpstreamConfig::new(servers);
+    config.algorithm = p.algorithm;
+    config.keepalive = p.keepalive;
+    config.keepalive_timeout = p.keepalive_timeout.unwrap_or(config.keepalive_timeout);
+    config.connect_timeout = p.connect_timeout.unwrap_or(config.connect_timeout);
+    config.read_timeout = p.read_timeout.unwrap_or(config.read_timeout);
+    config.tries = p.tries;
+    config.health_check = Some(p.health_check.clone());
+    config.sticky = p.sticky.as_ref().map(|sticky| StickyConfig {
+        cookie: sticky.cookie.clone(),
+        secret: secrets.sticky.clone(),
+        max_age: Some(sticky.max_age),
+    });
+    config
+}
+
+/// The gateway's config file: [`build`] serialized, under a do-not-edit header.
+pub fn render(input: &Input<'_>) -> String {
+    let header = format!(
+        "# {name}: rendered by devctl from the {deployment} topology. Do not edit: change the\n\
+         # topology and run `devctl up` (or `devctl render`).\n\n",
+        name = input.gateway.name,
+        deployment = input.topology.name
+    );
+    // A `Config` built above always serializes (string keys, UTF-8 paths, small numbers);
+    // were it ever to fail, the file says why and the gateway refuses it (no [admin]).
+    match toml::to_string(&build(input)) {
+        Ok(body) => header + &body,
+        Err(e) => format!("{header}# devctl could not serialize this config: {e}\n"),
+    }
 }

@@ -10,7 +10,11 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use gateway_config::{AlgorithmName, Dur, HealthCheckConfig, RateLimitConfig};
 use serde::{Deserialize, Deserializer};
+
+/// How the master holds the VIP: the gateway config's own type.
+pub use gateway_config::VipMode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -95,30 +99,6 @@ impl<'de> Deserialize<'de> for Ipv4Net {
     }
 }
 
-/// A duration kept as written (`"100ms"`, `"30s"`), validated on parse; rendered back verbatim.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dur(pub String);
-
-impl Dur {
-    pub fn duration(&self) -> std::time::Duration {
-        service_kit::settings::parse_duration(&self.0).unwrap_or_default()
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        service_kit::settings::parse_duration(&raw).map_err(serde::de::Error::custom)?;
-        Ok(Dur(raw))
-    }
-}
-
-impl fmt::Display for Dur {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
@@ -143,24 +123,6 @@ pub struct Topology {
 
 fn default_project() -> String {
     "insightserenity".into()
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum VipMode {
-    /// The master adds the VIP to its interface (netlink + gratuitous ARP).
-    Interface,
-    /// The master binds its listeners on the VIP (loopback / process runtime).
-    Bind,
-}
-
-impl VipMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VipMode::Interface => "interface",
-            VipMode::Bind => "bind",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -243,22 +205,6 @@ pub struct Tls {
     pub ca_common_name: String,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Algorithm {
-    RoundRobin,
-    LeastConn,
-}
-
-impl Algorithm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::RoundRobin => "round_robin",
-            Algorithm::LeastConn => "least_conn",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pool {
@@ -270,7 +216,8 @@ pub struct Pool {
     /// `<name>-1`'s address; the others follow.
     pub first_address: Ipv4Addr,
     pub port: u16,
-    pub algorithm: Algorithm,
+    /// `round_robin` or `least_conn` (`hash` needs a hash key the topology does not have).
+    pub algorithm: AlgorithmName,
     /// Weight of each instance in order; instances past the list take the last weight.
     #[serde(default = "default_weights")]
     pub weights: Vec<u32>,
@@ -284,7 +231,8 @@ pub struct Pool {
     pub connect_timeout: Option<Dur>,
     pub read_timeout: Option<Dur>,
     pub tries: Option<u32>,
-    pub health_check: HealthCheck,
+    /// The gateway's health check section as is (unset keys take the gateway's defaults).
+    pub health_check: HealthCheckConfig,
     /// Pin clients to one instance with a signed cookie (WebSocket sessions).
     pub sticky: Option<Sticky>,
 }
@@ -296,16 +244,8 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HealthCheck {
-    pub path: String,
-    pub interval: Dur,
-    pub timeout: Dur,
-    pub rise: u32,
-    pub fall: u32,
-}
-
+/// A pool's sticky sessions. Not the gateway's `StickyConfig`: the topology names the cookie
+/// and its lifetime, while the HMAC secret comes from the state directory (`Secrets`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sticky {
@@ -318,19 +258,12 @@ pub struct Sticky {
 pub struct Route {
     pub prefix: String,
     pub pool: String,
-    pub rate_limit: Option<RateLimit>,
+    /// The gateway's rate limit as is (`per` defaults to 1m, `burst` to `rate`).
+    pub rate_limit: Option<RateLimitConfig>,
     pub read_timeout: Option<Dur>,
     /// Cache cacheable GET responses (static assets).
     #[serde(default)]
     pub cache: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimit {
-    pub rate: u32,
-    pub per: Dur,
-    pub burst: u32,
 }
 
 /// Prometheus or Grafana.
@@ -427,7 +360,7 @@ impl Topology {
         if g.vip_prefix == 0 || g.vip_prefix > 32 {
             return Err(invalid("gateways.vip_prefix must be 1..=32"));
         }
-        if g.advert_interval.duration().is_zero() {
+        if g.advert_interval.0.is_zero() {
             return Err(invalid("gateways.advert_interval must be above zero"));
         }
         let mut fixed: Vec<(String, Ipv4Addr)> = Vec::new();
@@ -472,12 +405,15 @@ impl Topology {
                     pool.instances
                 )));
             }
-            if !pool.health_check.path.starts_with('/') {
+            if pool.algorithm == AlgorithmName::Hash {
                 return Err(invalid(format!(
-                    "pool {}: health_check.path must start with /",
+                    "pool {}: algorithm must be round_robin or least_conn",
                     pool.name
                 )));
             }
+            pool.health_check
+                .check()
+                .map_err(|e| invalid(format!("pool {}: {e}", pool.name)))?;
             for (i, addr) in Topology::pool_addresses(pool, pool.instances)
                 .into_iter()
                 .enumerate()
@@ -533,12 +469,8 @@ impl Topology {
                 )));
             }
             if let Some(rl) = &route.rate_limit {
-                if rl.rate == 0 || rl.burst == 0 || rl.per.duration().is_zero() {
-                    return Err(invalid(format!(
-                        "route {:?}: rate_limit needs rate, per and burst above zero",
-                        route.prefix
-                    )));
-                }
+                rl.check()
+                    .map_err(|e| invalid(format!("route {:?}: {e}", route.prefix)))?;
             }
         }
         if self.tls.names.is_empty() {
@@ -576,13 +508,13 @@ mod tests {
             assert_eq!(admin.instances, 5);
             assert_eq!(admin.port, 3002);
             assert_eq!(admin.weights, vec![100, 100, 100, 75, 75]);
-            assert_eq!(admin.algorithm, Algorithm::RoundRobin);
+            assert_eq!(admin.algorithm, AlgorithmName::RoundRobin);
             assert_eq!(admin.keepalive, 128);
             assert_eq!(admin.first_address.to_string(), format!("{net}.2.10"));
             let customer = t.pool("customer").unwrap();
             assert_eq!(customer.instances, 5);
             assert_eq!(customer.port, 3001);
-            assert_eq!(customer.algorithm, Algorithm::LeastConn);
+            assert_eq!(customer.algorithm, AlgorithmName::LeastConn);
             assert_eq!(customer.keepalive, 256);
             assert!(customer.sticky.is_some());
             assert_eq!(customer.first_address.to_string(), format!("{net}.3.10"));

@@ -152,14 +152,31 @@ fn a_bad_scale_changes_nothing_and_leaves_devctl_usable() {
     let state = dir.path().join("state");
     let process = ["--runtime", "process"];
     // A first valid scale with nothing running is saved for the next `up`.
-    let out = devctl(&state, &[&process[..], &["scale", "admin", "6"]].concat(), &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = devctl(
+        &state,
+        &[&process[..], &["scale", "admin", "6"]].concat(),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let before = snapshot(&state);
     assert!(!before.is_empty());
     let cases: &[(&[&str], &str)] = &[
-        (&["scale", "nope", "3"], "unknown pool \"nope\" (pools: admin, customer)"),
-        (&["scale", "admin", "0"], "pool admin: 0 instances do not fit (a pool has 1..=200)"),
-        (&["scale", "admin", "300"], "pool admin: 300 instances do not fit (a pool has 1..=200)"),
+        (
+            &["scale", "nope", "3"],
+            "unknown pool \"nope\" (pools: admin, customer)",
+        ),
+        (
+            &["scale", "admin", "0"],
+            "pool admin: 0 instances do not fit (a pool has 1..=200)",
+        ),
+        (
+            &["scale", "admin", "300"],
+            "pool admin: 300 instances do not fit (a pool has 1..=200)",
+        ),
     ];
     for (args, reason) in cases {
         let out = devctl(&state, &[&process[..], args].concat(), &[]);
@@ -169,7 +186,11 @@ fn a_bad_scale_changes_nothing_and_leaves_devctl_usable() {
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
         assert_eq!(snapshot(&state), before, "{args:?} changed the state dir");
         let status = devctl(&state, &[&process[..], &["status", "--json"]].concat(), &[]);
-        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
         let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
         let admins = json["services"]
             .as_array()
@@ -186,8 +207,14 @@ fn a_bad_scale_changes_nothing_and_leaves_devctl_usable() {
 #[test]
 fn a_broken_scale_file_is_named_and_down_repairs_it() {
     let cases: &[(&str, &str)] = &[
-        (r#"{"deployments":{"dev":{"nope":3}}}"#, "unknown pool \"nope\""),
-        (r#"{"deployments":{"dev":{"admin":0}}}"#, "pool admin: 0 instances do not fit"),
+        (
+            r#"{"deployments":{"dev":{"nope":3}}}"#,
+            "unknown pool \"nope\"",
+        ),
+        (
+            r#"{"deployments":{"dev":{"admin":0}}}"#,
+            "pool admin: 0 instances do not fit",
+        ),
         ("{not json", "not a scale file"),
     ];
     for (text, reason) in cases {
@@ -199,7 +226,10 @@ fn a_broken_scale_file_is_named_and_down_repairs_it() {
         let out = devctl(&state, &[&process[..], &["status"]].concat(), &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{text}: {stderr}");
-        assert!(stderr.contains("scale.json") && stderr.contains(reason), "{text}: {stderr}");
+        assert!(
+            stderr.contains("scale.json") && stderr.contains(reason),
+            "{text}: {stderr}"
+        );
         assert!(stderr.contains("devctl down"), "a hint: {stderr}");
         // Commands that need the plan fail with the same one line.
         let out = devctl(&state, &[&process[..], &["up", "--no-build"]].concat(), &[]);
@@ -209,9 +239,16 @@ fn a_broken_scale_file_is_named_and_down_repairs_it() {
         assert!(stderr.contains(reason), "{text}: {stderr}");
         // `down` needs no plan, and resets the sizes.
         let out = devctl(&state, &[&process[..], &["down"]].concat(), &[]);
-        assert!(out.status.success(), "{text}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{text}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let out = devctl(&state, &[&process[..], &["status"]].concat(), &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && !stderr.contains("scale.json"), "{stderr}");
+        assert!(
+            out.status.success() && !stderr.contains("scale.json"),
+            "{stderr}"
+        );
     }
 }

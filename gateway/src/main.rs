@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 /// (headers, buffers) better than glibc's malloc; measured in bench/PROFILE.md.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use gateway::config::{Config, RuntimeModel};
+use gateway::config::RuntimeModel;
 use gateway::server::Gateway;
 use gateway::workers::Workers;
 
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let result = Config::load(path)
+    let result = gateway::config::load(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {
             let metrics = gateway::metrics::GatewayMetrics::new().map_err(|e| e.to_string())?;
@@ -123,7 +123,7 @@ fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
 fn healthcheck(path: &std::path::Path, url: Option<String>) -> ExitCode {
     let url = match url {
         Some(url) => url,
-        None => match Config::load(path) {
+        None => match gateway::config::load(path) {
             Ok(config) => {
                 let mut addr = config.admin.listen;
                 if addr.ip().is_unspecified() {
@@ -155,7 +155,7 @@ fn healthcheck(path: &std::path::Path, url: Option<String>) -> ExitCode {
 
 fn run(path: &std::path::Path) -> ExitCode {
     // Read the config once up front for the runtime's shape; Gateway::start reads it again.
-    let config = match Config::load(path) {
+    let config = match gateway::config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

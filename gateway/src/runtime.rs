@@ -14,7 +14,7 @@ use rustls_pki_types::ServerName;
 use service_kit::tls::{self, ServerTlsFiles, TlsError};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::{Config, HashKey, HealthCheckConfig, UpstreamConfig};
+use crate::config::{Config, HashKey, HealthCheckConfig, UpstreamConfig, UpstreamConfigExt};
 use crate::metrics::{GatewayMetrics, CODE_CLASSES};
 use crate::policy::cache::ResponseCache;
 use crate::policy::headers::SecurityHeaders;

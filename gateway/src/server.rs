@@ -129,7 +129,7 @@ impl Gateway {
         config_path: &Path,
         workers: Vec<tokio::runtime::Handle>,
     ) -> Result<Arc<Gateway>, StartError> {
-        let config = Config::load(config_path)?;
+        let config = crate::config::load(config_path)?;
         let metrics = GatewayMetrics::new()?;
         let (bind_vip, vip_bind) = match &config.ha {
             Some(ha) if ha.vip_mode == crate::config::VipMode::Bind => {
@@ -240,7 +240,7 @@ impl Gateway {
     }
 
     fn try_reload(self: &Arc<Self>) -> Result<(), String> {
-        let config = Config::load(&self.config_path).map_err(|e| e.to_string())?;
+        let config = crate::config::load(&self.config_path).map_err(|e| e.to_string())?;
         if config.admin.listen != self.snapshot.load().config.admin.listen {
             tracing::warn!("admin.listen changes take effect at the next restart");
         }

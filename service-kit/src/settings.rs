@@ -152,56 +152,5 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// Durations as `500ms`, `5s`, `2m`, or a bare number of seconds.
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let split = raw
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(raw.len());
-    let (number, unit) = raw.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {raw:?}: expected e.g. 500ms, 5s, 2m"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {raw:?}: use ms, s, m or h"
-            ))
-        }
-    };
-    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
-        return Err(format!("duration {raw:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_durations() {
-        let cases = [
-            ("500ms", Some(500)),
-            ("5s", Some(5000)),
-            ("5", Some(5000)),
-            ("1.5s", Some(1500)),
-            ("2m", Some(120_000)),
-            ("", None),
-            ("s", None),
-            ("5 parsecs", None),
-            ("-1s", None),
-        ];
-        for (raw, want) in cases {
-            assert_eq!(
-                parse_duration(raw).ok().map(|d| d.as_millis() as u64),
-                want,
-                "{raw:?}"
-            );
-        }
-    }
-}
+/// Durations as `500ms`, `5s`, `2m`, or a bare number of seconds (the gateway config's parser).
+pub use gateway_config::parse_duration;

@@ -194,7 +194,7 @@ fn rendered_gateway_configs_are_valid_gateway_configs() {
         let p = plan(topology, runtime);
         for g in p.gateways() {
             let config = text(g, "gateway.toml");
-            let parsed = ::gateway::config::Config::parse(&config)
+            let parsed = ::gateway::config::parse(&config)
                 .unwrap_or_else(|e| panic!("{} ({runtime:?}): {e}\n{config}", g.name));
             assert_eq!(parsed.upstreams["admin"].servers.len(), 5);
             assert_eq!(parsed.upstreams["customer"].servers.len(), 5);
@@ -230,8 +230,8 @@ fn gateway_config_details() {
                 "listen = \"0.0.0.0:9900\"",
                 "trusted_proxies = [\"172.28.1.5/32\"]",
                 "address = \"172.28.2.14:3002\"\nweight = 75",
-                "rate_limit = { rate = 50, per = \"1m\", burst = 50 }",
-                "rate_limit = { rate = 100, per = \"1m\", burst = 100 }",
+                "[routes.rate_limit]\nrate = 50\nper = \"1m\"\nburst = 50\n",
+                "[routes.rate_limit]\nrate = 100\nper = \"1m\"\nburst = 100\n",
                 "priority = 150",
                 "peers = [\"172.28.1.11:5405\"]",
                 "vip = \"172.28.1.100/16\"",
@@ -369,7 +369,7 @@ fn scale_adds_at_the_next_addresses_and_everything_follows() {
             for g in p.gateways() {
                 let config = text(g, "gateway.toml");
                 assert!(config.contains(address), "{} lacks {address}", g.name);
-                ::gateway::config::Config::parse(&config).unwrap();
+                ::gateway::config::parse(&config).unwrap();
             }
             let targets = &p
                 .targets

@@ -1,23 +1,20 @@
-//! The gateway's TOML configuration: schema, defaults and validation. No I/O beyond reading
-//! the file: certificates are loaded when a runtime snapshot is built (`crate::runtime`).
-//!
-//! Vocabulary follows NGINX where it has a word for the thing (weight, max_fails,
-//! fail_timeout, max_conns, backup, down, keepalive, tries). Unknown keys are errors.
+//! The gateway's TOML configuration. The schema, its defaults and every check that needs
+//! nothing but the document live in the `gateway-config` crate (shared with devctl); this
+//! module reads the file and adds the checks that need the gateway's internals (route prefixes
+//! in normal form, HA peer names), plus the conversions to balancer types. Certificates are
+//! loaded when a runtime snapshot is built (`crate::runtime`).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+pub use gateway_config::{
+    any_contains, AdminConfig, AlgorithmName, CacheConfig, Cidr, ClientIpConfig, Config, Dur,
+    HaConfig, HashKey, HealthCheckConfig, HstsConfig, HttpConfig, HttpsConfig, LimitsConfig,
+    PolicyConfig, RateLimitConfig, RateLimitSetting, RouteCacheConfig, RouteConfig, RuntimeConfig,
+    RuntimeModel, SecurityHeadersConfig, ServerConfig, Size, StickyConfig, UpstreamConfig,
+    UpstreamTlsConfig, VipMode, MAX_WEIGHT,
+};
 
 use crate::balance::{Algorithm, ServerSpec};
-
-mod policy;
-pub use policy::{
-    any_contains, CacheConfig, Cidr, ClientIpConfig, HstsConfig, LimitsConfig, PolicyConfig,
-    RateLimitConfig, RateLimitSetting, RouteCacheConfig, SecurityHeadersConfig, Size, StickyConfig,
-};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -26,679 +23,60 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config: {0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Config(#[from] gateway_config::ConfigError),
 }
 
 fn invalid(message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid(message.into())
+    ConfigError::Config(gateway_config::invalid(message))
 }
 
-/// A duration written as `"500ms"`, `"10s"`, `"2m"` or a number of seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Seconds(u64),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Text(s) => service_kit::settings::parse_duration(&s)
-                .map(Dur)
-                .map_err(serde::de::Error::custom),
-            Raw::Seconds(n) => Ok(Dur(Duration::from_secs(n))),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    #[serde(default)]
-    pub runtime: RuntimeConfig,
-    pub admin: AdminConfig,
-    pub https: Option<HttpsConfig>,
-    pub http: Option<HttpConfig>,
-    #[serde(default)]
-    pub upstream_tls: UpstreamTlsConfig,
-    #[serde(default)]
-    pub upstreams: BTreeMap<String, UpstreamConfig>,
-    #[serde(default)]
-    pub routes: Vec<RouteConfig>,
-    #[serde(default)]
-    pub client_ip: ClientIpConfig,
-    #[serde(default)]
-    pub limits: LimitsConfig,
-    /// Policies every route gets unless it sets its own.
-    #[serde(default)]
-    pub defaults: PolicyConfig,
-    #[serde(default)]
-    pub cache: CacheConfig,
-    /// The VRRP-style pair holding the VIP; applied at start (a reload keeps the running HA).
-    pub ha: Option<HaConfig>,
-}
-
-/// How the master holds the VIP.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum VipMode {
-    /// Add the VIP to an interface (netlink) and announce it with gratuitous ARP. Needs
-    /// CAP_NET_ADMIN and CAP_NET_RAW.
-    Interface,
-    /// Bind the HTTPS/HTTP listeners that name the VIP only while master (loopback, laptops).
-    Bind,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HaConfig {
-    /// This node's name in adverts, logs and `/-/ha`.
-    pub name: String,
-    /// 1..=254; the higher wins.
-    pub priority: u8,
-    /// Our unicast address: adverts are sent from it, and it breaks priority ties.
-    pub address: std::net::IpAddr,
-    /// UDP port for adverts.
-    #[serde(default = "default_ha_port")]
-    pub port: u16,
-    /// The other node(s): `IP:port`.
-    pub peers: Vec<SocketAddr>,
-    #[serde(default = "default_advert_interval")]
-    pub advert_interval: Dur,
-    /// A higher-priority backup takes the VIP from a lower-priority master.
-    #[serde(default = "yes")]
-    pub preempt: bool,
-    pub preempt_delay: Option<Dur>,
-    /// Shared HMAC key for adverts (at least 16 bytes).
-    pub secret: String,
-    /// The floating address with its prefix, e.g. "172.28.1.100/16".
-    pub vip: Cidr,
-    pub vip_mode: VipMode,
-    /// Interface mode: where the VIP goes (default: the interface holding `address`).
-    pub interface: Option<String>,
-    /// Subtracted from the priority while this node cannot serve (no live upstream server).
-    #[serde(default = "default_track_penalty")]
-    pub track_penalty: u8,
-}
-
-fn default_ha_port() -> u16 {
-    5405
-}
-fn default_advert_interval() -> Dur {
-    Dur(Duration::from_millis(100))
-}
-fn default_track_penalty() -> u8 {
-    60
-}
-
-/// The proxy's threading model.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RuntimeModel {
-    /// One single-threaded event loop per worker thread, each accepting, serving and keeping
-    /// its own upstream connections (NGINX's model): a request never changes threads.
-    #[default]
-    ThreadPerCore,
-    /// One work-stealing tokio runtime shared by all workers: an idle worker takes over a busy
-    /// one's tasks, at the cost of cross-thread hand-offs on every request.
-    WorkStealing,
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RuntimeConfig {
-    /// Worker threads for the proxy (default: one per core). Read at start only.
-    pub worker_threads: Option<usize>,
-    /// How the workers run (default `thread_per_core`). Read at start only.
-    #[serde(default)]
-    pub model: RuntimeModel,
-    /// How long in-flight requests may take to finish after SIGTERM.
-    pub shutdown_timeout: Option<Dur>,
-    /// Poll the config file (and certificates) for changes and reload on change.
-    pub watch_config: Option<bool>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    /// Internal plain-HTTP listener: /metrics, /-/healthy, /-/ready, /-/upstreams, /-/reload.
-    pub listen: SocketAddr,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpsConfig {
-    pub listen: Vec<SocketAddr>,
-    /// Certificate chain (PEM), re-read on every reload.
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    pub listen: Vec<SocketAddr>,
-    /// Port written in redirects to HTTPS (omitted from the URL when 443).
-    #[serde(default = "default_https_port")]
-    pub https_port: u16,
-    /// Directory served at /.well-known/acme-challenge/ (HTTP-01 challenges).
-    pub acme_challenge_dir: Option<PathBuf>,
-}
-
-fn default_https_port() -> u16 {
-    443
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamTlsConfig {
-    /// CA bundle that upstream certificates must chain to.
-    pub ca: Option<PathBuf>,
-    /// Client certificate presented to upstreams (mTLS).
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum AlgorithmName {
-    #[default]
-    RoundRobin,
-    LeastConn,
-    Hash,
-}
-
-impl AlgorithmName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlgorithmName::RoundRobin => "round_robin",
-            AlgorithmName::LeastConn => "least_conn",
-            AlgorithmName::Hash => "hash",
-        }
-    }
-}
-
-/// What `hash` balancing hashes: `"client_ip"`, `"header:NAME"` or `"cookie:NAME"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    ClientIp,
-    Header(http::HeaderName),
-    Cookie(String),
-}
-
-impl<'de> Deserialize<'de> for HashKey {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        if raw == "client_ip" {
-            return Ok(HashKey::ClientIp);
-        }
-        if let Some(name) = raw.strip_prefix("header:") {
-            return http::HeaderName::from_bytes(name.as_bytes())
-                .map(HashKey::Header)
-                .map_err(|_| serde::de::Error::custom(format!("invalid header name {name:?}")));
-        }
-        if let Some(name) = raw.strip_prefix("cookie:") {
-            if !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'=' && b != b';')
-            {
-                return Ok(HashKey::Cookie(name.to_string()));
-            }
-            return Err(serde::de::Error::custom(format!(
-                "invalid cookie name {name:?}"
-            )));
-        }
-        Err(serde::de::Error::custom(format!(
-            "invalid hash_key {raw:?}: use client_ip, header:NAME or cookie:NAME"
-        )))
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    #[serde(default)]
-    pub algorithm: AlgorithmName,
-    /// Required with `algorithm = "hash"`.
-    pub hash_key: Option<HashKey>,
-    /// `hash` only: ketama consistent hashing (default) or NGINX's plain modulo hash.
-    #[serde(default = "yes")]
-    pub consistent: bool,
-    /// Idle keep-alive connections cached for this pool by each worker thread (NGINX
-    /// `keepalive`, which is per worker process too).
-    #[serde(default = "default_keepalive")]
-    pub keepalive: usize,
-    /// Idle keep-alive connections older than this are closed (NGINX `keepalive_timeout`).
-    #[serde(default = "default_keepalive_timeout")]
-    pub keepalive_timeout: Dur,
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: Dur,
-    /// Time to wait for the response head (NGINX `proxy_read_timeout` for the first byte).
-    #[serde(default = "default_read_timeout")]
-    pub read_timeout: Dur,
-    /// Servers tried per request (NGINX `proxy_next_upstream_tries`; default: all).
-    pub tries: Option<u32>,
-    /// Bound on the time spent trying servers (NGINX `proxy_next_upstream_timeout`).
-    pub next_upstream_timeout: Option<Dur>,
-    /// Speak TLS to the servers (default true: the backends are HTTPS).
-    #[serde(default = "yes")]
-    pub tls: bool,
-    /// Name verified in the servers' certificates (default: each server's IP).
-    pub server_name: Option<String>,
-    pub health_check: Option<HealthCheckConfig>,
-    /// Pin clients to a server with a signed cookie (WebSocket sessions included).
-    pub sticky: Option<StickyConfig>,
-    pub servers: Vec<ServerConfig>,
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_keepalive() -> usize {
-    32
-}
-fn default_keepalive_timeout() -> Dur {
-    Dur(Duration::from_secs(60))
-}
-fn default_connect_timeout() -> Dur {
-    Dur(Duration::from_secs(5))
-}
-fn default_read_timeout() -> Dur {
-    Dur(Duration::from_secs(60))
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HealthCheckConfig {
-    #[serde(default = "default_hc_path")]
-    pub path: String,
-    #[serde(default = "default_hc_interval")]
-    pub interval: Dur,
-    #[serde(default = "default_hc_timeout")]
-    pub timeout: Dur,
-    /// Consecutive successes that bring a server back.
-    #[serde(default = "default_rise")]
-    pub rise: u32,
-    /// Consecutive failures that take a server out.
-    #[serde(default = "default_fall")]
-    pub fall: u32,
-    #[serde(default = "default_expect_status")]
-    pub expect_status: u16,
-}
-
-fn default_hc_path() -> String {
-    "/health".into()
-}
-fn default_hc_interval() -> Dur {
-    Dur(Duration::from_secs(2))
-}
-fn default_hc_timeout() -> Dur {
-    Dur(Duration::from_secs(1))
-}
-fn default_rise() -> u32 {
-    2
-}
-fn default_fall() -> u32 {
-    3
-}
-fn default_expect_status() -> u16 {
-    200
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerConfig {
-    /// `IP:port` of the server.
-    pub address: SocketAddr,
-    #[serde(default = "one")]
-    pub weight: u32,
-    #[serde(default = "one")]
-    pub max_fails: u32,
-    #[serde(default = "default_fail_timeout")]
-    pub fail_timeout: Dur,
-    /// Concurrent requests allowed to this server; 0 = unlimited.
-    #[serde(default)]
-    pub max_conns: u32,
-    #[serde(default)]
-    pub backup: bool,
-    #[serde(default)]
-    pub down: bool,
-}
-
-fn one() -> u32 {
-    1
-}
-fn default_fail_timeout() -> Dur {
-    Dur(Duration::from_secs(10))
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    /// Path prefix, matched on segment boundaries after normalization, ASCII case-insensitively.
-    pub prefix: String,
-    /// Only for requests to this host (default: any host).
-    pub host: Option<String>,
-    pub upstream: String,
-    /// Overrides the upstream's `read_timeout` for this route.
-    pub read_timeout: Option<Dur>,
-    /// This route's policies, over `[defaults]`.
-    #[serde(flatten)]
-    pub policy: PolicyConfig,
-    /// Cache cacheable GET responses of this route in memory.
-    pub cache: Option<RouteCacheConfig>,
-}
-
-/// Largest weight accepted; keeps weight arithmetic far from overflow.
-pub const MAX_WEIGHT: u32 = 1_000_000;
-
-impl Config {
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
+/// Reads, parses and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text).map_err(|e| match e {
+        ConfigError::Config(gateway_config::ConfigError::Parse { message, .. }) => {
+            ConfigError::Config(gateway_config::ConfigError::Parse {
                 path: path.to_owned(),
                 message,
-            },
-            other => other,
-        })
-    }
-
-    /// Parses and validates a config document.
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<text>"),
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.https.is_none() && self.http.is_none() {
-            return Err(invalid("define at least one of [https] and [http]"));
+            })
         }
-        let mut addrs = BTreeSet::new();
-        addrs.insert(self.admin.listen);
-        for addr in self
-            .https
-            .iter()
-            .flat_map(|h| &h.listen)
-            .chain(self.http.iter().flat_map(|h| &h.listen))
-        {
-            // Port 0 (an ephemeral port, used by tests) never collides.
-            if addr.port() != 0 && !addrs.insert(*addr) {
-                return Err(invalid(format!("listen address {addr} is used twice")));
-            }
-        }
-        if let Some(https) = &self.https {
-            if https.listen.is_empty() {
-                return Err(invalid("[https] listen must name at least one address"));
-            }
-        }
-        if let Some(http) = &self.http {
-            if http.listen.is_empty() {
-                return Err(invalid("[http] listen must name at least one address"));
-            }
-        }
-        match (
-            &self.upstream_tls.client_cert,
-            &self.upstream_tls.client_key,
-        ) {
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(invalid(
-                    "[upstream_tls] client_cert and client_key go together",
-                ))
-            }
-            _ => {}
-        }
-        if self.upstreams.is_empty() {
-            return Err(invalid("define at least one [upstreams.NAME]"));
-        }
-        for (name, upstream) in &self.upstreams {
-            upstream.validate(name, &self.upstream_tls)?;
-        }
-        let mut seen = BTreeSet::new();
-        for route in &self.routes {
-            if !route.prefix.starts_with('/') {
-                return Err(invalid(format!(
-                    "route prefix {:?} must start with /",
-                    route.prefix
-                )));
-            }
-            let normalized = crate::routing::normalize_path(&route.prefix)
-                .map_err(|e| invalid(format!("route prefix {:?}: {e}", route.prefix)))?;
-            if normalized != route.prefix {
-                return Err(invalid(format!(
-                    "route prefix {:?} is not in normal form; write {normalized:?}",
-                    route.prefix
-                )));
-            }
-            if !self.upstreams.contains_key(&route.upstream) {
-                return Err(invalid(format!(
-                    "route {:?} names unknown upstream {:?}",
-                    route.prefix, route.upstream
-                )));
-            }
-            let key = (
-                route.host.as_deref().map(str::to_ascii_lowercase),
-                route.prefix.to_ascii_lowercase(),
-            );
-            if !seen.insert(key) {
-                return Err(invalid(format!(
-                    "route {:?} is defined twice",
-                    route.prefix
-                )));
-            }
-        }
-        if self.routes.is_empty() {
-            return Err(invalid("define at least one [[routes]]"));
-        }
-        validate_policy("[defaults]", &self.defaults)?;
-        for route in &self.routes {
-            validate_policy(&format!("route {:?}", route.prefix), &route.policy)?;
-        }
-        if let Some(ha) = &self.ha {
-            ha.validate()?;
-        }
-        if self.client_ip.proxy_protocol && self.client_ip.trusted_proxies.is_empty() {
-            return Err(invalid(
-                "[client_ip] proxy_protocol needs trusted_proxies (who may send it)",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Every file a reload re-reads: watched for changes when `watch_config` is on.
-    pub fn referenced_files(&self) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        if let Some(https) = &self.https {
-            files.push(https.cert.clone());
-            files.push(https.key.clone());
-        }
-        let tls = &self.upstream_tls;
-        files.extend(
-            tls.ca
-                .iter()
-                .chain(&tls.client_cert)
-                .chain(&tls.client_key)
-                .cloned(),
-        );
-        files
-    }
+        other => other,
+    })
 }
 
-impl HaConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        crate::ha::PeerName::new(&self.name)
-            .map_err(|e| invalid(format!("[ha] name {:?}: {e}", self.name)))?;
-        if !(1..=254).contains(&self.priority) {
-            return Err(invalid("[ha] priority must be 1..=254"));
-        }
-        if self.secret.len() < crate::ha::advert::MIN_SECRET_LEN {
+/// Parses and validates a config document: [`Config::parse`] and the checks that need the
+/// gateway's internals. What `gateway check` and every (re)load run.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let config = Config::parse(text)?;
+    for route in &config.routes {
+        let normalized = crate::routing::normalize_path(&route.prefix)
+            .map_err(|e| invalid(format!("route prefix {:?}: {e}", route.prefix)))?;
+        if normalized != route.prefix {
             return Err(invalid(format!(
-                "[ha] secret must be at least {} bytes",
-                crate::ha::advert::MIN_SECRET_LEN
+                "route prefix {:?} is not in normal form; write {normalized:?}",
+                route.prefix
             )));
         }
-        if self.peers.is_empty() {
-            return Err(invalid("[ha] peers must name the other gateway"));
-        }
-        let ms = self.advert_interval.0.as_millis();
-        if !(1..=65_535).contains(&ms)
-            || !self.advert_interval.0.subsec_micros().is_multiple_of(1000)
-        {
-            return Err(invalid(
-                "[ha] advert_interval must be whole milliseconds between 1ms and 65535ms",
-            ));
-        }
-        if self.vip.addr.is_ipv6() != self.address.is_ipv6() {
-            return Err(invalid("[ha] vip and address must be the same IP family"));
-        }
-        Ok(())
     }
+    if let Some(ha) = &config.ha {
+        crate::ha::PeerName::new(&ha.name)
+            .map_err(|e| invalid(format!("[ha] name {:?}: {e}", ha.name)))?;
+    }
+    Ok(config)
 }
 
-fn validate_policy(place: &str, policy: &PolicyConfig) -> Result<(), ConfigError> {
-    if let Some(RateLimitSetting::On(rl)) = policy.rate_limit {
-        if rl.rate == 0 || rl.per.0.is_zero() || rl.burst == Some(0) {
-            return Err(invalid(format!(
-                "{place}: rate_limit needs rate, per and burst above zero"
-            )));
-        }
-    }
-    if let Some(RateLimitSetting::Off(true)) = policy.rate_limit {
-        return Err(invalid(format!(
-            "{place}: write rate_limit = false or a {{ rate, per, burst }} table"
-        )));
-    }
-    if let Some(headers) = &policy.security_headers {
-        let values = [
-            &headers.content_security_policy,
-            &headers.x_frame_options,
-            &headers.x_content_type_options,
-            &headers.x_xss_protection,
-            &headers.referrer_policy,
-            &headers.permissions_policy,
-            &headers.server,
-        ];
-        if values
-            .iter()
-            .filter_map(|v| v.as_deref())
-            .any(|v| http::HeaderValue::from_str(v).is_err())
-        {
-            return Err(invalid(format!(
-                "{place}: security header values must be visible ASCII"
-            )));
-        }
-    }
-    Ok(())
+/// The balancer's view of an upstream section.
+pub trait UpstreamConfigExt {
+    fn balance_algorithm(&self) -> Algorithm;
+    fn server_specs(&self) -> Vec<ServerSpec>;
 }
 
-impl UpstreamConfig {
-    fn validate(&self, name: &str, tls: &UpstreamTlsConfig) -> Result<(), ConfigError> {
-        let valid_name = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !valid_name {
-            return Err(invalid(format!(
-                "upstream name {name:?}: use letters, digits, '-' and '_'"
-            )));
-        }
-        if self.servers.iter().all(|s| s.backup) {
-            return Err(invalid(format!(
-                "upstream {name}: needs at least one server that is not a backup"
-            )));
-        }
-        let mut addrs = BTreeSet::new();
-        for server in &self.servers {
-            if !addrs.insert(server.address) {
-                return Err(invalid(format!(
-                    "upstream {name}: server {} is listed twice",
-                    server.address
-                )));
-            }
-            if server.weight == 0 || server.weight > MAX_WEIGHT {
-                return Err(invalid(format!(
-                    "upstream {name}: server {} weight must be 1..={MAX_WEIGHT}",
-                    server.address
-                )));
-            }
-        }
-        if self.algorithm == AlgorithmName::Hash && self.hash_key.is_none() {
-            return Err(invalid(format!(
-                "upstream {name}: algorithm = \"hash\" needs hash_key"
-            )));
-        }
-        if self.algorithm != AlgorithmName::Hash && self.hash_key.is_some() {
-            return Err(invalid(format!(
-                "upstream {name}: hash_key only applies to algorithm = \"hash\""
-            )));
-        }
-        if self.tries == Some(0) {
-            return Err(invalid(format!(
-                "upstream {name}: tries must be at least 1"
-            )));
-        }
-        if self.tls && tls.ca.is_none() {
-            return Err(invalid(format!(
-                "upstream {name}: tls = true needs [upstream_tls] ca to verify servers"
-            )));
-        }
-        if let Some(sticky) = &self.sticky {
-            if sticky.secret.len() < 16 {
-                return Err(invalid(format!(
-                    "upstream {name}: sticky secret must be at least 16 bytes"
-                )));
-            }
-            let cookie_ok = !sticky.cookie.is_empty()
-                && sticky
-                    .cookie
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !cookie_ok {
-                return Err(invalid(format!(
-                    "upstream {name}: sticky cookie name must be letters, digits, '-' or '_'"
-                )));
-            }
-        }
-        if let Some(hc) = &self.health_check {
-            if !hc.path.starts_with('/') {
-                return Err(invalid(format!(
-                    "upstream {name}: health_check path must start with /"
-                )));
-            }
-            if hc.rise == 0 || hc.fall == 0 {
-                return Err(invalid(format!(
-                    "upstream {name}: health_check rise and fall must be at least 1"
-                )));
-            }
-            if !(100..=599).contains(&hc.expect_status) {
-                return Err(invalid(format!(
-                    "upstream {name}: health_check expect_status must be an HTTP status"
-                )));
-            }
-            if hc.interval.0.is_zero() || hc.timeout.0.is_zero() {
-                return Err(invalid(format!(
-                    "upstream {name}: health_check interval and timeout must be positive"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    pub fn balance_algorithm(&self) -> Algorithm {
+impl UpstreamConfigExt for UpstreamConfig {
+    fn balance_algorithm(&self) -> Algorithm {
         match self.algorithm {
             AlgorithmName::RoundRobin => Algorithm::RoundRobin,
             AlgorithmName::LeastConn => Algorithm::LeastConn,
@@ -708,7 +86,7 @@ impl UpstreamConfig {
         }
     }
 
-    pub fn server_specs(&self) -> Vec<ServerSpec> {
+    fn server_specs(&self) -> Vec<ServerSpec> {
         self.servers
             .iter()
             .map(|s| {

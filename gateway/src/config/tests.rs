@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::*;
 
 const EXAMPLE: &str = include_str!("../../gateway.example.toml");
@@ -17,7 +19,7 @@ upstream = "app"
 
 #[test]
 fn the_documented_example_parses() {
-    let config = Config::parse(EXAMPLE).unwrap();
+    let config = parse(EXAMPLE).unwrap();
     let admin = &config.upstreams["admin"];
     assert_eq!(admin.algorithm, AlgorithmName::RoundRobin);
     assert_eq!(admin.keepalive, 128);
@@ -40,7 +42,7 @@ fn the_documented_example_parses() {
 
 #[test]
 fn defaults_follow_nginx() {
-    let config = Config::parse(MINIMAL).unwrap();
+    let config = parse(MINIMAL).unwrap();
     let server = &config.upstreams["app"].servers[0];
     assert_eq!(
         (server.weight, server.max_fails, server.max_conns),
@@ -51,7 +53,7 @@ fn defaults_follow_nginx() {
 }
 
 fn error_of(text: &str) -> String {
-    Config::parse(text).unwrap_err().to_string()
+    parse(text).unwrap_err().to_string()
 }
 
 #[test]
@@ -151,7 +153,7 @@ fn route_policies_parse_and_unknown_route_keys_are_refused() {
         "upstream = \"app\"\n",
         "upstream = \"app\"\nrate_limit = { rate = 50, per = \"1m\", burst = 50 }\nclient_max_body_size = \"2m\"\nrate_limit_exempt = [\"10.0.0.0/8\"]\n",
     );
-    let config = Config::parse(&with_policy).unwrap();
+    let config = parse(&with_policy).unwrap();
     let route = &config.routes[0];
     assert_eq!(
         route.policy.rate_limit,
@@ -167,7 +169,7 @@ fn route_policies_parse_and_unknown_route_keys_are_refused() {
         "upstream = \"app\"\nrate_limit = false\n",
     );
     assert_eq!(
-        Config::parse(&off).unwrap().routes[0].policy.rate_limit,
+        parse(&off).unwrap().routes[0].policy.rate_limit,
         Some(RateLimitSetting::Off(false))
     );
     let unknown = MINIMAL.replace("upstream = \"app\"\n", "upstream = \"app\"\nbogus = 1\n");

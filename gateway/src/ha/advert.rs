@@ -40,9 +40,8 @@ pub const VERSION: u8 = 1;
 pub const TAG_LEN: usize = 32;
 /// Longest sender name, in bytes; keeps adverts small and names loggable.
 pub const MAX_NAME_LEN: usize = 64;
-/// Shortest accepted shared secret; shorter keys are too easy to guess offline from one
-/// captured advert.
-pub const MIN_SECRET_LEN: usize = 16;
+/// Shortest accepted shared secret (the config's own minimum).
+pub use gateway_config::MIN_SECRET_LEN;
 /// Shortest possible advert: 1-byte name and an IPv4 address.
 pub const MIN_LEN: usize = MAGIC.len() + 1 + 1 + 1 + 1 + 4 + 1 + 2 + 8 + TAG_LEN;
 /// Longest possible advert: 64-byte name and an IPv6 address.

@@ -1,123 +1,13 @@
 //! Edge-policy configuration: client addresses, connection and size limits, and the per-route
 //! policies (rate limit, body size, security headers, cache, WebSocket) with their defaults.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Serialize};
 
-use super::Dur;
+use crate::{Cidr, Dur, Size};
 
-/// A byte size written as `"1m"`, `"512k"`, `"2g"`, `"100"` (bytes) or a bare number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Size(pub u64);
-
-impl Size {
-    pub fn parse(raw: &str) -> Result<Size, String> {
-        let raw = raw.trim();
-        let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-        let (digits, unit) = raw.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("invalid size {raw:?}: expected e.g. 512k, 1m, 2g"))?;
-        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" | "kib" => 1 << 10,
-            "m" | "mb" | "mib" => 1 << 20,
-            "g" | "gb" | "gib" => 1 << 30,
-            other => {
-                return Err(format!(
-                    "invalid size unit {other:?} in {raw:?}: use k, m or g"
-                ))
-            }
-        };
-        n.checked_mul(factor)
-            .map(Size)
-            .ok_or_else(|| format!("size {raw:?} is too large"))
-    }
-}
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Bytes(u64),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Text(s) => Size::parse(&s).map_err(serde::de::Error::custom),
-            Raw::Bytes(n) => Ok(Size(n)),
-        }
-    }
-}
-
-/// An address block such as `10.0.0.0/8` or `172.28.1.5` (a single host).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    pub fn parse(raw: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match raw.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (raw, None),
-        };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("invalid address block {raw:?}"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("invalid prefix length in {raw:?}"))?,
-            None => max,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-
-    /// Whether `ip` lies in this block (IPv4-mapped IPv6 addresses count as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Cidr::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Whether `ip` lies in any of `blocks`.
-pub fn any_contains(blocks: &[Cidr], ip: IpAddr) -> bool {
-    blocks.iter().any(|b| b.contains(ip))
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ClientIpConfig {
     /// Peers whose PROXY protocol header and X-Forwarded-For are believed.
@@ -129,7 +19,7 @@ pub struct ClientIpConfig {
     pub proxy_protocol: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Open client connections in total (NGINX worker_connections); 0 = no limit.
@@ -199,7 +89,7 @@ fn default_h2_streams() -> u32 {
 }
 
 /// `rate = 50, per = "1m", burst = 50`: a token bucket (GCRA) per client IP and route.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Requests allowed per `per`.
@@ -207,7 +97,18 @@ pub struct RateLimitConfig {
     #[serde(default = "one_minute")]
     pub per: Dur,
     /// Requests a client may make at once before being limited (default: `rate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+}
+
+impl RateLimitConfig {
+    /// Why this limit is unusable, if it is (rate, per and burst must be above zero).
+    pub fn check(&self) -> Result<(), String> {
+        if self.rate == 0 || self.per.0.is_zero() || self.burst == Some(0) {
+            return Err("rate_limit needs rate, per and burst above zero".into());
+        }
+        Ok(())
+    }
 }
 
 fn one_minute() -> Dur {
@@ -215,7 +116,7 @@ fn one_minute() -> Dur {
 }
 
 /// HSTS as NGINX configurations usually spell it.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HstsConfig {
     #[serde(default = "one_year")]
@@ -232,17 +133,25 @@ fn one_year() -> u64 {
 
 /// Security headers; every field left out keeps the default (or the `[defaults]` value).
 /// An empty string removes that header.
-#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityHeadersConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hsts: Option<HstsConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub content_security_policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub x_frame_options: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub x_content_type_options: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub x_xss_protection: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub referrer_policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub permissions_policy: Option<String>,
     /// Replaces upstream `Server` headers; empty removes it. `X-Powered-By` is always removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
 }
 
@@ -281,22 +190,27 @@ impl SecurityHeadersConfig {
 }
 
 /// Policies of a route; `[defaults]` gives them to every route that does not set its own.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Per client IP; `rate_limit = false` on a route turns a default off.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSetting>,
     /// Clients exempt from the rate limit (health checkers, load drills).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit_exempt: Option<Vec<Cidr>>,
     /// Largest request body (413 above it).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_max_body_size: Option<Size>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub security_headers: Option<SecurityHeadersConfig>,
     /// A proxied WebSocket with no traffic either way for this long is closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub websocket_idle_timeout: Option<Dur>,
 }
 
 /// `rate_limit = { ... }` or `rate_limit = false`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum RateLimitSetting {
     Off(bool),
@@ -304,15 +218,25 @@ pub enum RateLimitSetting {
 }
 
 /// Cache settings of a route (e.g. `/static/`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteCacheConfig {
     /// Used when the upstream sends no `Cache-Control: max-age` (responses marked `private`,
     /// `no-store`, with `Set-Cookie` or `Vary: *` are never cached).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Dur>,
     /// Larger responses pass through uncached.
     #[serde(default = "default_max_object")]
     pub max_object_size: Size,
+}
+
+impl Default for RouteCacheConfig {
+    fn default() -> Self {
+        RouteCacheConfig {
+            ttl: None,
+            max_object_size: default_max_object(),
+        }
+    }
 }
 
 fn default_max_object() -> Size {
@@ -320,7 +244,7 @@ fn default_max_object() -> Size {
 }
 
 /// The shared in-memory cache.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// Bytes of cached bodies and headers kept at most.
@@ -341,7 +265,7 @@ fn default_cache_size() -> Size {
 }
 
 /// Pins a client to a server with a signed cookie set by the gateway.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StickyConfig {
     #[serde(default = "default_sticky_cookie")]
@@ -349,50 +273,10 @@ pub struct StickyConfig {
     /// HMAC key for the cookie (at least 16 bytes); keep it the same on both gateways.
     pub secret: String,
     /// Cookie lifetime; absent = a session cookie.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_age: Option<Dur>,
 }
 
 fn default_sticky_cookie() -> String {
     "is_sticky".to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        let cases = [
-            ("1m", Some(1 << 20)),
-            ("512k", Some(512 << 10)),
-            ("2G", Some(2 << 30)),
-            ("100", Some(100)),
-            ("1.5m", None),
-            ("lots", None),
-            ("1t", None),
-        ];
-        for (raw, want) in cases {
-            assert_eq!(Size::parse(raw).ok().map(|s| s.0), want, "{raw}");
-        }
-    }
-
-    #[test]
-    fn cidrs() {
-        let net = Cidr::parse("10.0.0.0/8").unwrap();
-        assert!(net.contains("10.1.2.3".parse().unwrap()));
-        assert!(net.contains("::ffff:10.1.2.3".parse().unwrap()));
-        assert!(!net.contains("11.0.0.1".parse().unwrap()));
-        let host = Cidr::parse("172.28.1.5").unwrap();
-        assert!(host.contains("172.28.1.5".parse().unwrap()));
-        assert!(!host.contains("172.28.1.6".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0")
-            .unwrap()
-            .contains("8.8.8.8".parse().unwrap()));
-        assert!(Cidr::parse("::/0")
-            .unwrap()
-            .contains("::1".parse().unwrap()));
-        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::1/129"] {
-            assert!(Cidr::parse(bad).is_err(), "{bad}");
-        }
-    }
 }
