@@ -119,6 +119,18 @@ pub struct Topology {
     pub routes: Vec<Route>,
     pub prometheus: Observer,
     pub grafana: Observer,
+    /// Process runtime: the /16 inside 127.0.0.0/8 the topology's addresses move to (the
+    /// last two octets are kept: 172.28.2.10 → 127.0.2.10). Two deployments with different
+    /// ranges run side by side on one machine.
+    #[serde(default = "default_loopback")]
+    pub loopback: Ipv4Net,
+}
+
+fn default_loopback() -> Ipv4Net {
+    Ipv4Net {
+        addr: std::net::Ipv4Addr::new(127, 0, 0, 0),
+        prefix: 16,
+    }
 }
 
 fn default_project() -> String {
@@ -333,6 +345,13 @@ impl Topology {
         };
         if !name_ok(&self.name) || !name_ok(&self.project) {
             return Err(invalid("name and project: use a-z, 0-9 and '-'"));
+        }
+        let [a, _, c, d] = self.loopback.addr.octets();
+        if a != 127 || self.loopback.prefix != 16 || c != 0 || d != 0 {
+            return Err(invalid(format!(
+                "loopback {} must be a /16 inside 127.0.0.0/8, e.g. 127.0.0.0/16",
+                self.loopback
+            )));
         }
         if self.subnet.prefix > 24 {
             return Err(invalid(format!("subnet {} is too small", self.subnet)));

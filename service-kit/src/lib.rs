@@ -15,6 +15,8 @@ pub mod json;
 pub mod metrics;
 #[cfg(feature = "pki")]
 pub mod pki;
+#[cfg(feature = "testkit")]
+pub mod prereq;
 pub mod request_id;
 pub mod server;
 pub mod settings;

@@ -222,17 +222,7 @@ impl Drop for ServerProcess {
 /// Runs `promtool check metrics` on an exposition text and asserts it is clean. Without
 /// promtool the check is skipped with a note, except under CI where that is a failure.
 pub fn promtool_check(text: &str, scratch: &Path) {
-    let promtool = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("promtool"))
-            .find(|p| p.is_file())
-    });
-    let Some(promtool) = promtool else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is required in CI (Debian package prometheus)"
-        );
-        eprintln!("skipping promtool check: promtool not installed (apt-get install prometheus)");
+    let Some(promtool) = crate::prereq::tool("promtool", "apt-get install prometheus") else {
         return;
     };
     let file = scratch.join("metrics.txt");

@@ -341,6 +341,7 @@ impl Plan {
             options,
             net: Net {
                 runtime: options.runtime,
+                loopback: topology.loopback,
             },
         };
         let t = topology;

@@ -6,21 +6,14 @@
 //! developer's running `devctl up` is left alone. In CI (CI set) the Docker test fails when
 //! the engine is unreachable; elsewhere it is skipped with a note.
 
-#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
-
 use std::path::{Path, PathBuf};
+
+use crate::repo;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
 
 struct Env {
     name: String,
@@ -38,8 +31,13 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let text = std::fs::read_to_string(repo().join("topology/dev.toml")).unwrap();
         let p = |n: u16| (port_base + n).to_string();
+        // Its own loopback range for the process runtime, so a developer's running stack
+        // (127.0.x.y) is left alone.
         let text = text
-            .replace("name = \"dev\"", &format!("name = \"{name}\""))
+            .replace(
+                "name = \"dev\"",
+                &format!("name = \"{name}\"\nloopback = \"127.77.0.0/16\""),
+            )
             .replace("172.28.", &format!("{subnet}."))
             .replace("https_port = 8443", &format!("https_port = {}", p(443)))
             .replace("http_port = 8080", &format!("http_port = {}", p(80)))
@@ -55,7 +53,7 @@ impl Env {
         let prometheus = if runtime == "docker" {
             format!("http://127.0.0.1:{}", p(90))
         } else {
-            "http://127.0.4.10:9090".to_string()
+            "http://127.77.4.10:9090".to_string()
         };
         Env {
             name: name.to_string(),
@@ -228,6 +226,22 @@ fn flow(env: &Env, docker: bool) {
     env.ok(&["up", "--timeout", "240s"]);
     eprintln!("up: {:.1?}", started.elapsed());
 
+    // Mistyped `scale` commands fail with one line and change nothing.
+    let state_before = snapshot(&env.state);
+    for args in [
+        ["scale", "nope", "3"],
+        ["scale", "admin", "0"],
+        ["scale", "admin", "300"],
+    ] {
+        let out = env.devctl(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+            1
+        );
+        assert_eq!(snapshot(&env.state), state_before, "{args:?}");
+    }
+
     // A second `up` converges to the same state: nothing to do, and quickly.
     let started = Instant::now();
     let out = env.devctl(&["up", "--timeout", "60s"]);
@@ -398,15 +412,56 @@ fn flow(env: &Env, docker: bool) {
     );
 }
 
+/// The state dir's files that say what the deployment is (not logs or PIDs, which a running
+/// stack changes by itself).
+fn snapshot(state: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for name in ["scale.json", "secrets.json", "runtime"] {
+        if let Ok(bytes) = std::fs::read(state.join(name)) {
+            files.push((name.to_string(), bytes));
+        }
+    }
+    let certs = state.join("certs");
+    let mut entries: Vec<_> = std::fs::read_dir(&certs)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    entries.sort();
+    for path in entries {
+        files.push((
+            path.display().to_string(),
+            std::fs::read(&path).unwrap_or_default(),
+        ));
+    }
+    files
+}
+
+/// A hand-broken scale file on a running stack: `status` names it and still shows what
+/// runs, `down` removes everything, and `up` after `down` works.
+fn broken_state_dir(env: &Env) {
+    let _down = Down(env);
+    env.ok(&["up", "--timeout", "240s"]);
+    std::fs::write(env.state.join("scale.json"), "{\"deployments\": {\"oops\"").unwrap();
+    let out = env.devctl(&["status", "--json"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("scale.json"), "{stderr}");
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let running = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "running")
+        .count();
+    assert!(running >= 12, "status still shows what runs: {status}");
+    env.ok(&["down"]);
+    env.ok(&["up", "--timeout", "240s"]);
+    assert_eq!(get(env, "/api/v1/admin/health").map(|(c, _)| c), Some(200));
+}
+
 #[test]
 fn docker_runtime_end_to_end() {
-    let reachable = block_on(devctl::engine::docker::connect());
-    if let Err(e) = &reachable {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the Docker tests: {e}"
-        );
-        eprintln!("skipped: {e}");
+    let reachable = block_on(devctl::engine::docker::connect()).map_err(|e| e.to_string());
+    if !service_kit::prereq::require(reachable.map(|_| ()), "start the Docker engine") {
         return;
     }
     let env = Env::new("docker", "e2e", "172.29", 23000);
@@ -463,4 +518,5 @@ fn docker_runtime_end_to_end() {
 fn process_runtime_end_to_end() {
     let env = Env::new("process", "e2e-process", "172.28", 24000);
     flow(&env, false);
+    broken_state_dir(&env);
 }

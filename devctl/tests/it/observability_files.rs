@@ -1,34 +1,21 @@
 //! The committed Prometheus and Grafana files: promtool accepts the config and the rules, the
 //! rule unit tests pass, and every dashboard panel queries our pinned datasource.
 
-#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+use std::path::PathBuf;
 
-use std::path::{Path, PathBuf};
+use crate::repo;
 use std::process::Command;
 
 use devctl::plan::{Plan, PlanOptions, RuntimeKind, Secrets};
 use devctl::state::{self, StateDir};
 use devctl::topology::Topology;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// promtool, or None when it is absent outside CI (in CI its absence fails the test).
 fn promtool() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("promtool"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is missing in CI: scripts/test.sh installs Debian's prometheus package"
-        );
-        eprintln!("skipped: promtool not found (apt-get install prometheus)");
-    }
-    found
+    service_kit::prereq::tool(
+        "promtool",
+        "scripts/test.sh installs Debian's prometheus package",
+    )
 }
 
 fn run(cmd: &mut Command) -> String {

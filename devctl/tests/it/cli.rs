@@ -1,14 +1,10 @@
 //! The command line's contract: exit codes, one-line errors with a hint, `compose` output
 //! that docker-compose accepts, `render` for production.
 
-#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
-
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use crate::repo;
+use std::process::{Command, Output};
 
 fn devctl(state: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_devctl"))
@@ -101,16 +97,7 @@ fn render_writes_production_artifacts() {
 /// What CI runs on the committed compose file: docker-compose must accept it.
 #[test]
 fn docker_compose_accepts_the_committed_file() {
-    let found = Command::new("docker-compose")
-        .arg("version")
-        .output()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "docker-compose is missing in CI"
-        );
-        eprintln!("skipped: docker-compose not found");
+    if service_kit::prereq::tool("docker-compose", "apt-get install docker-compose").is_none() {
         return;
     }
     let out = Command::new("docker-compose")
