@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need on a fresh Debian machine, then runs every
-# test of the workspace with cargo-nextest (cargo test when nextest is absent).
+# test of the workspace with cargo-nextest (installed when missing: its test groups and
+# timeouts are part of how the suite runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,10 +24,11 @@ fi
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
   --target x86_64-unknown-linux-gnu -p admin-server -p customer-services -p gateway
 
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest (cargo install --locked cargo-nextest)" >&2
+  cargo install --locked cargo-nextest
+fi
+
 profile=default
 [ -n "${CI:-}" ] && profile=ci
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --profile "$profile" "$@"
-else
-  cargo test --workspace --locked "$@"
-fi
+cargo nextest run --workspace --locked --profile "$profile" "$@"
