@@ -281,7 +281,14 @@ async fn execute<E: Engine>(s: Session<E>, command: Command) -> anyhow::Result<(
             names,
             follow,
             tail,
-        } => s.logs(&names, follow, tail).await?,
+        } => {
+            s.logs(&devctl::engine::LogQuery {
+                names: &names,
+                follow,
+                tail,
+            })
+            .await?
+        }
         Command::Open { target } => open(&s.ctx.plan(s.runtime)?, target)?,
         Command::Down { volumes, images } => {
             let removed = s.down(volumes, images).await?;

@@ -183,6 +183,17 @@ pub struct Work<'a> {
     pub spec: String,
 }
 
+/// Which logs `devctl logs` prints.
+#[derive(Debug, Clone, Copy)]
+pub struct LogQuery<'a> {
+    /// Instance names; all when empty.
+    pub names: &'a [String],
+    /// Keep streaming new lines until interrupted.
+    pub follow: bool,
+    /// Only the last lines of each.
+    pub tail: Option<usize>,
+}
+
 /// What runs instances. Every method acts on one deployment (the engine was made for it).
 #[allow(async_fn_in_trait)] // used through generics only, never as `dyn` or across threads
 pub trait Engine {
@@ -234,14 +245,8 @@ pub trait Engine {
     /// Its last `n` log lines.
     async fn last_logs(&self, name: &str, n: usize) -> Vec<String>;
 
-    /// Prints the named instances' logs (all when empty), merged and prefixed.
-    async fn logs(
-        &self,
-        ui: &Ui,
-        names: &[String],
-        follow: bool,
-        tail: Option<usize>,
-    ) -> Result<()>;
+    /// Prints the asked instances' logs, merged and prefixed.
+    async fn logs(&self, ui: &Ui, query: &LogQuery<'_>) -> Result<()>;
 
     /// Removes every instance and shared object of the deployment (volumes and data with
     /// `volumes`, our images with `images`); returns what it removed.

@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use crate::build::{self, LastBuild};
 use crate::context::{Context, ContextError};
 use crate::converge::Stopped;
-use crate::engine::{Engine, EngineError, PrepareMode, Prepared};
+use crate::engine::{Engine, EngineError, LogQuery, PrepareMode, Prepared};
 use crate::images;
 use crate::plan::{Plan, RuntimeKind};
 use crate::state::{Reissue, ScaleReset, StateError};
@@ -150,6 +150,23 @@ impl<E: Engine> Session<E> {
         Ok(())
     }
 
+    /// Certificates, Prometheus's targets, shared objects, then the converge step.
+    async fn converge_to(
+        &self,
+        plan: &Plan,
+        unavailable: &BTreeSet<String>,
+        stopped: Stopped,
+    ) -> Result<apply::Report, OpsError> {
+        let certs = self.ctx.state.issue(
+            plan,
+            &self.ctx.topology.tls.ca_common_name,
+            Reissue::Changed,
+        )?;
+        crate::state::write_targets(&self.engine.targets_dir(plan), plan)?;
+        self.engine.ensure_shared(plan).await?;
+        self.converge(plan, &certs, unavailable, stopped).await
+    }
+
     /// `devctl up`: build, issue certificates, converge, wait until healthy.
     pub async fn up(&self, build: bool, timeout: Duration) -> Result<(Status, Plan), OpsError> {
         let started = Instant::now();
@@ -163,15 +180,8 @@ impl<E: Engine> Session<E> {
             self.ui.warn(&format!("{name}: skipped: {why}"));
         }
         let unavailable: BTreeSet<String> = prepared.unavailable.keys().cloned().collect();
-        let certs = self.ctx.state.issue(
-            &plan,
-            &self.ctx.topology.tls.ca_common_name,
-            Reissue::Changed,
-        )?;
-        crate::state::write_targets(&self.engine.targets_dir(&plan), &plan)?;
-        self.engine.ensure_shared(&plan).await?;
         let report = self
-            .converge(&plan, &certs, &unavailable, Stopped::Start)
+            .converge_to(&plan, &unavailable, Stopped::Start)
             .await?;
         report.print(&self.ui);
         let wanted: Vec<String> = plan
@@ -238,15 +248,7 @@ impl<E: Engine> Session<E> {
             (plan, prepared)
         };
         let unavailable: BTreeSet<String> = prepared.unavailable.keys().cloned().collect();
-        let certs = self.ctx.state.issue(
-            &plan,
-            &self.ctx.topology.tls.ca_common_name,
-            Reissue::Changed,
-        )?;
-        crate::state::write_targets(&self.engine.targets_dir(&plan), &plan)?;
-        let report = self
-            .converge(&plan, &certs, &unavailable, Stopped::Keep)
-            .await?;
+        let report = self.converge_to(&plan, &unavailable, Stopped::Keep).await?;
         let added = report.created();
         if !added.is_empty() {
             self.wait_healthy(&plan, &added, timeout).await?;
@@ -314,13 +316,8 @@ impl<E: Engine> Session<E> {
         self.start(name).await
     }
 
-    pub async fn logs(
-        &self,
-        names: &[String],
-        follow: bool,
-        tail: Option<usize>,
-    ) -> Result<(), OpsError> {
-        Ok(self.engine.logs(&self.ui, names, follow, tail).await?)
+    pub async fn logs(&self, query: &LogQuery<'_>) -> Result<(), OpsError> {
+        Ok(self.engine.logs(&self.ui, query).await?)
     }
 
     /// `devctl down`: removes everything with our labels (no plan needed) and resets the

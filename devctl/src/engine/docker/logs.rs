@@ -5,7 +5,7 @@ use bollard::query_parameters::LogsOptionsBuilder;
 use futures_util::StreamExt;
 
 use super::DockerEngine;
-use crate::engine::{EngineError, Result};
+use crate::engine::{EngineError, LogQuery, Result};
 use crate::ui::Ui;
 
 impl DockerEngine {
@@ -34,13 +34,12 @@ impl DockerEngine {
     }
 
     /// `devctl logs`: merged, prefixed, coloured; `follow` streams until interrupted.
-    pub(super) async fn print_logs(
-        &self,
-        ui: &Ui,
-        names: &[String],
-        follow: bool,
-        tail: Option<usize>,
-    ) -> Result<()> {
+    pub(super) async fn print_logs(&self, ui: &Ui, query: &LogQuery<'_>) -> Result<()> {
+        let LogQuery {
+            names,
+            follow,
+            tail,
+        } = *query;
         let selected: Vec<(String, String)> = self
             .ours()
             .await?

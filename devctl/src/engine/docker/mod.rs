@@ -19,7 +19,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::{Engine, EngineError, Observed, PrepareMode, Prepared, Result, State, Work};
+use super::{Engine, EngineError, LogQuery, Observed, PrepareMode, Prepared, Result, State, Work};
 use crate::plan::{Instance, Plan, LABEL_INSTANCE, LABEL_ROLE, LABEL_SPEC_HASH};
 use crate::state::{files_hash, hash_parts, FileBytes, StateDir};
 use crate::ui::Ui;
@@ -403,14 +403,8 @@ impl Engine for DockerEngine {
         self.tail(name, n).await
     }
 
-    async fn logs(
-        &self,
-        ui: &Ui,
-        names: &[String],
-        follow: bool,
-        tail: Option<usize>,
-    ) -> Result<()> {
-        self.print_logs(ui, names, follow, tail).await
+    async fn logs(&self, ui: &Ui, query: &LogQuery<'_>) -> Result<()> {
+        self.print_logs(ui, query).await
     }
 
     /// Every container, network and (with `volumes`) volume carrying our labels; with

@@ -15,7 +15,9 @@ use nix::sys::signal::{kill as send_signal, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, EngineError, Health, Observed, PrepareMode, Prepared, Result, State, Work};
+use super::{
+    Engine, EngineError, Health, LogQuery, Observed, PrepareMode, Prepared, Result, State, Work,
+};
 use crate::images;
 use crate::plan::{Instance, Kind, Plan};
 use crate::state::{self, files_hash, hash_parts, FileBytes, StateDir};
@@ -416,13 +418,12 @@ impl Engine for ProcessEngine {
         tail_lines(&self.log_path(name), n)
     }
 
-    async fn logs(
-        &self,
-        ui: &Ui,
-        names: &[String],
-        follow: bool,
-        tail: Option<usize>,
-    ) -> Result<()> {
+    async fn logs(&self, ui: &Ui, query: &LogQuery<'_>) -> Result<()> {
+        let LogQuery {
+            names,
+            follow,
+            tail,
+        } = *query;
         let selected: Vec<String> = self
             .recorded()
             .into_iter()
