@@ -81,6 +81,8 @@ pub fn build(input: &Input<'_>) -> Config {
                 ..PolicyConfig::default()
             },
             cache: route.cache.then(RouteCacheConfig::default),
+            internal: false,
+            sticky: None,
         })
         .collect();
     Config {

@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod access;
 mod policy;
 mod units;
+pub use access::{allowed, AccessRule, Addresses};
 pub use policy::{
     CacheConfig, ClientIpConfig, HstsConfig, LimitsConfig, PolicyConfig, RateLimitConfig,
     RateLimitSetting, RouteCacheConfig, SecurityHeadersConfig, StickyConfig,
@@ -420,6 +422,15 @@ pub struct RouteConfig {
     /// Cache cacheable GET responses of this route in memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<RouteCacheConfig>,
+    /// NGINX's `internal`: the path exists only for the platform itself (health checks and
+    /// scrapes go to the servers directly); clients get 404.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub internal: bool,
+    /// Where the upstream's sticky cookie applies on this route: unset, only to WebSocket
+    /// upgrades (a tunnel must reach the replica that holds its session); `true`, every
+    /// request; `false`, never. Elsewhere requests are balanced freely.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<bool>,
 }
 
 impl UpstreamConfig {

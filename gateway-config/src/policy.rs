@@ -196,6 +196,10 @@ pub struct PolicyConfig {
     /// Per client IP; `rate_limit = false` on a route turns a default off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSetting>,
+    /// NGINX's `allow` / `deny` in order (`["allow 10.0.0.0/8", "deny all"]`); a denied client
+    /// gets 403.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<Vec<crate::AccessRule>>,
     /// Clients exempt from the rate limit (health checkers, load drills).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit_exempt: Option<Vec<Cidr>>,

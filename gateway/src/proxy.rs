@@ -22,7 +22,7 @@ use crate::config::{any_contains, HashKey};
 use crate::metrics::TryOutcome;
 use crate::policy::cache::{self, CachedResponse, ResponseCache};
 use crate::policy::rate_limit::Decision;
-use crate::policy::{client_ip, websocket, RouteCache};
+use crate::policy::{client_ip, websocket, Refusal, RouteCache};
 use crate::routing::normalize_path;
 use crate::runtime::{RouteTarget, Snapshot};
 use crate::server::Gateway;
@@ -201,10 +201,13 @@ fn route<'s>(
     let path = normalize_path(req.uri().path())
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", format!("{e}")))?;
     let host = request_host(req);
-    let route = snapshot.router.find(host, &path).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "no_route", "no route for this path")
-    })?;
+    let route = snapshot.router.find(host, &path).ok_or_else(no_route)?;
     Ok((&route.target, path))
+}
+
+/// 404 for a path no route serves (or an internal one: the same answer, as NGINX gives).
+fn no_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no route for this path")
 }
 
 /// The Host header, or the h2 `:authority`.
@@ -242,6 +245,17 @@ async fn apply_policies(
     trace: &mut UpstreamTrace,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let policy = &target.policy;
+    match policy.admit(client_ip) {
+        Ok(()) => {}
+        Err(Refusal::Internal) => return Err(no_route()),
+        Err(Refusal::Denied) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this address may not use this path",
+            ))
+        }
+    }
     let mut allowed = None;
     if let Some(limiter) = &policy.rate_limit {
         if !any_contains(&policy.exempt, client_ip) {
@@ -417,10 +431,11 @@ async fn forward(
         .hash_key
         .as_ref()
         .and_then(|k| hash_key(k, &parts.headers, client_ip));
-    let pin = upstream
+    let sticky = upstream
         .sticky
         .as_ref()
-        .and_then(|s| cookie(&parts.headers, &s.name).and_then(|v| s.verify(v)));
+        .filter(|_| target.policy.sticky.applies(websocket));
+    let pin = sticky.and_then(|s| cookie(&parts.headers, &s.name).and_then(|v| s.verify(v)));
     // The client's header map becomes the upstream one. It is moved into the last try that
     // can happen and cloned only for tries a retry could follow.
     let mut headers = std::mem::take(&mut parts.headers);
@@ -583,9 +598,7 @@ async fn forward(
                 } else {
                     server.count(TryOutcome::Ok);
                 }
-                let set_cookie = upstream
-                    .sticky
-                    .as_ref()
+                let set_cookie = sticky
                     .filter(|_| pin.as_deref() != Some(server.key.as_str()))
                     .and_then(|s| HeaderValue::from_str(&s.set_cookie(&server.key)).ok());
 

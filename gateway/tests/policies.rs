@@ -523,6 +523,10 @@ servers = [{list}]
 [[routes]]
 prefix = "/"
 upstream = "customer"
+sticky = true
+[[routes]]
+prefix = "/balanced"
+upstream = "customer"
 "#
         )
     };
@@ -551,6 +555,24 @@ upstream = "customer"
             "a valid pin is not re-set"
         );
     }
+
+    // A route that does not opt in neither pins nor sets the cookie (only WebSocket upgrades
+    // would): least_conn keeps balancing clients that carry a pin.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let r = conn
+            .request(
+                Method::GET,
+                "/balanced/whoami",
+                &[("cookie", &cookie)],
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert!(r.header("set-cookie").is_none());
+        seen.insert(r.header("x-served-by").unwrap().to_string());
+    }
+    assert!(seen.len() >= 2, "balanced despite the pin: {seen:?}");
 
     // A tampered cookie is ignored: a fresh pick and a new cookie.
     let value = cookie.trim_start_matches("is_sticky=");
@@ -707,4 +729,58 @@ upstream = "pool"
         metrics.contains(r#"gateway_cache_requests_total{result="hit"} 1"#),
         "{metrics}"
     );
+}
+
+/// NGINX's `internal` and `allow`/`deny`: internal paths are 404 to clients, denied
+/// addresses get 403, both as JSON errors with the request id and security headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_routes_and_access_rules() {
+    let fx = Fixture::new();
+    let b0 = Backend::start("b0", &fx.pki).await;
+    let gw = fx.start_gateway(&format!(
+        r#"
+[upstreams.app]
+servers = [{}]
+[[routes]]
+prefix = "/"
+upstream = "app"
+[[routes]]
+prefix = "/metrics"
+upstream = "app"
+internal = true
+[[routes]]
+prefix = "/closed"
+upstream = "app"
+access = ["deny all"]
+[[routes]]
+prefix = "/local"
+upstream = "app"
+access = ["deny 127.0.0.2", "allow 127.0.0.0/8", "deny all"]
+"#,
+        servers(&[&b0], "")
+    ));
+    let mut conn = gw.connect().await;
+    let cases: &[(&str, StatusCode, Option<&str>)] = &[
+        ("/whoami", StatusCode::OK, None),
+        ("/metrics", StatusCode::NOT_FOUND, Some("no_route")),
+        ("/metrics/anything", StatusCode::NOT_FOUND, Some("no_route")),
+        ("/METRICS", StatusCode::NOT_FOUND, Some("no_route")),
+        ("/closed/x", StatusCode::FORBIDDEN, Some("forbidden")),
+        ("/local/whoami", StatusCode::OK, None),
+    ];
+    for (path, status, code) in cases {
+        let r = conn.get(path).await.unwrap();
+        assert_eq!(r.status, *status, "{path}");
+        if let Some(code) = code {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(body["error"]["code"], *code, "{path}");
+            assert_eq!(
+                body["error"]["request_id"].as_str(),
+                r.header("x-request-id"),
+                "{path}"
+            );
+            assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{path}");
+            assert!(r.header("x-served-by").is_none(), "{path} reached a backend");
+        }
+    }
 }

@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 
 pub use gateway_config::{
-    any_contains, AdminConfig, AlgorithmName, CacheConfig, Cidr, ClientIpConfig, Config, Dur,
-    HaConfig, HashKey, HealthCheckConfig, HstsConfig, HttpConfig, HttpsConfig, LimitsConfig,
-    PolicyConfig, RateLimitConfig, RateLimitSetting, RouteCacheConfig, RouteConfig, RuntimeConfig,
-    RuntimeModel, SecurityHeadersConfig, ServerConfig, Size, StickyConfig, UpstreamConfig,
-    UpstreamTlsConfig, VipMode, MAX_WEIGHT,
+    allowed, any_contains, AccessRule, AdminConfig, AlgorithmName, CacheConfig, Cidr,
+    ClientIpConfig, Config, Dur, HaConfig, HashKey, HealthCheckConfig, HstsConfig, HttpConfig,
+    HttpsConfig, LimitsConfig, PolicyConfig, RateLimitConfig, RateLimitSetting, RouteCacheConfig,
+    RouteConfig, RuntimeConfig, RuntimeModel, SecurityHeadersConfig, ServerConfig, Size,
+    StickyConfig, UpstreamConfig, UpstreamTlsConfig, VipMode, MAX_WEIGHT,
 };
 
 use crate::balance::{Algorithm, ServerSpec};

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 
-use crate::config::{Cidr, PolicyConfig, RateLimitSetting, RouteConfig};
+use crate::config::{AccessRule, Cidr, PolicyConfig, RateLimitSetting, RouteConfig};
 use crate::metrics::GatewayMetrics;
 use headers::SecurityHeaders;
 use rate_limit::RateLimiter;
@@ -35,8 +35,51 @@ pub struct RouteCache {
     pub max_object: u64,
 }
 
+/// Why a client may not use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// An internal route: answered as if it did not exist (404).
+    Internal,
+    /// An `access` rule denies the client (403).
+    Denied,
+}
+
+/// Where an upstream's sticky cookie applies on a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StickyScope {
+    /// Only WebSocket upgrades (the default): a tunnel reaches the replica holding its
+    /// session, everything else is balanced freely.
+    WebSocket,
+    Always,
+    Never,
+}
+
+impl StickyScope {
+    pub fn from_setting(setting: Option<bool>) -> StickyScope {
+        match setting {
+            None => StickyScope::WebSocket,
+            Some(true) => StickyScope::Always,
+            Some(false) => StickyScope::Never,
+        }
+    }
+
+    /// Whether a request (a WebSocket upgrade or not) is pinned and may be given a pin.
+    pub fn applies(self, websocket: bool) -> bool {
+        match self {
+            StickyScope::WebSocket => websocket,
+            StickyScope::Always => true,
+            StickyScope::Never => false,
+        }
+    }
+}
+
 /// A route's policies, resolved over `[defaults]` and the built-in security headers.
 pub struct RoutePolicy {
+    /// Clients get 404 (NGINX `internal`).
+    pub internal: bool,
+    /// `allow` / `deny` in order; a denied client gets 403.
+    pub access: Vec<AccessRule>,
+    pub sticky: StickyScope,
     pub rate_limit: Option<Arc<RateLimiter>>,
     pub exempt: Vec<Cidr>,
     pub max_body: u64,
@@ -73,6 +116,13 @@ impl RoutePolicy {
                 .over(&headers::builtin()),
         );
         RoutePolicy {
+            internal: route.internal,
+            access: own
+                .access
+                .clone()
+                .or_else(|| defaults.access.clone())
+                .unwrap_or_default(),
+            sticky: StickyScope::from_setting(route.sticky),
             rate_limit,
             exempt: own
                 .rate_limit_exempt
@@ -94,6 +144,17 @@ impl RoutePolicy {
             }),
             rate_limited: metrics.rate_limited.with_label_values(&[&route.prefix]),
         }
+    }
+
+    /// Whether this client may use the route at all: Err is the answer it gets instead.
+    pub fn admit(&self, client: std::net::IpAddr) -> Result<(), Refusal> {
+        if self.internal {
+            return Err(Refusal::Internal);
+        }
+        if !crate::config::allowed(&self.access, client) {
+            return Err(Refusal::Denied);
+        }
+        Ok(())
     }
 
     /// Headers for responses outside any route (redirects, unrouted errors): `[defaults]`.
