@@ -30,7 +30,7 @@ start() { # name -> prints the bound port
   local name=$1 log="$work/$1.log"
   "$bin/$name" --host 127.0.0.1 --port 0 --instance-id "$name-bench" \
     --tls-cert "$work/certs/server.crt" --tls-key "$work/certs/server.key" \
-    --data-dir "$work/data-$name" >"$log" 2>&1 &
+    --data-dir "$work/data-$name" --no-auth >"$log" 2>&1 &
   echo $! >"$work/$name.pid"
   for _ in $(seq 200); do
     port=$(grep -o '"addr":"127.0.0.1:[0-9]*"' "$log" 2>/dev/null | grep -o '[0-9]*"$' | tr -d '"' || true)

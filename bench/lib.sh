@@ -148,7 +148,7 @@ start_backends() {
     next=$((port + 1))
     log=$work/backend-$i.log
     LOG_LEVEL=warn "$bin/customer-services" --host 127.0.0.1 --port "$port" --instance-id "c-$i" \
-      --tls-cert "$certs/server.crt" --tls-key "$certs/server.key" --data-dir "$work/data-$i" \
+      --tls-cert "$certs/server.crt" --tls-key "$certs/server.key" --data-dir "$work/data-$i" --no-auth \
       >"$log" 2>&1 &
     pids+=($!)
     backend_pids+=($!)

@@ -1,7 +1,16 @@
 //! The admin API: users and stats over a SQLite store shared by all replicas.
 //!
 //! Routes are built by [`build`]; the shared boot sequence (service-kit) adds request ids,
-//! metrics, logs and the JSON 404 fallback around them.
+//! metrics, logs and the JSON 404 fallback around them. Every `/api/v1/admin/...` route except
+//! the health alias needs a staff bearer token (`service_kit::auth`):
+//!
+//! | action | needs |
+//! |---|---|
+//! | list / get users, stats | any role (viewer, support, operator, admin) |
+//! | create a user, update name or email | operator or admin |
+//! | create an admin, change a role, delete | admin |
+//!
+//! Customer tokens (claim `client`) get 403 everywhere.
 
 pub mod store;
 pub mod users;
@@ -10,6 +19,7 @@ use std::sync::Arc;
 
 use axum::routing::get;
 use axum::Router;
+use service_kit::auth::Auth;
 use service_kit::boot::{AppContext, BootError, ServiceInfo};
 use service_kit::health::{standard_routes, Endpoints};
 use service_kit::ApiError;
@@ -36,6 +46,7 @@ pub type SharedState = Arc<AppState>;
 
 /// Opens the store and returns the service's routes.
 pub async fn build(ctx: AppContext) -> Result<Router, BootError> {
+    let auth = Auth::start(&ctx.auth, INFO.name).map_err(|e| BootError::Config(e.to_string()))?;
     let path = ctx.data_dir.join(DB_FILE);
     let store = UserStore::open(&path).map_err(|e| BootError::Runtime(e.to_string()))?;
     let standard = standard_routes(
@@ -53,10 +64,10 @@ pub async fn build(ctx: AppContext) -> Result<Router, BootError> {
         instance_id: ctx.instance_id.clone(),
         started: std::time::Instant::now(),
     });
-    Ok(routes(state).merge(standard))
+    Ok(auth.protect(routes(state)).merge(standard))
 }
 
-/// The admin API routes.
+/// The admin API routes (without the auth layer: [`build`] adds it).
 pub fn routes(state: SharedState) -> Router {
     Router::new()
         .route("/api/v1/admin/stats", get(users::stats))

@@ -5,6 +5,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
+use service_kit::auth::{self, Claims};
 use service_kit::json::{ApiJson, ApiPath, ApiQuery, PageRequest};
 use service_kit::ApiError;
 
@@ -88,8 +89,13 @@ pub fn validate_name(raw: &str) -> Result<String, ApiError> {
 
 pub async fn create(
     State(state): State<SharedState>,
+    claims: Claims,
     ApiJson(body): ApiJson<CreateUser>,
 ) -> Result<Response, ApiError> {
+    claims.require_role(auth::Role::Operator, "creating a user")?;
+    if body.role == Role::Admin {
+        claims.require_role(auth::Role::Admin, "creating an admin")?;
+    }
     let new = NewUser {
         email: validate_email(&body.email)?,
         name: validate_name(&body.name)?,
@@ -112,8 +118,10 @@ pub async fn create(
 
 pub async fn list(
     State(state): State<SharedState>,
+    claims: Claims,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
+    claims.require_role(auth::Role::Viewer, "reading users")?;
     let page = PageRequest::new(query.limit, query.offset)?;
     let page = state.store.list(query.role, page).await?;
     Ok(Json(page).into_response())
@@ -121,8 +129,10 @@ pub async fn list(
 
 pub async fn get_one(
     State(state): State<SharedState>,
+    claims: Claims,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Response, ApiError> {
+    claims.require_role(auth::Role::Viewer, "reading users")?;
     match state.store.get(id).await? {
         Some(user) => Ok(Json(user).into_response()),
         None => Err(ApiError::not_found(format!("no user with id {id}"))),
@@ -131,9 +141,14 @@ pub async fn get_one(
 
 pub async fn update(
     State(state): State<SharedState>,
+    claims: Claims,
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<UpdateUser>,
 ) -> Result<Response, ApiError> {
+    claims.require_role(auth::Role::Operator, "updating a user")?;
+    if body.role.is_some() {
+        claims.require_role(auth::Role::Admin, "changing a role")?;
+    }
     if body.email.is_none() && body.name.is_none() && body.role.is_none() {
         return Err(ApiError::validation(
             "body",
@@ -159,8 +174,10 @@ pub async fn update(
 
 pub async fn delete(
     State(state): State<SharedState>,
+    claims: Claims,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
+    claims.require_role(auth::Role::Admin, "deleting a user")?;
     if state.store.delete(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -168,7 +185,8 @@ pub async fn delete(
     }
 }
 
-pub async fn stats(State(state): State<SharedState>) -> Result<Response, ApiError> {
+pub async fn stats(State(state): State<SharedState>, claims: Claims) -> Result<Response, ApiError> {
+    claims.require_role(auth::Role::Viewer, "reading stats")?;
     let by_role = state.store.count_by_role().await?;
     let total: i64 = by_role.iter().map(|(_, n)| n).sum();
     let by_role: serde_json::Map<String, serde_json::Value> = by_role

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use service_kit::auth::{Claims, Role, SigningKey};
 use service_kit::client::{self, Connection, Target};
-use service_kit::testkit::{ServerProcess, TestPki};
+use service_kit::testkit::{ServerProcess, TestAuth, TestPki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_admin-server");
@@ -18,13 +19,21 @@ const BIN: &str = env!("CARGO_BIN_EXE_admin-server");
 struct Fixture {
     dir: tempfile::TempDir,
     pki: TestPki,
+    auth: TestAuth,
 }
+
+const AUD: &str = "admin-server";
 
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::new(dir.path(), &["localhost", "127.0.0.1"]);
-        Fixture { dir, pki }
+        let auth = TestAuth::new(dir.path());
+        Fixture { dir, pki, auth }
+    }
+
+    fn token(&self, role: Role) -> String {
+        self.auth.staff(role, AUD)
     }
 
     fn data_dir(&self) -> std::path::PathBuf {
@@ -49,6 +58,7 @@ impl Fixture {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--drain-delay", "100ms"])
+            .args(self.auth.args())
             .args(extra);
         cmd
     }
@@ -57,8 +67,19 @@ impl Fixture {
         ServerProcess::start(self.command(instance, &[]))
     }
 
+    /// A connection carrying an admin token.
     async fn connect(&self, server: &ServerProcess) -> Connection {
-        connect_with(server, self.pki.client()).await.unwrap()
+        self.connect_as(server, &self.token(Role::Admin)).await
+    }
+
+    /// A connection carrying `token` (empty: none).
+    async fn connect_as(&self, server: &ServerProcess, token: &str) -> Connection {
+        let conn = connect_with(server, self.pki.client()).await.unwrap();
+        if token.is_empty() {
+            conn
+        } else {
+            conn.with_default_header("authorization", &TestAuth::bearer(token))
+        }
     }
 }
 
@@ -262,11 +283,15 @@ async fn users_crud_across_two_replicas_sharing_one_database() {
         for worker in 0..4 {
             let tls = fx.pki.client();
             let port = server.addr.port();
+            let bearer = TestAuth::bearer(&fx.token(Role::Operator));
             tasks.push(tokio::spawn(async move {
                 let target = Target::from_url(&format!("https://localhost:{port}"), Some(tls))
                     .await
                     .unwrap();
-                let mut conn = client::connect(&target).await.unwrap();
+                let mut conn = client::connect(&target)
+                    .await
+                    .unwrap()
+                    .with_default_header("authorization", &bearer);
                 for i in 0..10 {
                     let body = format!(
                         r#"{{"email":"{prefix}{worker}-{i}@load.test","name":"n","role":"support"}}"#
@@ -537,6 +562,13 @@ fn misconfiguration_is_one_line_and_exit_code_2() {
     let blocker = fx.dir.path().join("a-file");
     std::fs::write(&blocker, "x").unwrap();
     let under_file = blocker.join("data").to_str().unwrap().to_string();
+    let missing_jwks = fx
+        .dir
+        .path()
+        .join("none.json")
+        .to_str()
+        .unwrap()
+        .to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--data-dir", &data], "--tls-cert is required"),
         (
@@ -570,6 +602,32 @@ fn misconfiguration_is_one_line_and_exit_code_2() {
             vec!["--plain-http", "--port", "70000"],
             "invalid value '70000'",
         ),
+        (vec!["--plain-http", "--data-dir", &data], "no token keys"),
+        (
+            vec![
+                "--plain-http",
+                "--data-dir",
+                &data,
+                "--auth-jwks",
+                &missing_jwks,
+            ],
+            "cannot read JWKS",
+        ),
+        (
+            vec!["--plain-http", "--data-dir", &data, "--auth-jwks", &cert],
+            "not a JWKS",
+        ),
+        (
+            vec![
+                "--plain-http",
+                "--data-dir",
+                &data,
+                "--auth-jwks",
+                &cert,
+                "--no-auth",
+            ],
+            "contradict",
+        ),
     ];
     for (args, expected) in cases {
         let out = Command::new(BIN).env_clear().args(&args).output().unwrap();
@@ -580,4 +638,277 @@ fn misconfiguration_is_one_line_and_exit_code_2() {
             assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
         }
     }
+}
+
+/// A token with every part chosen by the test (for alg `none` and hand-made headers).
+fn raw_token(header: serde_json::Value, claims: serde_json::Value, signature: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    format!("{}.{}.{signature}", b64(header), b64(claims))
+}
+
+fn assert_challenge(resp: &client::Response, error: Option<&str>) {
+    let challenge = resp
+        .header("www-authenticate")
+        .expect("WWW-Authenticate header");
+    assert!(
+        challenge.starts_with("Bearer realm=\"admin-server\""),
+        "{challenge}"
+    );
+    match error {
+        Some(error) => assert!(
+            challenge.contains(&format!("error=\"{error}\"")),
+            "{challenge}"
+        ),
+        None => assert!(!challenge.contains("error="), "{challenge}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_needs_a_valid_token_and_health_does_not() {
+    let fx = Fixture::new();
+    let server = fx.start("admin-1");
+
+    let mut anonymous = fx.connect_as(&server, "").await;
+    for path in ["/health", "/ready", "/metrics", "/api/v1/admin/health"] {
+        let resp = anonymous.get(path).await.unwrap();
+        assert_eq!(resp.status, StatusCode::OK, "{path}");
+    }
+    for (method, path) in [
+        (Method::GET, "/api/v1/admin/users"),
+        (Method::GET, "/api/v1/admin/users/1"),
+        (Method::GET, "/api/v1/admin/stats"),
+        (Method::POST, "/api/v1/admin/users"),
+        (Method::PATCH, "/api/v1/admin/users/1"),
+        (Method::DELETE, "/api/v1/admin/users/1"),
+    ] {
+        let resp = json(&mut anonymous, method.clone(), path, "{}").await;
+        assert_error(&resp, 401, "unauthorized");
+        assert_challenge(&resp, None);
+    }
+    // Another scheme is no bearer credential at all.
+    let basic = anonymous
+        .request(
+            Method::GET,
+            "/api/v1/admin/users",
+            &[("authorization", "Basic YTpi")],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_error(&basic, 401, "unauthorized");
+    assert_challenge(&basic, None);
+
+    let stranger = SigningKey::generate().unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    let admin = Claims::staff("a", Role::Admin, &[AUD], hour);
+    let expired = Claims {
+        exp: admin.exp - 2 * 3600,
+        ..admin.clone()
+    };
+    let claims_json = serde_json::to_value(&admin).unwrap();
+    let cases = [
+        (
+            service_kit::auth::sign(&expired, &fx.auth.key).unwrap(),
+            "expired",
+        ),
+        (
+            service_kit::auth::sign(&admin, &stranger).unwrap(),
+            "unknown key",
+        ),
+        (
+            service_kit::auth::sign(
+                &Claims::staff("a", Role::Admin, &["customer-services"], hour),
+                &fx.auth.key,
+            )
+            .unwrap(),
+            "aud",
+        ),
+        (
+            raw_token(
+                serde_json::json!({"alg": "none", "typ": "JWT", "kid": fx.auth.key.kid()}),
+                claims_json.clone(),
+                "",
+            ),
+            "malformed",
+        ),
+        (
+            // Our kid, but signed by another key.
+            {
+                let real = service_kit::auth::sign(&admin, &stranger).unwrap();
+                let signature = real.rsplit('.').next().unwrap().to_string();
+                raw_token(
+                    serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": fx.auth.key.kid()}),
+                    claims_json.clone(),
+                    &signature,
+                )
+            },
+            "signature",
+        ),
+        ("not-a-jwt".to_string(), "malformed"),
+        ("a.b.c".to_string(), "malformed"),
+    ];
+    for (token, why) in cases {
+        let mut conn = fx.connect_as(&server, &token).await;
+        let resp = conn.get("/api/v1/admin/users").await.unwrap();
+        let body = assert_error(&resp, 401, "unauthorized");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(why),
+            "{why}: {body}"
+        );
+        assert_challenge(&resp, Some("invalid_token"));
+        // Never echoed back or logged.
+        assert!(!resp.text().contains(&token), "{why}");
+    }
+    let log = server.output().join("\n");
+    assert!(!log.contains(&service_kit::auth::sign(&admin, &stranger).unwrap()[..40]));
+    assert!(!log.contains(&fx.token(Role::Admin)[..40]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_viewer_reads_operator_writes_admin_deletes_and_changes_roles() {
+    let fx = Fixture::new();
+    let server = fx.start("admin-1");
+    let mut viewer = fx.connect_as(&server, &fx.token(Role::Viewer)).await;
+    let mut support = fx.connect_as(&server, &fx.token(Role::Support)).await;
+    let mut operator = fx.connect_as(&server, &fx.token(Role::Operator)).await;
+    let mut admin = fx.connect(&server).await;
+    let mut customer = fx.connect_as(&server, &fx.auth.customer("Acme", AUD)).await;
+
+    let body = r#"{"email":"op@example.com","name":"Op","role":"support"}"#;
+    for conn in [&mut viewer, &mut support, &mut customer] {
+        let resp = json(conn, Method::POST, "/api/v1/admin/users", body).await;
+        assert_error(&resp, 403, "forbidden");
+        assert_challenge(&resp, Some("insufficient_scope"));
+    }
+    let created = json(&mut operator, Method::POST, "/api/v1/admin/users", body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let id = created.json().unwrap()["id"].as_i64().unwrap();
+    let path = format!("/api/v1/admin/users/{id}");
+    // Operators cannot mint admins.
+    let admin_body = r#"{"email":"root@example.com","name":"Root","role":"admin"}"#;
+    let resp = json(
+        &mut operator,
+        Method::POST,
+        "/api/v1/admin/users",
+        admin_body,
+    )
+    .await;
+    assert_error(&resp, 403, "forbidden");
+
+    for conn in [&mut viewer, &mut support, &mut operator] {
+        for p in [path.as_str(), "/api/v1/admin/users", "/api/v1/admin/stats"] {
+            assert_eq!(conn.get(p).await.unwrap().status, StatusCode::OK, "{p}");
+        }
+    }
+    assert_error(&customer.get(&path).await.unwrap(), 403, "forbidden");
+
+    // Operators update names, not roles; viewers and support update nothing.
+    for conn in [&mut viewer, &mut support] {
+        let resp = json(conn, Method::PATCH, &path, r#"{"name":"X"}"#).await;
+        assert_error(&resp, 403, "forbidden");
+    }
+    let renamed = json(&mut operator, Method::PATCH, &path, r#"{"name":"Opal"}"#).await;
+    assert_eq!(renamed.status, StatusCode::OK, "{}", renamed.text());
+    let promote = json(
+        &mut operator,
+        Method::PATCH,
+        &path,
+        r#"{"role":"operator"}"#,
+    )
+    .await;
+    assert_error(&promote, 403, "forbidden");
+    let promoted = json(&mut admin, Method::PATCH, &path, r#"{"role":"operator"}"#).await;
+    assert_eq!(promoted.json().unwrap()["role"], "operator");
+
+    // Only admins delete.
+    for conn in [&mut viewer, &mut support, &mut operator] {
+        let resp = conn
+            .request(Method::DELETE, &path, &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_error(&resp, 403, "forbidden");
+    }
+    let deleted = admin
+        .request(Method::DELETE, &path, &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_jwks_is_picked_up_without_restart() {
+    let fx = Fixture::new();
+    let server = fx.start("admin-1");
+    let new_key = SigningKey::generate().unwrap();
+    let claims = Claims::staff(
+        "a",
+        Role::Viewer,
+        &[AUD],
+        std::time::Duration::from_secs(600),
+    );
+    let new_token = service_kit::auth::sign(&claims, &new_key).unwrap();
+    let old_token = fx.token(Role::Viewer);
+    let mut conn = fx.connect_as(&server, &new_token).await;
+    assert_eq!(
+        conn.get("/api/v1/admin/users").await.unwrap().status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Rotation: both keys listed; tokens of either kid pass.
+    service_kit::auth::write_jwks(&fx.auth.jwks, &[&fx.auth.key, &new_key]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let status = conn.get("/api/v1/admin/users").await.unwrap().status;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new key never accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let mut old = fx.connect_as(&server, &old_token).await;
+    assert_eq!(
+        old.get("/api/v1/admin/users").await.unwrap().status,
+        StatusCode::OK
+    );
+
+    // A broken rewrite keeps the last good key set.
+    std::fs::write(&fx.auth.jwks, "{\"keys\": [").unwrap();
+    assert!(server.wait_for_output(
+        "keeping the previous key set",
+        std::time::Duration::from_secs(15)
+    ));
+    assert_eq!(
+        conn.get("/api/v1/admin/users").await.unwrap().status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_auth_serves_without_tokens_and_warns() {
+    let fx = Fixture::new();
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("NO_AUTH", "true")
+        .args(["--plain-http", "--host", "127.0.0.1", "--port", "0"])
+        .arg("--data-dir")
+        .arg(fx.data_dir());
+    let server = ServerProcess::start(cmd);
+    assert!(server.wait_for_output(
+        "authentication is DISABLED",
+        std::time::Duration::from_secs(5)
+    ));
+    let resp = client::get(
+        &format!("http://127.0.0.1:{}/api/v1/admin/users", server.addr.port()),
+        None::<Arc<rustls::ClientConfig>>,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
 }

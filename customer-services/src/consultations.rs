@@ -1,10 +1,24 @@
-//! Consultations CRUD handlers: validation and HTTP mapping; SQL is in `store`.
+//! Consultations CRUD handlers: validation, authorization and HTTP mapping; SQL is in `store`.
+//!
+//! Who may do what (the token's claims, see `service_kit::auth`):
+//!
+//! | token | list / get | create / update | delete |
+//! |---|---|---|---|
+//! | customer (`client` claim) | its own consultations only | its own only (`client` must be its own) | its own only |
+//! | staff viewer | all | 403 | 403 |
+//! | staff support | all | all | 403 |
+//! | staff operator, admin | all | all | all |
+//!
+//! A customer asking for another client's consultation gets 404, as if it did not exist (so
+//! ids of other clients' consultations are not confirmed); creating one for, or moving one to,
+//! another client is 403.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
+use service_kit::auth::{forbidden, Claims, Principal, Role};
 use service_kit::json::{ApiJson, ApiPath, ApiQuery, PageRequest};
 use service_kit::ApiError;
 use time::format_description::well_known::Rfc3339;
@@ -73,12 +87,33 @@ pub fn scheduled_at(raw: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::validation("scheduled_at", "is out of range"))
 }
 
+/// The client a request is limited to: `Some` for a customer token, `None` for staff.
+fn owner(claims: &Claims) -> Option<String> {
+    claims.client().map(str::to_string)
+}
+
+/// Customers may write their own consultations; staff need support or higher.
+fn require_write(claims: &Claims, client: Option<&str>) -> Result<(), ApiError> {
+    match claims.principal() {
+        Principal::Customer(own) => match client {
+            Some(other) if other != own => Err(forbidden(format!(
+                "a customer token for {own:?} cannot write consultations of another client"
+            ))),
+            _ => Ok(()),
+        },
+        Principal::Staff(_) => claims.require_role(Role::Support, "changing consultations"),
+    }
+}
+
 pub async fn create(
     State(state): State<SharedState>,
+    claims: Claims,
     ApiJson(body): ApiJson<CreateConsultation>,
 ) -> Result<Response, ApiError> {
+    let client = text("client", &body.client, 200)?;
+    require_write(&claims, Some(&client))?;
     let new = NewConsultation {
-        client: text("client", &body.client, 200)?,
+        client,
         topic: text("topic", &body.topic, 500)?,
         scheduled_at: scheduled_at(&body.scheduled_at)?,
         status: body.status.unwrap_or(Status::Scheduled),
@@ -95,17 +130,19 @@ pub async fn create(
 
 pub async fn list(
     State(state): State<SharedState>,
+    claims: Claims,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     let page = PageRequest::new(query.limit, query.offset)?;
-    Ok(Json(state.store.list(query.status, page).await?).into_response())
+    Ok(Json(state.store.list(query.status, owner(&claims), page).await?).into_response())
 }
 
 pub async fn get_one(
     State(state): State<SharedState>,
+    claims: Claims,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Response, ApiError> {
-    match state.store.get(id).await? {
+    match state.store.get(id, owner(&claims)).await? {
         Some(c) => Ok(Json(c).into_response()),
         None => Err(ApiError::not_found(format!("no consultation with id {id}"))),
     }
@@ -113,6 +150,7 @@ pub async fn get_one(
 
 pub async fn update(
     State(state): State<SharedState>,
+    claims: Claims,
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<UpdateConsultation>,
 ) -> Result<Response, ApiError> {
@@ -140,7 +178,8 @@ pub async fn update(
             "give at least one of client, topic, scheduled_at, status",
         ));
     }
-    match state.store.update(id, changes).await? {
+    require_write(&claims, changes.client.as_deref())?;
+    match state.store.update(id, changes, owner(&claims)).await? {
         Some(c) => Ok(Json(c).into_response()),
         None => Err(ApiError::not_found(format!("no consultation with id {id}"))),
     }
@@ -148,9 +187,13 @@ pub async fn update(
 
 pub async fn delete(
     State(state): State<SharedState>,
+    claims: Claims,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
-    if state.store.delete(id).await? {
+    if claims.client().is_none() {
+        claims.require_role(Role::Operator, "deleting consultations")?;
+    }
+    if state.store.delete(id, owner(&claims)).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no consultation with id {id}")))

@@ -1,5 +1,10 @@
 //! The customer API: consultations CRUD, slow report generation and a WebSocket of
 //! consultation changes, over a SQLite store shared by all replicas.
+//!
+//! Every `/api/v1/...` route except the health alias needs a bearer token
+//! (`service_kit::auth`): customer tokens (claim `client`) see and change only their own
+//! consultations and events, staff tokens (claim `role`) see everything; the rules are in
+//! `consultations`, `reports` and `notifications`.
 
 pub mod consultations;
 pub mod notifications;
@@ -11,6 +16,7 @@ use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
+use service_kit::auth::Auth;
 use service_kit::boot::{AppContext, BootError, ServiceInfo};
 use service_kit::health::{standard_routes, Endpoints, Lifecycle};
 
@@ -51,6 +57,7 @@ pub type SharedState = Arc<AppState>;
 
 /// Opens the store, starts the change feed and returns the service's routes.
 pub async fn build(ctx: AppContext, options: Options) -> Result<Router, BootError> {
+    let auth = Auth::start(&ctx.auth, INFO.name).map_err(|e| BootError::Config(e.to_string()))?;
     let path = ctx.data_dir.join(DB_FILE);
     let store = ConsultationStore::open(&path).map_err(|e| BootError::Runtime(e.to_string()))?;
     let notifier = Notifier::start(store.clone(), options.notify_poll)
@@ -73,10 +80,10 @@ pub async fn build(ctx: AppContext, options: Options) -> Result<Router, BootErro
         notifier,
         report_duration: options.report_duration,
     });
-    Ok(routes(state).merge(standard))
+    Ok(auth.protect(routes(state)).merge(standard))
 }
 
-/// The customer API routes.
+/// The customer API routes (without the auth layer: [`build`] adds it).
 pub fn routes(state: SharedState) -> Router {
     Router::new()
         .route(

@@ -5,12 +5,19 @@
 //! first gets `{"type":"hello","instance":...}` naming the replica it landed on (the gateway's
 //! sticky-session tests rely on it), then one message per change. On drain the server closes
 //! with 1001 (going away) so clients reconnect elsewhere.
+//!
+//! The upgrade needs a token like every API route: `Authorization: Bearer <JWT>`, or, from a
+//! browser (which cannot set headers on a WebSocket), `?access_token=<JWT>` on the URL. A
+//! customer token receives only events about its own consultations (an update that moves a
+//! consultation away from it is its last event about it); staff tokens receive every event.
+//! When the token expires the server closes the socket with 1008 (policy violation).
 
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use service_kit::auth::Claims;
 use service_kit::sqlite::StoreError;
 use service_kit::ApiError;
 use tokio::sync::broadcast;
@@ -67,11 +74,12 @@ impl Notifier {
 
 pub async fn subscribe(
     State(state): State<SharedState>,
+    claims: Claims,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     match upgrade {
         Ok(upgrade) => upgrade
-            .on_upgrade(move |socket| session(socket, state))
+            .on_upgrade(move |socket| session(socket, state, claims))
             .into_response(),
         Err(rejection) => ApiError::new(
             rejection.status(),
@@ -82,8 +90,15 @@ pub async fn subscribe(
     }
 }
 
-async fn session(mut socket: WebSocket, state: SharedState) {
+async fn session(mut socket: WebSocket, state: SharedState, claims: Claims) {
     let mut events = state.notifier.subscribe();
+    let only = claims.client().map(str::to_string);
+    // Far enough in the future to mean "never" for a token that does not expire.
+    let expires_in = claims
+        .expires_in()
+        .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600));
+    let expiry = tokio::time::sleep(expires_in);
+    tokio::pin!(expiry);
     let hello = serde_json::json!({
         "type": "hello",
         "service": crate::INFO.name,
@@ -100,6 +115,7 @@ async fn session(mut socket: WebSocket, state: SharedState) {
         tokio::select! {
             event = events.recv() => {
                 let message = match event {
+                    Ok(e) if only.as_deref().is_some_and(|client| !e.concerns(client)) => continue,
                     Ok(e) => serde_json::json!({
                         "type": format!("consultation.{}", e.action),
                         "consultation_id": e.consultation_id,
@@ -126,6 +142,15 @@ async fn session(mut socket: WebSocket, state: SharedState) {
                 Some(Ok(_)) => {}
             },
             () = state.lifecycle.drain_started() => break,
+            () = &mut expiry => {
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code: axum::extract::ws::close_code::POLICY,
+                        reason: "token expired".into(),
+                    })))
+                    .await;
+                return;
+            }
         }
     }
     let _ = socket

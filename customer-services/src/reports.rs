@@ -3,6 +3,9 @@
 //! It deliberately takes `--report-duration` (default 5 s; a request may ask for its own
 //! `duration_ms`, up to a minute) so that least-connections balancing, upstream read timeouts
 //! and graceful drain have a long request to work with.
+//!
+//! A report aggregates every client's consultations, so it is for staff tokens only (any
+//! role); a customer token gets 403.
 
 use std::time::Duration;
 
@@ -11,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use serde::Deserialize;
+use service_kit::auth::{Claims, Role};
 use service_kit::json::parse_json;
 use service_kit::ApiError;
 
@@ -27,7 +31,12 @@ pub struct ReportRequest {
     duration_ms: Option<u64>,
 }
 
-pub async fn generate(State(state): State<SharedState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn generate(
+    State(state): State<SharedState>,
+    claims: Claims,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    claims.require_role(Role::Viewer, "generating a report")?;
     let request: ReportRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReportRequest::default()
     } else {

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use service_kit::json::PageRequest;
 use service_kit::sqlite::{count_by, Db, StoreError};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE consultations (
         id            INTEGER PRIMARY KEY AUTOINCREMENT,
         client        TEXT NOT NULL,
@@ -29,7 +30,15 @@ const MIGRATIONS: &[&str] = &["
         status           TEXT,
         at               TEXT NOT NULL
     );
-"];
+",
+    "
+    -- Whose consultation an event is about, so a customer's feed carries only its own
+    -- (previous_client: the owner before an update moved it to another client).
+    ALTER TABLE consultation_events ADD COLUMN client TEXT;
+    ALTER TABLE consultation_events ADD COLUMN previous_client TEXT;
+    CREATE INDEX consultations_client ON consultations (client);
+",
+];
 
 /// Events kept in the change log; older ones are pruned by the feed.
 pub const EVENTS_KEPT: i64 = 10_000;
@@ -102,6 +111,18 @@ pub struct ChangeEvent {
     pub action: String,
     pub status: Option<String>,
     pub at: String,
+    /// The consultation's client after the change (`None` for events logged before this
+    /// column existed).
+    pub client: Option<String>,
+    /// The client before an update that moved the consultation to another client.
+    pub previous_client: Option<String>,
+}
+
+impl ChangeEvent {
+    /// Whether a customer token for `client` may see this event.
+    pub fn concerns(&self, client: &str) -> bool {
+        self.client.as_deref() == Some(client) || self.previous_client.as_deref() == Some(client)
+    }
 }
 
 #[derive(Clone)]
@@ -135,12 +156,31 @@ fn record(
     id: i64,
     action: &str,
     status: Option<Status>,
+    client: &str,
+    previous_client: Option<&str>,
 ) -> rusqlite::Result<()> {
     tx.execute(
-        "INSERT INTO consultation_events (consultation_id, action, status, at) VALUES (?1, ?2, ?3, ?4)",
-        params![id, action, status.map(Status::as_str), now_rfc3339()],
+        "INSERT INTO consultation_events (consultation_id, action, status, at, client, previous_client)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![id, action, status.map(Status::as_str), now_rfc3339(), client, previous_client],
     )?;
     Ok(())
+}
+
+/// The consultation `id` if it exists and, when `owner` is given, belongs to that client.
+fn fetch_owned(
+    conn: &rusqlite::Connection,
+    id: i64,
+    owner: Option<&str>,
+) -> rusqlite::Result<Option<Consultation>> {
+    conn.query_row(
+        &format!(
+            "SELECT {COLUMNS} FROM consultations WHERE id = ?1 AND (?2 IS NULL OR client = ?2)"
+        ),
+        params![id, owner],
+        from_row,
+    )
+    .optional()
 }
 
 fn fetch(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<Consultation> {
@@ -172,29 +212,28 @@ impl ConsultationStore {
                     params![new.client, new.topic, new.scheduled_at, new.status.as_str(), at],
                 )?;
                 let id = tx.last_insert_rowid();
-                record(tx, id, "created", Some(new.status))?;
+                record(tx, id, "created", Some(new.status), &new.client, None)?;
                 Ok(fetch(tx, id)?)
             })
             .await
     }
 
-    pub async fn get(&self, id: i64) -> Result<Option<Consultation>, StoreError> {
+    /// The consultation `id`; with `owner`, only if it belongs to that client.
+    pub async fn get(
+        &self,
+        id: i64,
+        owner: Option<String>,
+    ) -> Result<Option<Consultation>, StoreError> {
         self.db
-            .call(move |conn| {
-                Ok(conn
-                    .query_row(
-                        &format!("SELECT {COLUMNS} FROM consultations WHERE id = ?1"),
-                        [id],
-                        from_row,
-                    )
-                    .optional()?)
-            })
+            .call(move |conn| Ok(fetch_owned(conn, id, owner.as_deref())?))
             .await
     }
 
+    /// A page of consultations, optionally of one `status` and of one `client` only.
     pub async fn list(
         &self,
         status: Option<Status>,
+        client: Option<String>,
         page: PageRequest,
     ) -> Result<Page, StoreError> {
         let PageRequest { limit, offset } = page;
@@ -202,16 +241,18 @@ impl ConsultationStore {
             .call(move |conn| {
                 let status = status.map(Status::as_str);
                 let total: i64 = conn.query_row(
-                    "SELECT count(*) FROM consultations WHERE ?1 IS NULL OR status = ?1",
-                    [status],
+                    "SELECT count(*) FROM consultations
+                     WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR client = ?2)",
+                    params![status, client],
                     |r| r.get(0),
                 )?;
                 let mut stmt = conn.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM consultations WHERE ?1 IS NULL OR status = ?1
+                    "SELECT {COLUMNS} FROM consultations
+                     WHERE (?1 IS NULL OR status = ?1) AND (?4 IS NULL OR client = ?4)
                      ORDER BY id LIMIT ?2 OFFSET ?3"
                 ))?;
                 let items = stmt
-                    .query_map(params![status, limit, offset], from_row)?
+                    .query_map(params![status, limit, offset, client], from_row)?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Page {
                     items,
@@ -223,13 +264,18 @@ impl ConsultationStore {
             .await
     }
 
+    /// Applies `changes`; with `owner`, only to a consultation of that client.
     pub async fn update(
         &self,
         id: i64,
         changes: Changes,
+        owner: Option<String>,
     ) -> Result<Option<Consultation>, StoreError> {
         self.db
             .write(move |tx| {
+                let Some(before) = fetch_owned(tx, id, owner.as_deref())? else {
+                    return Ok(None);
+                };
                 let changed = tx.execute(
                     "UPDATE consultations SET
                         client = coalesce(?2, client),
@@ -251,20 +297,30 @@ impl ConsultationStore {
                     return Ok(None);
                 }
                 let consultation = fetch(tx, id)?;
-                record(tx, id, "updated", Some(consultation.status))?;
+                let previous = (before.client != consultation.client).then_some(before.client);
+                record(
+                    tx,
+                    id,
+                    "updated",
+                    Some(consultation.status),
+                    &consultation.client,
+                    previous.as_deref(),
+                )?;
                 Ok(Some(consultation))
             })
             .await
     }
 
-    pub async fn delete(&self, id: i64) -> Result<bool, StoreError> {
+    /// Deletes `id`; with `owner`, only a consultation of that client.
+    pub async fn delete(&self, id: i64, owner: Option<String>) -> Result<bool, StoreError> {
         self.db
             .write(move |tx| {
-                let deleted = tx.execute("DELETE FROM consultations WHERE id = ?1", [id])? > 0;
-                if deleted {
-                    record(tx, id, "deleted", None)?;
-                }
-                Ok(deleted)
+                let Some(before) = fetch_owned(tx, id, owner.as_deref())? else {
+                    return Ok(false);
+                };
+                tx.execute("DELETE FROM consultations WHERE id = ?1", [id])?;
+                record(tx, id, "deleted", None, &before.client, None)?;
+                Ok(true)
             })
             .await
     }
@@ -308,7 +364,8 @@ impl ConsultationStore {
         self.db
             .call(move |conn| {
                 let mut stmt = conn.prepare_cached(
-                    "SELECT seq, consultation_id, action, status, at FROM consultation_events
+                    "SELECT seq, consultation_id, action, status, at, client, previous_client
+                     FROM consultation_events
                      WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 )?;
                 let events = stmt
@@ -319,6 +376,8 @@ impl ConsultationStore {
                             action: r.get(2)?,
                             status: r.get(3)?,
                             at: r.get(4)?,
+                            client: r.get(5)?,
+                            previous_client: r.get(6)?,
                         })
                     })?
                     .collect::<Result<Vec<_>, _>>()?;

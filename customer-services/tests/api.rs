@@ -11,8 +11,9 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, StatusCode};
 use rustls_pki_types::ServerName;
+use service_kit::auth::Role;
 use service_kit::client::{self, Connection, Target};
-use service_kit::testkit::{ServerProcess, TestPki};
+use service_kit::testkit::{ServerProcess, TestAuth, TestPki};
 use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_customer-services");
@@ -20,13 +21,25 @@ const BIN: &str = env!("CARGO_BIN_EXE_customer-services");
 struct Fixture {
     dir: tempfile::TempDir,
     pki: TestPki,
+    auth: TestAuth,
 }
+
+const AUD: &str = "customer-services";
 
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::new(dir.path(), &["localhost", "127.0.0.1"]);
-        Fixture { dir, pki }
+        let auth = TestAuth::new(dir.path());
+        Fixture { dir, pki, auth }
+    }
+
+    fn staff(&self, role: Role) -> String {
+        self.auth.staff(role, AUD)
+    }
+
+    fn customer(&self, client: &str) -> String {
+        self.auth.customer(client, AUD)
     }
 
     fn start(&self, instance: &str, extra: &[&str]) -> ServerProcess {
@@ -47,31 +60,73 @@ impl Fixture {
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .args(["--notify-poll", "50ms"])
+            .args(self.auth.args())
             .args(extra);
         ServerProcess::start(cmd)
     }
 
+    /// A connection carrying a staff operator token.
     async fn connect(&self, server: &ServerProcess) -> Result<Connection, client::ClientError> {
-        let url = format!("https://localhost:{}", server.addr.port());
-        client::connect(&Target::from_url(&url, Some(self.pki.client())).await?).await
+        self.connect_as(server, &self.staff(Role::Operator)).await
     }
 
-    /// A WebSocket over TLS (HTTP/1.1 upgrade) to `path`.
-    async fn websocket(
+    /// A connection carrying `token` (empty: none).
+    async fn connect_as(
+        &self,
+        server: &ServerProcess,
+        token: &str,
+    ) -> Result<Connection, client::ClientError> {
+        let url = format!("https://localhost:{}", server.addr.port());
+        let conn = client::connect(&Target::from_url(&url, Some(self.pki.client())).await?).await?;
+        Ok(if token.is_empty() {
+            conn
+        } else {
+            conn.with_default_header("authorization", &TestAuth::bearer(token))
+        })
+    }
+
+    /// A WebSocket over TLS (HTTP/1.1 upgrade) to `path`, with a staff token in the header.
+    async fn websocket(&self, server: &ServerProcess, path: &str) -> Ws {
+        let request = self.ws_request(server, path, Some(&self.staff(Role::Viewer)));
+        self.websocket_with(server, request).await.unwrap()
+    }
+
+    fn ws_request(
         &self,
         server: &ServerProcess,
         path: &str,
-    ) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>
-    {
+        token: Option<&str>,
+    ) -> http::Request<()> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("wss://localhost:{}{path}", server.addr.port());
+        let mut request = url.into_client_request().unwrap();
+        if let Some(token) = token {
+            request
+                .headers_mut()
+                .insert("authorization", TestAuth::bearer(token).parse().unwrap());
+        }
+        request
+    }
+
+    /// The upgrade's outcome: the socket, or the HTTP status it was refused with.
+    async fn websocket_with(
+        &self,
+        server: &ServerProcess,
+        request: http::Request<()>,
+    ) -> Result<Ws, StatusCode> {
         let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         let tls = tokio_rustls::TlsConnector::from(self.pki.client_with(&[b"http/1.1"], false))
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .unwrap();
-        let url = format!("wss://localhost:{}{path}", server.addr.port());
-        let (ws, response) = tokio_tungstenite::client_async(url, tls).await.unwrap();
-        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-        ws
+        match tokio_tungstenite::client_async(request, tls).await {
+            Ok((ws, response)) => {
+                assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+                Ok(ws)
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status()),
+            Err(e) => panic!("websocket: {e}"),
+        }
     }
 }
 
@@ -343,6 +398,7 @@ async fn h2_and_plain_http_mode() {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
         .args(["--plain-http", "--host", "127.0.0.1", "--port", "0"])
+        .args(fx.auth.args())
         .arg("--data-dir")
         .arg(fx.dir.path().join("plain"));
     let plain = ServerProcess::start(cmd);
@@ -356,4 +412,306 @@ async fn h2_and_plain_http_mode() {
     assert_eq!(resp.status, StatusCode::OK);
     // Instance id defaults to the hostname.
     assert!(!resp.header("x-served-by").unwrap_or_default().is_empty());
+}
+
+async fn send(conn: &mut Connection, method: Method, path: &str, body: &str) -> client::Response {
+    conn.request(
+        method,
+        path,
+        &[("content-type", "application/json")],
+        Bytes::from(body.to_string()),
+    )
+    .await
+    .unwrap()
+}
+
+fn assert_error(resp: &client::Response, status: u16, code: &str) {
+    assert_eq!(resp.status.as_u16(), status, "{}", resp.text());
+    let body = resp.json().unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert_eq!(
+        body["error"]["request_id"],
+        resp.header("x-request-id").unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_see_and_change_only_their_own_consultations() {
+    let fx = Fixture::new();
+    let server = fx.start("customer-1", &[]);
+    let mut staff = fx.connect(&server).await.unwrap();
+    let mut viewer = fx
+        .connect_as(&server, &fx.staff(Role::Viewer))
+        .await
+        .unwrap();
+    let mut acme = fx.connect_as(&server, &fx.customer("Acme")).await.unwrap();
+    let mut zed = fx.connect_as(&server, &fx.customer("Zed")).await.unwrap();
+    let mut nobody = fx.connect_as(&server, "").await.unwrap();
+
+    let resp = nobody.get("/api/v1/consultations").await.unwrap();
+    assert_error(&resp, 401, "unauthorized");
+    assert_eq!(
+        resp.header("www-authenticate"),
+        Some("Bearer realm=\"customer-services\"")
+    );
+    assert_eq!(
+        nobody.get("/api/v1/health").await.unwrap().status,
+        StatusCode::OK
+    );
+    let wrong_aud = fx
+        .connect_as(&server, &fx.auth.staff(Role::Admin, "admin-server"))
+        .await
+        .unwrap()
+        .get("/api/v1/consultations")
+        .await
+        .unwrap();
+    assert_error(&wrong_aud, 401, "unauthorized");
+
+    let body = |client: &str| {
+        format!(r#"{{"client":"{client}","topic":"T","scheduled_at":"2099-01-01T00:00:00Z"}}"#)
+    };
+    let own = send(
+        &mut acme,
+        Method::POST,
+        "/api/v1/consultations",
+        &body("Acme"),
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::CREATED, "{}", own.text());
+    let acme_id = own.json().unwrap()["id"].as_i64().unwrap();
+    let theirs = send(
+        &mut staff,
+        Method::POST,
+        "/api/v1/consultations",
+        &body("Zed"),
+    )
+    .await;
+    assert_eq!(theirs.status, StatusCode::CREATED);
+    let zed_id = theirs.json().unwrap()["id"].as_i64().unwrap();
+    // A customer cannot create for another client; a viewer cannot write at all.
+    let forged = send(
+        &mut acme,
+        Method::POST,
+        "/api/v1/consultations",
+        &body("Zed"),
+    )
+    .await;
+    assert_error(&forged, 403, "forbidden");
+    assert!(forged
+        .header("www-authenticate")
+        .unwrap()
+        .contains("insufficient_scope"));
+    let resp = send(
+        &mut viewer,
+        Method::POST,
+        "/api/v1/consultations",
+        &body("Zed"),
+    )
+    .await;
+    assert_error(&resp, 403, "forbidden");
+
+    // Lists: customers see their own, staff everything.
+    let page = acme
+        .get("/api/v1/consultations")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(page["total"], 1);
+    assert_eq!(page["items"][0]["id"], acme_id);
+    let page = zed
+        .get("/api/v1/consultations")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(page["total"], 1);
+    assert_eq!(page["items"][0]["client"], "Zed");
+    let page = viewer
+        .get("/api/v1/consultations")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(page["total"], 2);
+
+    // Another client's consultation does not exist for a customer (404), for every verb.
+    let zed_path = format!("/api/v1/consultations/{zed_id}");
+    assert_error(&acme.get(&zed_path).await.unwrap(), 404, "not_found");
+    let resp = send(&mut acme, Method::PATCH, &zed_path, r#"{"topic":"mine"}"#).await;
+    assert_error(&resp, 404, "not_found");
+    let resp = send(&mut acme, Method::DELETE, &zed_path, "").await;
+    assert_error(&resp, 404, "not_found");
+    assert_eq!(zed.get(&zed_path).await.unwrap().status, StatusCode::OK);
+    assert_eq!(viewer.get(&zed_path).await.unwrap().status, StatusCode::OK);
+
+    // Its own: read, update (not handing it to another client), delete.
+    let acme_path = format!("/api/v1/consultations/{acme_id}");
+    assert_eq!(acme.get(&acme_path).await.unwrap().status, StatusCode::OK);
+    let resp = send(&mut acme, Method::PATCH, &acme_path, r#"{"client":"Zed"}"#).await;
+    assert_error(&resp, 403, "forbidden");
+    let resp = send(
+        &mut acme,
+        Method::PATCH,
+        &acme_path,
+        r#"{"status":"cancelled"}"#,
+    )
+    .await;
+    assert_eq!(resp.json().unwrap()["status"], "cancelled");
+
+    // Reports aggregate every client: staff only.
+    let resp = send(
+        &mut acme,
+        Method::POST,
+        "/api/v1/reports",
+        r#"{"duration_ms":1}"#,
+    )
+    .await;
+    assert_error(&resp, 403, "forbidden");
+    let resp = send(
+        &mut viewer,
+        Method::POST,
+        "/api/v1/reports",
+        r#"{"duration_ms":1}"#,
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK);
+
+    // Deletes: customers their own, viewers and support nothing, operators anything.
+    let mut support = fx
+        .connect_as(&server, &fx.staff(Role::Support))
+        .await
+        .unwrap();
+    assert_error(
+        &send(&mut support, Method::DELETE, &zed_path, "").await,
+        403,
+        "forbidden",
+    );
+    assert_error(
+        &send(&mut viewer, Method::DELETE, &zed_path, "").await,
+        403,
+        "forbidden",
+    );
+    let resp = send(
+        &mut support,
+        Method::PATCH,
+        &zed_path,
+        r#"{"topic":"Help"}"#,
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let resp = send(&mut acme, Method::DELETE, &acme_path, "").await;
+    assert_eq!(resp.status, StatusCode::NO_CONTENT);
+    let resp = send(&mut staff, Method::DELETE, &zed_path, "").await;
+    assert_eq!(resp.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_needs_a_token_and_customers_get_only_their_own_events() {
+    let fx = Fixture::new();
+    let server = fx.start("customer-1", &[]);
+    let path = "/api/v1/notifications";
+
+    let refused = fx
+        .websocket_with(&server, fx.ws_request(&server, path, None))
+        .await
+        .err();
+    assert_eq!(refused, Some(StatusCode::UNAUTHORIZED));
+    let refused = fx
+        .websocket_with(
+            &server,
+            fx.ws_request(&server, "/api/v1/notifications?access_token=x.y.z", None),
+        )
+        .await
+        .err();
+    assert_eq!(refused, Some(StatusCode::UNAUTHORIZED));
+
+    // Browsers: the token in the access_token query parameter.
+    let acme_path = format!("{path}?access_token={}", fx.customer("Acme"));
+    let mut acme = fx
+        .websocket_with(&server, fx.ws_request(&server, &acme_path, None))
+        .await
+        .unwrap();
+    // Others: Authorization: Bearer.
+    let mut zed = fx
+        .websocket_with(
+            &server,
+            fx.ws_request(&server, path, Some(&fx.customer("Zed"))),
+        )
+        .await
+        .unwrap();
+    let mut staff = fx.websocket(&server, path).await;
+    for ws in [&mut acme, &mut zed, &mut staff] {
+        assert_eq!(next_json(ws).await["type"], "hello");
+    }
+
+    let mut conn = fx.connect(&server).await.unwrap();
+    let mut ids = Vec::new();
+    for client in ["Zed", "Acme", "Zed"] {
+        let body =
+            format!(r#"{{"client":"{client}","topic":"T","scheduled_at":"2099-01-01T00:00:00Z"}}"#);
+        let resp = post_json(&mut conn, "/api/v1/consultations", &body).await;
+        ids.push(resp.json().unwrap()["id"].as_i64().unwrap());
+    }
+    // Staff see all three, in order.
+    for id in &ids {
+        assert_eq!(next_json(&mut staff).await["consultation_id"], *id);
+    }
+    // Acme sees only its own; the Zed events never arrive before it.
+    assert_eq!(next_json(&mut acme).await["consultation_id"], ids[1]);
+    assert_eq!(next_json(&mut zed).await["consultation_id"], ids[0]);
+    assert_eq!(next_json(&mut zed).await["consultation_id"], ids[2]);
+
+    // Moving a consultation from Acme to Zed: both hear about it; then only Zed.
+    let moved = conn
+        .request(
+            Method::PATCH,
+            &format!("/api/v1/consultations/{}", ids[1]),
+            &[("content-type", "application/json")],
+            Bytes::from_static(br#"{"client":"Zed"}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved.status, StatusCode::OK);
+    assert_eq!(next_json(&mut acme).await["consultation_id"], ids[1]);
+    assert_eq!(next_json(&mut zed).await["consultation_id"], ids[1]);
+    let deleted = conn
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/consultations/{}", ids[0]),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let event = next_json(&mut zed).await;
+    assert_eq!(event["type"], "consultation.deleted");
+    assert_eq!(event["consultation_id"], ids[0]);
+    // Acme got nothing more: a ping is answered before any other message.
+    acme.send(Message::Text("ping".into())).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), acme.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        Message::Text("pong".into())
+    );
+}
+
+#[test]
+fn starting_without_keys_is_one_line_and_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .env_clear()
+        .args(["--plain-http", "--host", "127.0.0.1", "--port", "0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--auth-jwks"), "{stderr}");
 }

@@ -16,7 +16,7 @@ use crate::health::Lifecycle;
 use crate::http::{instrument, HttpContext};
 use crate::metrics::Metrics;
 use crate::server::{self, Drained};
-use crate::settings::{ServerArgs, EXIT_CONFIG};
+use crate::settings::{AuthSetting, ServerArgs, EXIT_CONFIG};
 
 /// Names the service in logs, metrics and `/health`.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +49,9 @@ pub struct AppContext {
     pub data_dir: std::path::PathBuf,
     pub lifecycle: Lifecycle,
     pub metrics: Arc<Metrics>,
+    /// How the API routes authenticate (`--auth-jwks` or `--no-auth`); a service loads it
+    /// with `service_kit::auth::Auth::start` (feature `auth`).
+    pub auth: AuthSetting,
 }
 
 /// Runs a service to completion.
@@ -67,6 +70,12 @@ where
         .resolve(port)
         .map_err(|e| BootError::Config(e.to_string()))?;
     crate::telemetry::init();
+    if settings.auth == AuthSetting::Disabled {
+        tracing::warn!(
+            service = info.name,
+            "authentication is DISABLED (--no-auth): every API request is served as an admin without a token; never run this way in production"
+        );
+    }
     let metrics = Arc::new(
         Metrics::new(info.name, info.version)
             .map_err(|e| BootError::Runtime(format!("metrics registry: {e}")))?,
@@ -78,6 +87,7 @@ where
         data_dir: settings.data_dir.clone(),
         lifecycle: lifecycle.clone(),
         metrics: metrics.clone(),
+        auth: settings.auth.clone(),
     })
     .await?;
     let app = instrument(

@@ -78,6 +78,8 @@ pub struct Connection {
     pub alpn: Option<Vec<u8>>,
     /// Negotiated TLS version, if TLS.
     pub tls_version: Option<rustls::ProtocolVersion>,
+    /// Sent with every request unless the request names the same header itself.
+    default_headers: Vec<(String, String)>,
 }
 
 /// Where to connect: an address, the authority for Host, and TLS when it is HTTPS.
@@ -159,6 +161,7 @@ pub async fn connect(target: &Target) -> Result<Connection, ClientError> {
                 authority: target.authority.clone(),
                 alpn: None,
                 tls_version: None,
+                default_headers: Vec::new(),
             })
         }
         Some((config, name)) => {
@@ -189,6 +192,7 @@ pub async fn connect(target: &Target) -> Result<Connection, ClientError> {
                 authority: target.authority.clone(),
                 alpn,
                 tls_version,
+                default_headers: Vec::new(),
             })
         }
     }
@@ -218,6 +222,21 @@ impl Connection {
         matches!(self.sender, Sender::H2(_))
     }
 
+    /// Sends `name: value` with every later request (e.g. `authorization`), unless a request
+    /// names that header itself.
+    pub fn set_default_header(&mut self, name: &str, value: &str) {
+        self.default_headers
+            .retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.default_headers
+            .push((name.to_string(), value.to_string()));
+    }
+
+    /// The same connection with `name: value` on every request (see [`Self::set_default_header`]).
+    pub fn with_default_header(mut self, name: &str, value: &str) -> Self {
+        self.set_default_header(name, value);
+        self
+    }
+
     /// Sends one request and reads the whole response body.
     pub async fn request(
         &mut self,
@@ -240,6 +259,11 @@ impl Connection {
                 self.scheme, self.authority, path_and_query
             )),
         };
+        for (name, value) in &self.default_headers {
+            if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                builder = builder.header(name.as_str(), value.as_str());
+            }
+        }
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }

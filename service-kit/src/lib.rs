@@ -6,6 +6,8 @@
 //! any particular service's routes or store.
 
 pub mod assets;
+#[cfg(feature = "auth")]
+pub mod auth;
 pub mod boot;
 pub mod client;
 pub mod error;

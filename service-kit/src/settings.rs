@@ -52,6 +52,24 @@ pub struct ServerArgs {
     /// After the listener closes, how long in-flight requests may take to finish.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// JWKS file (Ed25519 public keys with `kid`) that verifies bearer tokens on `/api/v1/...`.
+    /// Re-read when it changes. Required unless `--no-auth`.
+    #[arg(long, env = "AUTH_JWKS")]
+    pub auth_jwks: Option<PathBuf>,
+
+    /// Serve `/api/v1/...` without any token check (local experiments only; warned at start).
+    #[arg(long, env = "NO_AUTH")]
+    pub no_auth: bool,
+}
+
+/// How requests to the API routes are authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthSetting {
+    /// Bearer tokens verified against the public keys in this JWKS file.
+    Jwks(PathBuf),
+    /// `--no-auth`: every request is treated as an admin (never in production).
+    Disabled,
 }
 
 /// Settings checked against the machine: ready to bind and serve.
@@ -61,6 +79,7 @@ pub struct ResolvedServer {
     pub data_dir: PathBuf,
     pub instance_id: String,
     pub serve: ServeOptions,
+    pub auth: AuthSetting,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +97,10 @@ pub enum SettingsError {
     },
     #[error("invalid --instance-id {0:?}: use letters, digits, '-', '_' or '.'")]
     InstanceId(String),
+    #[error("no token keys: pass --auth-jwks PATH (env AUTH_JWKS), or --no-auth (env NO_AUTH=true) to serve the API without authentication")]
+    NoAuthKeys,
+    #[error("--auth-jwks and --no-auth contradict each other: pass one of them")]
+    AuthConflict,
 }
 
 impl ServerArgs {
@@ -116,6 +139,12 @@ impl ServerArgs {
         if !valid_id {
             return Err(SettingsError::InstanceId(instance_id));
         }
+        let auth = match (&self.auth_jwks, self.no_auth) {
+            (Some(_), true) => return Err(SettingsError::AuthConflict),
+            (Some(path), false) => AuthSetting::Jwks(path.clone()),
+            (None, true) => AuthSetting::Disabled,
+            (None, false) => return Err(SettingsError::NoAuthKeys),
+        };
         Ok(ResolvedServer {
             addr: SocketAddr::new(ip, port),
             tls,
@@ -126,6 +155,7 @@ impl ServerArgs {
                 shutdown_timeout: self.shutdown_timeout,
                 ..ServeOptions::default()
             },
+            auth,
         })
     }
 }

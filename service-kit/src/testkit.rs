@@ -85,6 +85,54 @@ impl TestPki {
     }
 }
 
+/// A token key for tests: its JWKS written under `dir` (pass [`TestAuth::jwks`] as
+/// `--auth-jwks`) and helpers to mint tokens.
+pub struct TestAuth {
+    pub key: crate::auth::SigningKey,
+    pub jwks: PathBuf,
+}
+
+impl TestAuth {
+    pub fn new(dir: &Path) -> TestAuth {
+        let key = crate::auth::SigningKey::generate().expect("token key");
+        let jwks = dir.join("jwks.json");
+        crate::auth::write_jwks(&jwks, &[&key]).expect("write JWKS");
+        TestAuth { key, jwks }
+    }
+
+    /// `--auth-jwks <path>` as arguments.
+    pub fn args(&self) -> [String; 2] {
+        ["--auth-jwks".to_string(), self.jwks.display().to_string()]
+    }
+
+    /// A staff token with `role` for `audience`, valid for an hour.
+    pub fn staff(&self, role: crate::auth::Role, audience: &str) -> String {
+        let claims = crate::auth::Claims::staff(
+            format!("test-{role}"),
+            role,
+            &[audience],
+            Duration::from_secs(3600),
+        );
+        crate::auth::sign(&claims, &self.key).expect("sign")
+    }
+
+    /// A customer token for `client` and `audience`, valid for an hour.
+    pub fn customer(&self, client: &str, audience: &str) -> String {
+        let claims = crate::auth::Claims::customer(
+            format!("test-{client}"),
+            client,
+            &[audience],
+            Duration::from_secs(3600),
+        );
+        crate::auth::sign(&claims, &self.key).expect("sign")
+    }
+
+    /// `Bearer <token>`.
+    pub fn bearer(token: &str) -> String {
+        format!("Bearer {token}")
+    }
+}
+
 /// A server process under test; killed on drop.
 pub struct ServerProcess {
     child: Child,
