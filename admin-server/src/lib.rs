@@ -1,8 +1,8 @@
 //! The admin API: users and stats over a SQLite store shared by all replicas.
 //!
 //! Routes are built by [`build`]; the shared boot sequence (service-kit) adds request ids,
-//! metrics, logs and the JSON 404 fallback around them. Every `/api/v1/admin/...` route except
-//! the health alias needs a staff bearer token (`service_kit::auth`):
+//! metrics, logs and the JSON 404 fallback around them. Every `/api/v1/admin/...` route (the
+//! health alias too) needs a staff bearer token (`service_kit::auth`):
 //!
 //! | action | needs |
 //! |---|---|
@@ -64,7 +64,9 @@ pub async fn build(ctx: AppContext) -> Result<Router, BootError> {
         instance_id: ctx.instance_id.clone(),
         started: std::time::Instant::now(),
     });
-    Ok(auth.protect(routes(state)).merge(standard))
+    Ok(auth
+        .protect(routes(state).merge(standard.api))
+        .merge(standard.internal))
 }
 
 /// The admin API routes (without the auth layer: [`build`] adds it).

@@ -158,7 +158,7 @@ async fn tls_policy_versions_alpn_and_identity_headers() {
         .await
         .unwrap();
     for _ in 0..3 {
-        let resp = h1.get("/api/v1/admin/health").await.unwrap();
+        let resp = h1.get("/health").await.unwrap();
         assert_eq!(resp.version, http::Version::HTTP_11);
         assert_eq!(resp.status, StatusCode::OK);
     }
@@ -672,11 +672,12 @@ async fn api_needs_a_valid_token_and_health_does_not() {
     let server = fx.start("admin-1");
 
     let mut anonymous = fx.connect_as(&server, "").await;
-    for path in ["/health", "/ready", "/metrics", "/api/v1/admin/health"] {
+    for path in ["/health", "/ready", "/metrics"] {
         let resp = anonymous.get(path).await.unwrap();
         assert_eq!(resp.status, StatusCode::OK, "{path}");
     }
     for (method, path) in [
+        (Method::GET, "/api/v1/admin/health"),
         (Method::GET, "/api/v1/admin/users"),
         (Method::GET, "/api/v1/admin/users/1"),
         (Method::GET, "/api/v1/admin/stats"),

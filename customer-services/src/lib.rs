@@ -1,7 +1,7 @@
 //! The customer API: consultations CRUD, slow report generation and a WebSocket of
 //! consultation changes, over a SQLite store shared by all replicas.
 //!
-//! Every `/api/v1/...` route except the health alias needs a bearer token
+//! Every `/api/v1/...` route (the health alias too) needs a bearer token
 //! (`service_kit::auth`): customer tokens (claim `client`) see and change only their own
 //! consultations and events, staff tokens (claim `role`) see everything; the rules are in
 //! `consultations`, `reports` and `notifications`.
@@ -80,7 +80,9 @@ pub async fn build(ctx: AppContext, options: Options) -> Result<Router, BootErro
         notifier,
         report_duration: options.report_duration,
     });
-    Ok(auth.protect(routes(state)).merge(standard))
+    Ok(auth
+        .protect(routes(state).merge(standard.api))
+        .merge(standard.internal))
 }
 
 /// The customer API routes (without the auth layer: [`build`] adds it).

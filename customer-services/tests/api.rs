@@ -456,7 +456,8 @@ async fn customers_see_and_change_only_their_own_consultations() {
     );
     assert_eq!(
         nobody.get("/api/v1/health").await.unwrap().status,
-        StatusCode::OK
+        StatusCode::UNAUTHORIZED,
+        "the API's health alias is API too"
     );
     let wrong_aud = fx
         .connect_as(&server, &fx.auth.staff(Role::Admin, "admin-server"))

@@ -120,17 +120,31 @@ pub struct Endpoints {
 
 /// `/health`, `/ready` and `/metrics`, plus `/health` again at each of `health_aliases`
 /// (e.g. `/api/v1/admin/health`, reachable through the gateway's admin route).
-pub fn standard_routes(endpoints: Endpoints, health_aliases: &[&str]) -> axum::Router {
+pub fn standard_routes(endpoints: Endpoints, health_aliases: &[&str]) -> StandardRoutes {
     use axum::routing::get;
     let endpoints = Arc::new(endpoints);
-    let mut router = axum::Router::new()
+    let internal = axum::Router::new()
         .route("/health", get(liveness))
         .route("/ready", get(readiness))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .with_state(endpoints.clone())
+        .merge(crate::assets::routes());
+    let mut api = axum::Router::new();
     for alias in health_aliases {
-        router = router.route(alias, get(liveness));
+        api = api.route(alias, get(liveness));
     }
-    router.with_state(endpoints).merge(crate::assets::routes())
+    StandardRoutes {
+        internal,
+        api: api.with_state(endpoints),
+    }
+}
+
+/// The standard routes in two parts: what probes and scrapes use directly (no credential;
+/// the gateway keeps them off public routes), and the API's own liveness alias, which goes
+/// behind the API's authentication like every other `/api/v1/...` route.
+pub struct StandardRoutes {
+    pub internal: axum::Router,
+    pub api: axum::Router,
 }
 
 async fn liveness(
