@@ -178,6 +178,7 @@ mod tests {
             secrets: Secrets {
                 ha: "h".repeat(32),
                 sticky: "s".repeat(32),
+                jwks: r#"{"keys":[]}"#.into(),
             },
             state_dir: "/state".into(),
             version: "0.1.0".into(),

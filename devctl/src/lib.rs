@@ -18,6 +18,7 @@ pub mod plan;
 pub mod state;
 pub mod status;
 pub mod summary;
+pub mod tokens;
 pub mod topology;
 pub mod trust;
 pub mod ui;

@@ -14,6 +14,7 @@ use devctl::engine::Engine;
 use devctl::ops::Session;
 use devctl::plan::RuntimeKind;
 use devctl::state::Reissue;
+use devctl::tokens::Subject;
 use devctl::ui::Ui;
 
 const EXAMPLES: &str = "\
@@ -22,6 +23,7 @@ Examples:
   devctl status                     # table of instances and the VIP holder (--json for scripts)
   devctl scale admin 6              # add admin-6, reload both gateways, Prometheus follows
   devctl kill gateway-1             # the VIP moves to gateway-2; `devctl start gateway-1`
+  devctl token --role viewer        # a bearer token for the APIs (--client NAME: a customer)
   devctl logs admin-1 customer-1 -f --tail 20
   devctl render --topology topology/production.toml --out /tmp/prod
   devctl up --runtime process       # the same plan as local processes on 127.0.x.y
@@ -138,6 +140,19 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print a bearer token for the running stack's APIs (staff role, or a customer).
+    #[command(after_help = "Examples:\n  curl -H \"Authorization: Bearer $(devctl token --role viewer)\" ...\n  devctl token --client acme --ttl 15m")]
+    Token {
+        /// admin, operator, support or viewer (default admin).
+        #[arg(long, conflicts_with = "client", value_parser = parse_role)]
+        role: Option<service_kit::auth::Role>,
+        /// A customer token for this client (it sees only its own consultations).
+        #[arg(long)]
+        client: Option<String>,
+        /// How long the token is valid (at most 30 days).
+        #[arg(long, default_value = "1h", value_parser = service_kit::settings::parse_duration)]
+        ttl: Duration,
+    },
     /// Runs one process of the process runtime and restarts it when it fails (internal).
     #[command(hide = true)]
     Supervise {
@@ -216,6 +231,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compose { out } => return compose(&ctx, out.as_deref()),
         Command::Render { out } => return render(&ctx, &out, cli.runtime),
         Command::Certs { trust } => return certs(&ctx, trust, kind),
+        Command::Token { role, client, ttl } => {
+            let subject = match client {
+                Some(client) => Subject::Customer(client),
+                None => Subject::Staff(role.unwrap_or(service_kit::auth::Role::Admin)),
+            };
+            println!("{}", devctl::tokens::issue(&ctx.state, &subject, ttl)?);
+            return Ok(());
+        }
         Command::Supervise { .. } => return Ok(()),
         _ => {}
     }
@@ -300,9 +323,14 @@ async fn execute<E: Engine>(s: Session<E>, command: Command) -> anyhow::Result<(
         Command::Compose { .. }
         | Command::Render { .. }
         | Command::Certs { .. }
+        | Command::Token { .. }
         | Command::Supervise { .. } => {}
     }
     Ok(())
+}
+
+fn parse_role(raw: &str) -> Result<service_kit::auth::Role, String> {
+    raw.parse().map_err(|e: service_kit::auth::AuthError| e.to_string())
 }
 
 fn compose(ctx: &Context, out: Option<&Path>) -> anyhow::Result<()> {

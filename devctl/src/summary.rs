@@ -43,7 +43,7 @@ pub fn text(status: &Status, plan: &Plan) -> String {
     }
     out.push_str(&line("CA", &status.ca));
     out.push_str(&format!(
-        "\n  curl --cacert {} {}/api/v1/admin/stats\n  trust the CA system-wide: devctl certs --trust\n",
+        "\n  every /api/v1 call needs a token: devctl token --role admin|operator|support|viewer, or --client NAME\n  curl --cacert {} -H \"Authorization: Bearer $(devctl token --role viewer)\" {}/api/v1/admin/stats\n  trust the CA system-wide: devctl certs --trust\n",
         status.ca,
         status
             .endpoints

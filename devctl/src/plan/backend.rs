@@ -57,12 +57,17 @@ pub(crate) fn build<'t>(
                 ("CLIENT_CA".into(), join(&dir, "tls/ca.crt")),
                 ("DATA_DIR".into(), b.data_dir(&pool.name, "/data")),
                 ("INSTANCE_ID".into(), name.clone()),
+                ("AUTH_JWKS".into(), join(&dir, "auth/jwks.json")),
             ];
             i.config_dir = dir;
             i.files = vec![
                 PlannedFile::fixed("tls/ca.crt", FileSource::CaCert),
                 PlannedFile::fixed("tls/server.crt", FileSource::Cert(name.clone())),
                 PlannedFile::fixed("tls/server.key", FileSource::Key(name.clone())),
+                PlannedFile::fixed(
+                    "auth/jwks.json",
+                    FileSource::Text(b.options.secrets.jwks.clone()),
+                ),
             ];
             i.healthcheck = Some(vec!["healthcheck".into()]);
             i.volume = b

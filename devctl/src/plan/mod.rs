@@ -63,6 +63,8 @@ impl RuntimeKind {
 pub struct Secrets {
     pub ha: String,
     pub sticky: String,
+    /// The public keys (JWKS) that verify the deployment's bearer tokens.
+    pub jwks: String,
 }
 
 #[derive(Debug, Clone)]

@@ -10,6 +10,7 @@ fn options(runtime: RuntimeKind) -> PlanOptions {
         secrets: Secrets {
             ha: "test-ha-secret-of-32-bytes-xxxxxx".into(),
             sticky: "test-sticky-secret-of-32-bytes-xx".into(),
+            jwks: r#"{"keys":[]}"#.into(),
         },
         state_dir: PathBuf::from("/state"),
         version: "0.1.0".into(),

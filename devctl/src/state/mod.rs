@@ -30,6 +30,8 @@ pub enum StateError {
     Pki(#[from] service_kit::pki::PkiError),
     #[error("cannot generate random bytes")]
     Random,
+    #[error("token signing key: {0}")]
+    Auth(#[from] service_kit::auth::AuthError),
 }
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -129,6 +131,28 @@ impl StateDir {
     pub fn scale_path(&self) -> PathBuf {
         self.root.join("scale.json")
     }
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.root.join("auth").join("signing.key")
+    }
+
+    /// The deployment's token signing key (Ed25519, PKCS#8): made once, then reused. Only
+    /// its public half (the JWKS) goes to the services.
+    pub fn signing_key(&self) -> Result<service_kit::auth::SigningKey, StateError> {
+        use service_kit::auth::SigningKey;
+        let path = self.signing_key_path();
+        match std::fs::read_to_string(&path) {
+            Ok(pem) => Ok(SigningKey::from_pem(&pem).map_err(|e| StateError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = SigningKey::generate()?;
+                write_atomic(&path, key.to_pem().as_bytes(), true)?;
+                Ok(key)
+            }
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
 
     /// The gateways' shared secrets: made once, then reused.
     pub fn secrets(&self) -> Result<Secrets, StateError> {
@@ -143,6 +167,7 @@ impl StateDir {
                 Ok(Secrets {
                     ha: s.ha,
                     sticky: s.sticky,
+                    jwks: self.jwks()?,
                 })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -154,10 +179,16 @@ impl StateDir {
                 Ok(Secrets {
                     ha: s.ha,
                     sticky: s.sticky,
+                    jwks: self.jwks()?,
                 })
             }
             Err(e) => Err(io(&path)(e)),
         }
+    }
+
+    /// The public keys services verify tokens with.
+    fn jwks(&self) -> Result<String, StateError> {
+        Ok(service_kit::auth::jwks_json(&[&self.signing_key()?]))
     }
 
     fn scale_file(&self) -> Result<ScaleFile, StateError> {
@@ -231,6 +262,9 @@ mod tests {
         let b = state.secrets().unwrap();
         assert_eq!(a.ha, b.ha);
         assert!(a.ha.len() >= 32 && a.sticky.len() >= 32);
+        assert_eq!(a.jwks, b.jwks, "the signing key is made once");
+        assert!(a.jwks.contains("\"OKP\"") && a.jwks.contains("Ed25519"), "{}", a.jwks);
+        assert!(!a.jwks.contains("\"d\""), "no private part in the JWKS");
         let six = BTreeMap::from([("admin".to_string(), 6)]);
         state.set_scale("dev", &six).unwrap();
         assert_eq!(state.scale("dev").unwrap()["admin"], 6);

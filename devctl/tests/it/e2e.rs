@@ -23,6 +23,7 @@ struct Env {
     runtime: &'static str,
     https: String,
     prometheus: String,
+    token: std::sync::OnceLock<String>,
 }
 
 impl Env {
@@ -63,6 +64,7 @@ impl Env {
             topology,
             state,
             runtime,
+            token: std::sync::OnceLock::new(),
         }
     }
 
@@ -97,6 +99,12 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// An admin token from `devctl token` (one per test: it lives an hour).
+    fn token(&self) -> &str {
+        self.token
+            .get_or_init(|| self.ok(&["token", "--role", "admin"]).trim().to_string())
+    }
+
     fn status(&self) -> Value {
         serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
     }
@@ -124,14 +132,28 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-/// GET through the edge: (status, X-Served-By).
+/// GET through the edge with an admin token: (status, X-Served-By).
 fn get(env: &Env, path: &str) -> Option<(u16, String)> {
-    let url = format!("{}{path}", env.https);
+    get_as(env, path, Some(env.token()))
+}
+
+/// GET through the edge with a token or none: (status, X-Served-By).
+fn get_as(env: &Env, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    use service_kit::client::{connect, Target};
     let tls = env.tls();
+    let bearer = token.map(|t| format!("Bearer {t}"));
     block_on(async move {
-        let r = service_kit::client::get(&url, Some(tls), Duration::from_secs(5))
+        let work = async {
+            let target = Target::from_url(&env.https, Some(tls)).await.ok()?;
+            let mut conn = connect(&target).await.ok()?;
+            if let Some(b) = &bearer {
+                conn = conn.with_default_header("authorization", b);
+            }
+            conn.get(path).await.ok()
+        };
+        let r = tokio::time::timeout(Duration::from_secs(5), work)
             .await
-            .ok()?;
+            .ok()??;
         Some((
             r.status.as_u16(),
             r.header("x-served-by").unwrap_or_default().to_string(),
@@ -275,6 +297,12 @@ fn flow(env: &Env, docker: bool) {
     assert!(status["ca"].as_str().unwrap().ends_with("ca.crt"));
     let holder = eventually("VIP holder", Duration::from_secs(10), || vip_holder(env));
     assert_eq!(holder, "gateway-1", "the higher priority holds the VIP");
+
+    // Without a token the APIs answer 401.
+    assert_eq!(
+        get_as(env, "/api/v1/consultations", None).map(|(c, _)| c),
+        Some(401)
+    );
 
     // HTTPS through the edge reaches both pools.
     let mut admins = std::collections::BTreeSet::new();
