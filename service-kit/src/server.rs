@@ -7,6 +7,13 @@
 //! 3. the listener is closed: new connections are refused;
 //! 4. open connections are told to finish (HTTP/1.1 closes after the current response, h2
 //!    sends GOAWAY) and in-flight requests get up to `shutdown_timeout`.
+//!
+//! Errors at the protocol's edges are JSON too: hyper's head limits sit far above
+//! [`MAX_HEAD_BYTES`], so a large head reaches our own check (JSON 431) instead of hyper's
+//! bare one, and an HTTP/1.1 connection closed while the client may still be sending (a 413
+//! answered before the body was read) lingers ([`linger`]) so the client reads the answer.
+
+pub mod linger;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,7 +30,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::error::ApiError;
 use crate::health::Lifecycle;
+use crate::request_id::RequestId;
+
+/// Bytes of request head (request target + header fields) a backend accepts; more is a JSON
+/// 431. Above the gateway's default limits, so anything the gateway forwards fits.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Header fields a backend accepts; more is a JSON 431.
+pub const MAX_HEADERS: usize = 200;
+/// hyper's own limits (HTTP/1.1 read buffer, h2 header list): well above ours, so our check
+/// answers first. Past them hyper answers itself (bare 431, or 431 + REFUSED_STREAM on h2).
+const PARSER_HEAD_BYTES: usize = 4 * MAX_HEAD_BYTES;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -164,18 +182,64 @@ async fn serve_connection<S>(
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         let app = app.clone();
-        async move { app.oneshot(req).await }
+        async move {
+            if let Some(err) = check_head(&req) {
+                let id = RequestId::from_headers(req.headers());
+                tracing::info!(%peer, request_id = %id, status = err.status.as_u16(), "request head refused");
+                return Ok(err.into_response_with_id(&id));
+            }
+            app.oneshot(req).await
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(PARSER_HEAD_BYTES)
+        .max_headers(MAX_HEADERS * 2);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(PARSER_HEAD_BYTES as u32);
+    let (io, returned) = linger::track(stream);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
+    if let Some(returned) = linger::take_back(returned) {
+        let discarded = linger::close(returned, linger::Linger::default()).await;
+        if discarded > 0 {
+            tracing::debug!(%peer, discarded, "lingered before closing");
+        }
+    }
+}
+
+/// Head limits (431), checked before the router sees the request.
+fn check_head<B>(req: &http::Request<B>) -> Option<ApiError> {
+    let headers = req.headers();
+    if headers.len() > MAX_HEADERS {
+        return Some(ApiError::new(
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("more than {MAX_HEADERS} header fields"),
+        ));
+    }
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or(req.uri().path().len(), |p| p.as_str().len());
+    let bytes = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .fold(target, usize::saturating_add);
+    (bytes > MAX_HEAD_BYTES).then(|| {
+        ApiError::new(
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("request head exceeds {MAX_HEAD_BYTES} bytes"),
+        )
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
