@@ -49,12 +49,20 @@ impl Scheme {
 /// response has been sent.
 pub struct Held<B> {
     body: B,
-    _hold: Option<BodyHold>,
+    hold: Option<BodyHold>,
 }
 
 impl<B> Held<B> {
     pub fn new(body: B, hold: Option<BodyHold>) -> Self {
-        Held { body, _hold: hold }
+        Held { body, hold }
+    }
+}
+
+impl<B> Drop for Held<B> {
+    fn drop(&mut self) {
+        if let Some(hold) = &self.hold {
+            hold.release();
+        }
     }
 }
 

@@ -43,6 +43,33 @@ impl BodyHold {
     pub fn keep(&self, body: Incoming) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(body);
     }
+
+    /// After the response was sent: reads and discards what the client still sends, within
+    /// the lingering bounds, then drops the body (RST_STREAM(NO_ERROR) if it is not done).
+    /// Clients that treat any reset during an upload as a failure (curl 7.x) then read the
+    /// response; a client that keeps sending past the bounds is reset.
+    pub fn release(&self) {
+        let body = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (Some(mut body), Ok(runtime)) = (body, tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        runtime.spawn(async move {
+            let bounds = service_kit::server::linger::Linger::default();
+            let deadline = tokio::time::Instant::now() + bounds.total;
+            let mut discarded = 0u64;
+            while discarded < bounds.max_bytes && !body.is_end_stream() {
+                let wait = bounds
+                    .idle
+                    .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                match tokio::time::timeout(wait, http_body_util::BodyExt::frame(&mut body)).await {
+                    Ok(Some(Ok(frame))) => {
+                        discarded += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    }
+                    _ => break,
+                }
+            }
+        });
+    }
 }
 
 /// The body sent upstream: nothing, or the client's body streamed through with a size cap.
