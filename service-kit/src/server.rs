@@ -269,3 +269,89 @@ pub async fn shutdown_signal() {
         () = terminate => tracing::info!(signal = "SIGTERM", "signal received"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use axum::extract::DefaultBodyLimit;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let app = Router::new()
+            .route(
+                "/echo",
+                axum::routing::post(
+                    |crate::json::ApiJson(v): crate::json::ApiJson<serde_json::Value>| async move {
+                        v.to_string()
+                    },
+                ),
+            )
+            .layer(DefaultBodyLimit::max(crate::json::MAX_BODY_BYTES));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(
+            listener,
+            None,
+            app,
+            Lifecycle::new(),
+            async move {
+                let _ = stopped.await;
+            },
+            ServeOptions::default(),
+        ));
+        (addr, stop)
+    }
+
+    async fn exchange(addr: SocketAddr, head: String, body_len: usize) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b' '; 64 * 1024];
+        let mut sent = 0;
+        while sent < body_len {
+            let n = chunk.len().min(body_len - sent);
+            if let Err(e) = stream.write_all(&chunk[..n]).await {
+                return format!("write failed after {sent} bytes: {e}");
+            }
+            sent += n;
+        }
+        let mut reply = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+        match read {
+            Ok(Ok(_)) => String::from_utf8_lossy(&reply).into_owned(),
+            other => format!(
+                "read failed: {other:?}: {}",
+                String::from_utf8_lossy(&reply)
+            ),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_heads_get_json_431_and_early_413s_are_read() {
+        let (addr, _stop) = start().await;
+        let fat = "v".repeat(70 * 1024);
+        let reply = exchange(
+            addr,
+            format!("GET /echo HTTP/1.1\r\nHost: x\r\nX-Request-ID: big-1\r\nX-Fat: {fat}\r\nConnection: close\r\n\r\n"),
+            0,
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+        assert!(reply.contains(r#""code":"headers_too_large""#), "{reply}");
+        assert!(reply.contains(r#""request_id":"big-1""#), "{reply}");
+
+        // A client that writes its whole body before reading gets the 413, 40 times out of 40.
+        for i in 0..40usize {
+            let len = if i % 10 == 9 { 16 << 20 } else { 2 << 20 };
+            let head = format!(
+                "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+            );
+            let reply = exchange(addr, head, len).await;
+            assert!(reply.starts_with("HTTP/1.1 413"), "try {i}: {reply}");
+            assert!(reply.contains(r#""status":413"#), "try {i}: {reply}");
+        }
+    }
+}
