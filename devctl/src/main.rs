@@ -141,7 +141,9 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Print a bearer token for the running stack's APIs (staff role, or a customer).
-    #[command(after_help = "Examples:\n  curl -H \"Authorization: Bearer $(devctl token --role viewer)\" ...\n  devctl token --client acme --ttl 15m")]
+    #[command(
+        after_help = "Examples:\n  curl -H \"Authorization: Bearer $(devctl token --role viewer)\" ...\n  devctl token --client acme --ttl 15m"
+    )]
     Token {
         /// admin, operator, support or viewer (default admin).
         #[arg(long, conflicts_with = "client", value_parser = parse_role)]
@@ -330,7 +332,8 @@ async fn execute<E: Engine>(s: Session<E>, command: Command) -> anyhow::Result<(
 }
 
 fn parse_role(raw: &str) -> Result<service_kit::auth::Role, String> {
-    raw.parse().map_err(|e: service_kit::auth::AuthError| e.to_string())
+    raw.parse()
+        .map_err(|e: service_kit::auth::AuthError| e.to_string())
 }
 
 fn compose(ctx: &Context, out: Option<&Path>) -> anyhow::Result<()> {

@@ -79,13 +79,20 @@ mod tests {
             assert!(claims(&Subject::Staff(Role::Admin), bad).is_err());
         }
         for bad in ["", "a b", "x\"y", &"z".repeat(65)] {
-            assert!(claims(&Subject::Customer(bad.to_string()), hour).is_err(), "{bad}");
+            assert!(
+                claims(&Subject::Customer(bad.to_string()), hour).is_err(),
+                "{bad}"
+            );
         }
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path().to_path_buf());
         let token = issue(&state, &Subject::Staff(Role::Viewer), hour).unwrap();
         assert_eq!(token.split('.').count(), 3, "a JWS: {token}");
         let again = issue(&state, &Subject::Staff(Role::Viewer), hour).unwrap();
-        assert_eq!(token.split('.').next(), again.split('.').next(), "same key, same header");
+        assert_eq!(
+            token.split('.').next(),
+            again.split('.').next(),
+            "same key, same header"
+        );
     }
 }

@@ -26,7 +26,7 @@ use crate::policy::{client_ip, websocket, Refusal, RouteCache};
 use crate::routing::normalize_path;
 use crate::runtime::{RouteTarget, Snapshot};
 use crate::server::Gateway;
-use crate::upstream::{RequestBody, UpstreamBody};
+use crate::upstream::{BodyHold, RequestBody, UpstreamBody};
 
 pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
@@ -42,6 +42,47 @@ impl Scheme {
             Scheme::Http => "http",
             Scheme::Https => "https",
         }
+    }
+}
+
+/// A response body that keeps the request's [`BodyHold`] (its unread h2 body) until the
+/// response has been sent.
+pub struct Held<B> {
+    body: B,
+    hold: Option<BodyHold>,
+}
+
+impl<B> Held<B> {
+    pub fn new(body: B, hold: Option<BodyHold>) -> Self {
+        Held { body, hold }
+    }
+}
+
+impl<B> Drop for Held<B> {
+    fn drop(&mut self) {
+        if let Some(hold) = &self.hold {
+            hold.release();
+        }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Held<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -294,6 +335,9 @@ async fn apply_policies(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > policy.max_body) {
+        if let Some(hold) = req.extensions().get::<BodyHold>().cloned() {
+            hold.keep(req.into_body());
+        }
         return Err(too_large(policy.max_body));
     }
 
@@ -420,6 +464,7 @@ async fn forward(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let upstream = &target.upstream;
     let (mut parts, body) = req.into_parts();
+    let hold = parts.extensions.get::<BodyHold>().cloned();
     let websocket =
         parts.version == Version::HTTP_11 && websocket::is_websocket_upgrade(&parts.headers);
     let replayable = body.is_end_stream();
@@ -514,7 +559,8 @@ async fn forward(
         } else {
             match body.take() {
                 Some(b) => {
-                    let (limited, flag) = RequestBody::limited(b, target.policy.max_body);
+                    let (limited, flag) =
+                        RequestBody::limited(b, target.policy.max_body, hold.clone());
                     exceeded = Some(flag);
                     limited
                 }

@@ -16,11 +16,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use service_kit::health::Lifecycle;
+use service_kit::server::linger;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -32,8 +34,9 @@ use crate::health_check::HealthChecks;
 use crate::metrics::GatewayMetrics;
 use crate::policy::conn_limit::ConnLimiter;
 use crate::policy::proxy_protocol::{self, PrefixedIo, Start};
-use crate::proxy::{self, ClientConn, Scheme};
+use crate::proxy::{self, ClientConn, Held, Scheme};
 use crate::runtime::Snapshot;
+use crate::upstream::BodyHold;
 
 /// A client must finish the TLS handshake within this time.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -588,7 +591,7 @@ async fn serve_client(
         (PrefixedIo::new(Vec::new(), stream), peer.ip())
     };
 
-    let _permit = match gateway.conn_limiter.acquire(
+    let permit = match gateway.conn_limiter.acquire(
         crate::policy::client_ip::limit_key(conn_client),
         limits.max_connections,
         limits.max_connections_per_ip,
@@ -604,7 +607,7 @@ async fn serve_client(
         .connections
         .with_label_values(&[kind.label()]);
     gauge.inc();
-    let _gauge = ConnectionGauge(gauge);
+    let connection_gauge = ConnectionGauge(gauge);
     let client = ClientConn {
         peer,
         conn_client,
@@ -631,7 +634,10 @@ async fn serve_client(
                         .with_label_values(&[version])
                         .inc();
                     drop(snapshot);
-                    serve_http(gateway, tls, client, watcher).await;
+                    let returned = serve_http(gateway, tls, client, watcher).await;
+                    // The connection is no longer served: it stops counting against limits.
+                    drop((permit, connection_gauge));
+                    linger_close(peer, returned).await;
                 }
                 Ok(Err(e)) => {
                     gateway.metrics.tls_handshake_errors.inc();
@@ -645,23 +651,36 @@ async fn serve_client(
         }
         ListenerKind::Http => {
             drop(snapshot);
-            serve_http(gateway, stream, client, watcher).await;
+            let returned = serve_http(gateway, stream, client, watcher).await;
+            drop((permit, connection_gauge));
+            linger_close(peer, returned).await;
         }
     }
 }
 
+/// Serves HTTP on `stream`; hands the connection back for a lingering close when hyper is
+/// done with it (not after an upgrade).
 async fn serve_http<S>(
     gateway: Arc<Gateway>,
     stream: S,
     client: ClientConn,
     watcher: hyper_util::server::graceful::Watcher,
-) where
+) -> Option<linger::Returned<S>>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = gateway.snapshot.load().config.limits.clone();
-    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         let snapshot = gateway.snapshot.load_full();
         let gateway = gateway.clone();
+        // h2: a request body left unread by an early answer (413) stays open until the
+        // response is sent, so the stream ends with NO_ERROR rather than CANCEL.
+        let hold =
+            (req.version() == http::Version::HTTP_2 && !req.body().is_end_stream()).then(|| {
+                let hold = BodyHold::default();
+                req.extensions_mut().insert(hold.clone());
+                hold
+            });
         // Boxed: the request future is about 8 KB (8,160 bytes measured), and hyper's h2
         // server spawns one task per stream, moving the future into it by value: a memcpy per
         // move that showed as the top symbol of the h2 profile. A box moves a pointer.
@@ -686,23 +705,25 @@ async fn serve_http<S>(
                     ),
                 },
             };
-            Ok::<_, std::convert::Infallible>(response)
+            Ok::<_, std::convert::Infallible>(response.map(|body| Held::new(body, hold)))
         })
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's own limits sit above ours so that ours answer first, as JSON; its header timer
-    // also runs while an idle keep-alive connection waits for the next request.
+    // hyper's own limits sit far above ours so that ours answer first, as JSON (a head past
+    // hyper's HTTP/1.1 buffer gets its bare 431; past h2's header list, 431 + REFUSED_STREAM,
+    // which clients retry); its header timer also runs while an idle keep-alive connection
+    // waits for the next request.
     let head_buffer = usize::try_from(limits.max_header_bytes.0)
         .unwrap_or(usize::MAX)
         .saturating_add(limits.max_uri_length)
-        .saturating_mul(2)
-        .max(16 * 1024);
+        .saturating_mul(4)
+        .max(HYPER_DEFAULT_BUFFER);
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.0)
         .max_buf_size(head_buffer)
-        .max_headers(limits.max_headers.saturating_mul(2).max(100));
+        .max_headers(limits.max_headers.saturating_mul(4).max(400));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -710,8 +731,27 @@ async fn serve_http<S>(
         .keep_alive_interval(limits.keepalive_timeout.0 / 3)
         .keep_alive_timeout(limits.keepalive_timeout.0 / 3)
         .max_header_list_size(u32::try_from(head_buffer).unwrap_or(u32::MAX));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let (io, returned) = linger::track(stream);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(peer = %client.peer, error = %e, "client connection ended with an error");
+    }
+    linger::take_back(returned)
+}
+
+/// hyper's default HTTP/1.1 read buffer (8 KiB + 100 × 4 KiB).
+const HYPER_DEFAULT_BUFFER: usize = 8192 + 4096 * 100;
+
+/// Closes an HTTP/1.1 connection after lingering (NGINX's `lingering_close`): a client still
+/// sending a body we answered early (413) reads the answer instead of a reset.
+async fn linger_close<S>(peer: SocketAddr, returned: Option<linger::Returned<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(returned) = returned {
+        let discarded = linger::close(returned, linger::Linger::default()).await;
+        if discarded > 0 {
+            tracing::debug!(%peer, discarded, "lingered before closing");
+        }
     }
 }

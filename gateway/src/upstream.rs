@@ -29,6 +29,49 @@ use crate::metrics::{GatewayMetrics, TryOutcome};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Keeps a client's h2 request body open until the response to it has been sent.
+///
+/// An h2 stream whose request body is dropped before the response went out is reset with
+/// CANCEL, and clients report that instead of the response (curl error 92). Held until the
+/// response body is done, the body's drop comes after the response's end, and h2 then ends
+/// the stream with RST_STREAM(NO_ERROR) as RFC 9113 §8.1 asks of an early response.
+#[derive(Clone, Default)]
+pub struct BodyHold(Arc<Mutex<Option<Incoming>>>);
+
+impl BodyHold {
+    /// Keeps `body` until every clone of this hold is dropped.
+    pub fn keep(&self, body: Incoming) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(body);
+    }
+
+    /// After the response was sent: reads and discards what the client still sends, within
+    /// the lingering bounds, then drops the body (RST_STREAM(NO_ERROR) if it is not done).
+    /// Clients that treat any reset during an upload as a failure (curl 7.x) then read the
+    /// response; a client that keeps sending past the bounds is reset.
+    pub fn release(&self) {
+        let body = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (Some(mut body), Ok(runtime)) = (body, tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        runtime.spawn(async move {
+            let bounds = service_kit::server::linger::Linger::default();
+            let deadline = tokio::time::Instant::now() + bounds.total;
+            let mut discarded = 0u64;
+            while discarded < bounds.max_bytes && !body.is_end_stream() {
+                let wait = bounds
+                    .idle
+                    .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                match tokio::time::timeout(wait, http_body_util::BodyExt::frame(&mut body)).await {
+                    Ok(Some(Ok(frame))) => {
+                        discarded += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    }
+                    _ => break,
+                }
+            }
+        });
+    }
+}
+
 /// The body sent upstream: nothing, or the client's body streamed through with a size cap.
 pub enum RequestBody {
     Empty,
@@ -38,6 +81,8 @@ pub enum RequestBody {
         remaining: u64,
         /// Set when the client sent more than allowed; the proxy then answers 413.
         exceeded: Arc<std::sync::atomic::AtomicBool>,
+        /// Where the client body goes when it exceeds the limit (h2 clients).
+        hold: Option<BodyHold>,
     },
 }
 
@@ -46,13 +91,18 @@ pub enum RequestBody {
 pub struct BodyTooLarge;
 
 impl RequestBody {
-    pub fn limited(body: Incoming, limit: u64) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
+    pub fn limited(
+        body: Incoming,
+        limit: u64,
+        hold: Option<BodyHold>,
+    ) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
         let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
         (
             RequestBody::Stream {
                 body,
                 remaining: limit,
                 exceeded: exceeded.clone(),
+                hold,
             },
             exceeded,
         )
@@ -75,17 +125,27 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        match this {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Stream {
                 body,
                 remaining,
                 exceeded,
+                ..
             } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                     if len > *remaining {
                         exceeded.store(true, Ordering::Relaxed);
+                        if let RequestBody::Stream {
+                            body,
+                            hold: Some(hold),
+                            ..
+                        } = std::mem::replace(this, RequestBody::Empty)
+                        {
+                            hold.keep(body);
+                        }
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     *remaining -= len;

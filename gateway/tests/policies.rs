@@ -779,8 +779,156 @@ access = ["deny 127.0.0.2", "allow 127.0.0.0/8", "deny all"]
                 r.header("x-request-id"),
                 "{path}"
             );
-            assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{path}");
-            assert!(r.header("x-served-by").is_none(), "{path} reached a backend");
+            assert_eq!(
+                r.header("x-content-type-options"),
+                Some("nosniff"),
+                "{path}"
+            );
+            assert!(
+                r.header("x-served-by").is_none(),
+                "{path} reached a backend"
+            );
         }
     }
+}
+
+fn assert_json_error_with_id(resp: &client::Response, status: StatusCode, code: &str) {
+    assert_eq!(resp.status, status, "{}", resp.text());
+    let json = resp.json().unwrap();
+    assert_eq!(json["error"]["status"], status.as_u16());
+    assert_eq!(json["error"]["code"], code);
+    let id = resp.header("x-request-id").expect("X-Request-ID");
+    assert_eq!(json["error"]["request_id"], id);
+    assert_security_headers(resp, true);
+}
+
+/// Writes `head` and a `len`-byte body over a fresh HTTP/1.1 TLS connection, the whole body
+/// before reading anything (as Python's http.client does), then reads the reply.
+async fn post_all_then_read(
+    addr: SocketAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    len: usize,
+) -> String {
+    let tcp = client::open_tcp(addr, None).await.unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    while sent < len {
+        let n = chunk.len().min(len - sent);
+        if let Err(e) = stream.write_all(&chunk[..n]).await {
+            return format!("write failed after {sent} bytes: {e}");
+        }
+        sent += n;
+    }
+    let _ = stream.flush().await;
+    let mut reply = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await {
+        Ok(Ok(_)) => String::from_utf8_lossy(&reply).into_owned(),
+        Ok(Err(e)) if !reply.is_empty() => {
+            String::from_utf8_lossy(&reply).into_owned() + &format!(" (then {e})")
+        }
+        Ok(Err(e)) => format!("read failed: {e}"),
+        Err(_) => "read timed out".to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_at_the_protocol_edges_are_json() {
+    let fx = Fixture::new();
+    let b = Backend::start("edge-1", &fx.pki).await;
+    let gw = fx.start_gateway(&format!(
+        r#"
+[defaults]
+client_max_body_size = "1m"
+
+[upstreams.pool]
+servers = [{}]
+[[routes]]
+prefix = "/"
+upstream = "pool"
+"#,
+        servers(&[&b], "")
+    ));
+    let fat = "v".repeat(70 * 1024);
+
+    // A 70 KB head is past hyper's default header limits: still our JSON 431, both protocols.
+    let mut h1 = gw.connect_h1(&fx.pki).await;
+    assert!(!h1.is_h2());
+    let resp = h1
+        .request(Method::GET, "/whoami", &[("x-fat", &fat)], Bytes::new())
+        .await
+        .unwrap();
+    assert_json_error_with_id(
+        &resp,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+    );
+    let mut h2 = gw.connect().await;
+    assert!(h2.is_h2());
+    let resp = h2
+        .request(Method::GET, "/whoami", &[("x-fat", &fat)], Bytes::new())
+        .await
+        .unwrap();
+    assert_json_error_with_id(
+        &resp,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+    );
+
+    // h2: a 64 MiB body gets the JSON 413, the stream ends without an error reset and the
+    // connection keeps serving.
+    let started = Instant::now();
+    let resp = h2
+        .request(
+            Method::POST,
+            "/upload",
+            &[],
+            Bytes::from(vec![b'x'; 64 << 20]),
+        )
+        .await
+        .unwrap();
+    assert_json_error_with_id(&resp, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(h2.get("/whoami").await.unwrap().status, StatusCode::OK);
+    assert_eq!(b.hits(), 1, "neither oversized request reached the backend");
+
+    // HTTP/1.1: a client that writes its whole body before reading reads the 413 (the
+    // gateway lingers instead of resetting the connection), 40 times out of 40.
+    let tls = fx.pki.client_with(&[b"http/1.1"], false);
+    let started = Instant::now();
+    let mut tries = tokio::task::JoinSet::new();
+    for i in 0..40usize {
+        let (addr, tls) = (gw.https, tls.clone());
+        let len = if i % 10 == 9 { 16 << 20 } else { 2 << 20 };
+        tries.spawn(async move { (len, post_all_then_read(addr, tls, len).await) });
+        if tries.len() >= 4 {
+            let (len, reply) = tries.join_next().await.unwrap().unwrap();
+            assert_lingered_413(len, &reply);
+        }
+    }
+    while let Some(done) = tries.join_next().await {
+        let (len, reply) = done.unwrap();
+        assert_lingered_413(len, &reply);
+    }
+    eprintln!("40 early 413s over HTTP/1.1 in {:?}", started.elapsed());
+}
+
+fn assert_lingered_413(len: usize, reply: &str) {
+    assert!(reply.starts_with("HTTP/1.1 413"), "{len} bytes: {reply}");
+    assert!(reply.contains("\"payload_too_large\""), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("x-request-id:"),
+        "{reply}"
+    );
 }

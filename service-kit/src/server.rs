@@ -7,6 +7,13 @@
 //! 3. the listener is closed: new connections are refused;
 //! 4. open connections are told to finish (HTTP/1.1 closes after the current response, h2
 //!    sends GOAWAY) and in-flight requests get up to `shutdown_timeout`.
+//!
+//! Errors at the protocol's edges are JSON too: hyper's head limits sit far above
+//! [`MAX_HEAD_BYTES`], so a large head reaches our own check (JSON 431) instead of hyper's
+//! bare one, and an HTTP/1.1 connection closed while the client may still be sending (a 413
+//! answered before the body was read) lingers ([`linger`]) so the client reads the answer.
+
+pub mod linger;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,7 +30,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::error::ApiError;
 use crate::health::Lifecycle;
+use crate::request_id::RequestId;
+
+/// Bytes of request head (request target + header fields) a backend accepts; more is a JSON
+/// 431. Above the gateway's default limits, so anything the gateway forwards fits.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Header fields a backend accepts; more is a JSON 431.
+pub const MAX_HEADERS: usize = 200;
+/// hyper's own limits (HTTP/1.1 read buffer, h2 header list): well above ours, so our check
+/// answers first. Past them hyper answers itself (bare 431, or 431 + REFUSED_STREAM on h2).
+const PARSER_HEAD_BYTES: usize = 4 * MAX_HEAD_BYTES;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -164,18 +182,64 @@ async fn serve_connection<S>(
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         let app = app.clone();
-        async move { app.oneshot(req).await }
+        async move {
+            if let Some(err) = check_head(&req) {
+                let id = RequestId::from_headers(req.headers());
+                tracing::info!(%peer, request_id = %id, status = err.status.as_u16(), "request head refused");
+                return Ok(err.into_response_with_id(&id));
+            }
+            app.oneshot(req).await
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(PARSER_HEAD_BYTES)
+        .max_headers(MAX_HEADERS * 2);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(PARSER_HEAD_BYTES as u32);
+    let (io, returned) = linger::track(stream);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
+    if let Some(returned) = linger::take_back(returned) {
+        let discarded = linger::close(returned, linger::Linger::default()).await;
+        if discarded > 0 {
+            tracing::debug!(%peer, discarded, "lingered before closing");
+        }
+    }
+}
+
+/// Head limits (431), checked before the router sees the request.
+fn check_head<B>(req: &http::Request<B>) -> Option<ApiError> {
+    let headers = req.headers();
+    if headers.len() > MAX_HEADERS {
+        return Some(ApiError::new(
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("more than {MAX_HEADERS} header fields"),
+        ));
+    }
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or(req.uri().path().len(), |p| p.as_str().len());
+    let bytes = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .fold(target, usize::saturating_add);
+    (bytes > MAX_HEAD_BYTES).then(|| {
+        ApiError::new(
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("request head exceeds {MAX_HEAD_BYTES} bytes"),
+        )
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
@@ -203,5 +267,91 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!(signal = "SIGINT", "signal received"),
         () = terminate => tracing::info!(signal = "SIGTERM", "signal received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use axum::extract::DefaultBodyLimit;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let app = Router::new()
+            .route(
+                "/echo",
+                axum::routing::post(
+                    |crate::json::ApiJson(v): crate::json::ApiJson<serde_json::Value>| async move {
+                        v.to_string()
+                    },
+                ),
+            )
+            .layer(DefaultBodyLimit::max(crate::json::MAX_BODY_BYTES));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(
+            listener,
+            None,
+            app,
+            Lifecycle::new(),
+            async move {
+                let _ = stopped.await;
+            },
+            ServeOptions::default(),
+        ));
+        (addr, stop)
+    }
+
+    async fn exchange(addr: SocketAddr, head: String, body_len: usize) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b' '; 64 * 1024];
+        let mut sent = 0;
+        while sent < body_len {
+            let n = chunk.len().min(body_len - sent);
+            if let Err(e) = stream.write_all(&chunk[..n]).await {
+                return format!("write failed after {sent} bytes: {e}");
+            }
+            sent += n;
+        }
+        let mut reply = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+        match read {
+            Ok(Ok(_)) => String::from_utf8_lossy(&reply).into_owned(),
+            other => format!(
+                "read failed: {other:?}: {}",
+                String::from_utf8_lossy(&reply)
+            ),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_heads_get_json_431_and_early_413s_are_read() {
+        let (addr, _stop) = start().await;
+        let fat = "v".repeat(70 * 1024);
+        let reply = exchange(
+            addr,
+            format!("GET /echo HTTP/1.1\r\nHost: x\r\nX-Request-ID: big-1\r\nX-Fat: {fat}\r\nConnection: close\r\n\r\n"),
+            0,
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+        assert!(reply.contains(r#""code":"headers_too_large""#), "{reply}");
+        assert!(reply.contains(r#""request_id":"big-1""#), "{reply}");
+
+        // A client that writes its whole body before reading gets the 413, 40 times out of 40.
+        for i in 0..40usize {
+            let len = if i % 10 == 9 { 16 << 20 } else { 2 << 20 };
+            let head = format!(
+                "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+            );
+            let reply = exchange(addr, head, len).await;
+            assert!(reply.starts_with("HTTP/1.1 413"), "try {i}: {reply}");
+            assert!(reply.contains(r#""status":413"#), "try {i}: {reply}");
+        }
     }
 }

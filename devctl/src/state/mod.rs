@@ -263,7 +263,11 @@ mod tests {
         assert_eq!(a.ha, b.ha);
         assert!(a.ha.len() >= 32 && a.sticky.len() >= 32);
         assert_eq!(a.jwks, b.jwks, "the signing key is made once");
-        assert!(a.jwks.contains("\"OKP\"") && a.jwks.contains("Ed25519"), "{}", a.jwks);
+        assert!(
+            a.jwks.contains("\"OKP\"") && a.jwks.contains("Ed25519"),
+            "{}",
+            a.jwks
+        );
         assert!(!a.jwks.contains("\"d\""), "no private part in the JWKS");
         let six = BTreeMap::from([("admin".to_string(), 6)]);
         state.set_scale("dev", &six).unwrap();
