@@ -127,7 +127,7 @@ fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: T) {
 fn the_documented_example_parses_and_round_trips() {
     let config = Config::parse(EXAMPLE).unwrap();
     assert_eq!(config.upstreams["admin"].keepalive, 128);
-    assert_eq!(config.routes.len(), 4);
+    assert_eq!(config.routes.len(), 7);
     let text = toml::to_string(&config).unwrap();
     assert_eq!(Config::parse(&text).unwrap(), config, "{text}");
 }

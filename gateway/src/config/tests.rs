@@ -31,7 +31,18 @@ fn the_documented_example_parses() {
         AlgorithmName::LeastConn
     );
     assert_eq!(config.upstreams["customer"].keepalive, 256);
-    assert_eq!(config.routes.len(), 4);
+    assert_eq!(config.routes.len(), 7);
+    let by_prefix = |p: &str| config.routes.iter().find(|r| r.prefix == p).unwrap();
+    assert!(by_prefix("/metrics").internal);
+    assert_eq!(by_prefix("/api/v1/notifications").sticky, Some(true));
+    assert_eq!(
+        by_prefix("/api/v1/internal")
+            .policy
+            .access
+            .as_ref()
+            .map(Vec::len),
+        Some(3)
+    );
     assert!(config.client_ip.proxy_protocol);
     assert!(config.upstreams["customer"].sticky.is_some());
     let ha = config.ha.as_ref().unwrap();
