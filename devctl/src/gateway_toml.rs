@@ -6,9 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use gateway_config::{
-    AdminConfig, Cidr, ClientIpConfig, Config, HaConfig, HttpConfig, HttpsConfig, PolicyConfig,
-    RateLimitSetting, RouteCacheConfig, RouteConfig, RuntimeConfig, ServerConfig, StickyConfig,
-    UpstreamConfig, UpstreamTlsConfig,
+    AdminConfig, Cidr, ClientIpConfig, Config, HaConfig, HttpConfig, HttpsConfig, LimitsConfig,
+    PolicyConfig, RateLimitSetting, RouteCacheConfig, RouteConfig, RuntimeConfig, ServerConfig,
+    StickyConfig, UpstreamConfig, UpstreamTlsConfig,
 };
 
 use crate::plan::{GatewayView, Net, RuntimeKind, Secrets};
@@ -77,13 +77,14 @@ pub fn build(input: &Input<'_>) -> Config {
             upstream: route.pool.clone(),
             read_timeout: route.read_timeout,
             policy: PolicyConfig {
-                rate_limit: route.rate_limit.map(RateLimitSetting::On),
+                rate_limit: route.rate_limit,
                 ..PolicyConfig::default()
             },
             cache: route.cache.then(RouteCacheConfig::default),
             internal: false,
             sticky: None,
         })
+        .chain(internal_routes(t))
         .collect();
     Config {
         runtime: RuntimeConfig {
@@ -123,8 +124,14 @@ pub fn build(input: &Input<'_>) -> Config {
             }],
             proxy_protocol: t.edge.proxy_protocol,
         },
-        limits: Default::default(),
-        defaults: PolicyConfig::default(),
+        limits: LimitsConfig {
+            max_connections_per_ip: t.defaults.max_connections_per_ip,
+            ..LimitsConfig::default()
+        },
+        defaults: PolicyConfig {
+            rate_limit: t.defaults.rate_limit.map(RateLimitSetting::On),
+            ..PolicyConfig::default()
+        },
         cache: Default::default(),
         ha: Some(HaConfig {
             name: gw.name.clone(),
@@ -190,4 +197,27 @@ pub fn render(input: &Input<'_>) -> String {
         Ok(body) => header + &body,
         Err(e) => format!("{header}# devctl could not serialize this config: {e}\n"),
     }
+}
+
+/// The backends' own endpoints, sealed at the edge: one internal route per path (the gateway
+/// answers 404 and never forwards it, so its upstream is only nominal: the catch-all's).
+fn internal_routes(t: &Topology) -> impl Iterator<Item = RouteConfig> + '_ {
+    let owner = t
+        .routes
+        .iter()
+        .find(|r| r.prefix == "/")
+        .or(t.routes.first());
+    t.defaults.internal_paths.iter().filter_map(move |path| {
+        let owner = owner?;
+        Some(RouteConfig {
+            prefix: path.clone(),
+            host: None,
+            upstream: owner.pool.clone(),
+            read_timeout: None,
+            policy: PolicyConfig::default(),
+            cache: None,
+            internal: true,
+            sticky: None,
+        })
+    })
 }

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use gateway_config::{AlgorithmName, Dur, HealthCheckConfig, RateLimitConfig};
+use gateway_config::{AlgorithmName, Dur, HealthCheckConfig, RateLimitConfig, RateLimitSetting};
 use serde::{Deserialize, Deserializer};
 
 /// How the master holds the VIP: the gateway config's own type.
@@ -119,6 +119,9 @@ pub struct Topology {
     pub routes: Vec<Route>,
     pub prometheus: Observer,
     pub grafana: Observer,
+    /// Edge policies every route gets unless it sets its own.
+    #[serde(default)]
+    pub defaults: Defaults,
     /// Process runtime: the /16 inside 127.0.0.0/8 the topology's addresses move to (the
     /// last two octets are kept: 172.28.2.10 → 127.0.2.10). Two deployments with different
     /// ranges run side by side on one machine.
@@ -230,9 +233,13 @@ pub struct Pool {
     pub port: u16,
     /// `round_robin` or `least_conn` (`hash` needs a hash key the topology does not have).
     pub algorithm: AlgorithmName,
-    /// Weight of each instance in order; instances past the list take the last weight.
+    /// Weight of each instance in order.
     #[serde(default = "default_weights")]
     pub weights: Vec<u32>,
+    /// Weight of instances past the `weights` list (those `devctl scale` adds); 100, as the
+    /// seed adds a server.
+    #[serde(default = "default_scale_weight")]
+    pub scale_weight: u32,
     #[serde(default = "one")]
     pub max_fails: u32,
     pub fail_timeout: Dur,
@@ -252,8 +259,26 @@ pub struct Pool {
 fn default_weights() -> Vec<u32> {
     vec![1]
 }
+fn default_scale_weight() -> u32 {
+    100
+}
 fn one() -> u32 {
     1
+}
+
+/// What every route and client gets unless a route says otherwise.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// The rate limit routes inherit (`rate_limit = false` on a route opts out).
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Open connections per client address at each gateway (NGINX limit_conn); 0: none.
+    #[serde(default)]
+    pub max_connections_per_ip: usize,
+    /// The backends' own endpoints (probes and scrapes reach the servers directly): 404
+    /// through the gateways.
+    #[serde(default)]
+    pub internal_paths: Vec<String>,
 }
 
 /// A pool's sticky sessions. Not the gateway's `StickyConfig`: the topology names the cookie
@@ -270,8 +295,9 @@ pub struct Sticky {
 pub struct Route {
     pub prefix: String,
     pub pool: String,
-    /// The gateway's rate limit as is (`per` defaults to 1m, `burst` to `rate`).
-    pub rate_limit: Option<RateLimitConfig>,
+    /// The gateway's rate limit as is (`per` defaults to 1m, `burst` to `rate`); unset takes
+    /// `[defaults]`'s, `false` opts out.
+    pub rate_limit: Option<RateLimitSetting>,
     pub read_timeout: Option<Dur>,
     /// Cache cacheable GET responses (static assets).
     #[serde(default)]
@@ -487,10 +513,36 @@ impl Topology {
                     route.prefix
                 )));
             }
-            if let Some(rl) = &route.rate_limit {
-                rl.check()
-                    .map_err(|e| invalid(format!("route {:?}: {e}", route.prefix)))?;
+            match &route.rate_limit {
+                Some(RateLimitSetting::On(rl)) => rl
+                    .check()
+                    .map_err(|e| invalid(format!("route {:?}: {e}", route.prefix)))?,
+                Some(RateLimitSetting::Off(true)) => {
+                    return Err(invalid(format!(
+                        "route {:?}: write rate_limit = false or a {{ rate, per, burst }} table",
+                        route.prefix
+                    )))
+                }
+                _ => {}
             }
+        }
+        if let Some(rl) = &self.defaults.rate_limit {
+            rl.check().map_err(|e| invalid(format!("defaults: {e}")))?;
+        }
+        for path in &self.defaults.internal_paths {
+            if !path.starts_with('/') || path == "/" {
+                return Err(invalid(format!(
+                    "defaults.internal_paths: {path:?} must start with / and not be /"
+                )));
+            }
+            if prefixes.contains(path.as_str()) {
+                return Err(invalid(format!(
+                    "defaults.internal_paths: {path:?} is also a route"
+                )));
+            }
+        }
+        if self.pools.iter().any(|p| p.scale_weight == 0) {
+            return Err(invalid("scale_weight must be above zero"));
         }
         if self.tls.names.is_empty() {
             return Err(invalid("tls.names must name at least one host"));
@@ -540,7 +592,10 @@ mod tests {
             let limits: Vec<_> = t
                 .routes
                 .iter()
-                .filter_map(|r| r.rate_limit.as_ref().map(|l| (r.pool.as_str(), l.rate)))
+                .filter_map(|r| match &r.rate_limit {
+                    Some(RateLimitSetting::On(l)) => Some((r.pool.as_str(), l.rate)),
+                    _ => None,
+                })
                 .collect();
             assert!(limits.contains(&("admin", 50)));
             assert!(limits.contains(&("customer", 100)));

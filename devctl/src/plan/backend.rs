@@ -25,12 +25,7 @@ pub(crate) fn build<'t>(
             let name = format!("{}-{}", pool.name, i + 1);
             let address = b.net.addr(addr);
             let dir = b.config_dir(&name, CONFIG_DIR);
-            let weight = pool
-                .weights
-                .get(i)
-                .or(pool.weights.last())
-                .copied()
-                .unwrap_or(1);
+            let weight = pool.weights.get(i).copied().unwrap_or(pool.scale_weight);
             servers.push(Server {
                 address,
                 port,

@@ -209,7 +209,21 @@ fn rendered_gateway_configs_are_valid_gateway_configs() {
                 .collect();
             assert_eq!(weights, vec![100, 100, 100, 75, 75]);
             assert!(parsed.client_ip.proxy_protocol);
-            assert_eq!(parsed.routes.len(), 4);
+            // The topology's four routes and its three sealed internal paths.
+            assert_eq!(parsed.routes.len(), 7);
+            let internal: Vec<&str> = parsed
+                .routes
+                .iter()
+                .filter(|r| r.internal)
+                .map(|r| r.prefix.as_str())
+                .collect();
+            assert_eq!(internal, ["/health", "/ready", "/metrics"]);
+            // No policy holes: routes without their own limit inherit the default one.
+            assert!(matches!(
+                parsed.defaults.rate_limit,
+                Some(gateway_config::RateLimitSetting::On(_))
+            ));
+            assert_eq!(parsed.limits.max_connections_per_ip, 256);
             let ha = parsed.ha.as_ref().expect("[ha]");
             assert_eq!(ha.name, g.name);
             assert_eq!(Some(ha.priority), g.priority);
@@ -379,10 +393,19 @@ fn scale_adds_at_the_next_addresses_and_everything_follows() {
                 .unwrap()
                 .1;
             assert!(targets.contains(address) && targets.contains(name));
-            // Extra instances take the last weight.
+            // Instances past the weights list take the topology's scale_weight (100).
             if *pool == "admin" {
-                assert!(text(p.instance("gateway-1").unwrap(), "gateway.toml")
-                    .contains("address = \"172.28.2.15:3002\"\nweight = 75"));
+                let config = ::gateway::config::parse(&text(
+                    p.instance("gateway-1").unwrap(),
+                    "gateway.toml",
+                ))
+                .unwrap();
+                let added = config.upstreams["admin"]
+                    .servers
+                    .iter()
+                    .find(|s| s.address.to_string() == "172.28.2.15:3002")
+                    .unwrap();
+                assert_eq!(added.weight, 100);
             }
         }
     }

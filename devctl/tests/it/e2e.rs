@@ -298,11 +298,14 @@ fn flow(env: &Env, docker: bool) {
     let holder = eventually("VIP holder", Duration::from_secs(10), || vip_holder(env));
     assert_eq!(holder, "gateway-1", "the higher priority holds the VIP");
 
-    // Without a token the APIs answer 401.
+    // Without a token the APIs answer 401; the backends' own endpoints are 404 from outside.
     assert_eq!(
         get_as(env, "/api/v1/consultations", None).map(|(c, _)| c),
         Some(401)
     );
+    for path in ["/metrics", "/ready", "/health", "/metrics/x"] {
+        assert_eq!(get(env, path).map(|(c, _)| c), Some(404), "{path}");
+    }
 
     // HTTPS through the edge reaches both pools.
     let mut admins = std::collections::BTreeSet::new();
