@@ -1,21 +1,17 @@
 //! The gateway binary end to end: real TLS on both sides, in-test HTTPS backends, the real
 //! admin API. Balancing order, failover, error shapes, forwarding, reload and large bodies.
 
-#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
-
-mod util;
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::util::{servers, Backend, Behaviour, Fixture, GATEWAY};
 use bytes::Bytes;
 use gateway::balance::{Algorithm, Attempt, Outcome, Pool, ServerSpec};
 use http::{Method, StatusCode};
 use service_kit::client;
-use util::{servers, Backend, Behaviour, Fixture, GATEWAY};
 
 fn route(prefix: &str, upstream: &str) -> String {
     format!("[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\n")
@@ -527,7 +523,7 @@ async fn large_bodies_stream_with_bounded_memory() {
     let pid = gw.process.pid();
     let mut conn = gw.connect_h1(&fx.pki).await;
     assert_eq!(conn.get("/whoami").await.unwrap().status, StatusCode::OK);
-    let baseline = util::rss_kib(pid);
+    let baseline = crate::util::rss_kib(pid);
 
     const SIZE: usize = 256 << 20;
     let resp = conn
@@ -541,7 +537,7 @@ async fn large_bodies_stream_with_bounded_memory() {
         .await
         .unwrap();
     assert_eq!(resp.text(), SIZE.to_string());
-    let grown = util::rss_kib(pid).saturating_sub(baseline);
+    let grown = crate::util::rss_kib(pid).saturating_sub(baseline);
     assert!(
         grown < 48 * 1024,
         "gateway RSS grew by {grown} KiB while streaming 2 x 256 MiB"

@@ -2,13 +2,10 @@
 //! protocol, trusted X-Forwarded-For), connection and size limits, security headers,
 //! sticky sessions and WebSocket tunnels, the static-asset cache.
 
-#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
-
-mod util;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::util::{servers, Backend, Fixture, Gateway};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use gateway::policy::proxy_protocol;
@@ -17,7 +14,6 @@ use rustls_pki_types::ServerName;
 use service_kit::client::{self, Connection, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-use util::{servers, Backend, Fixture, Gateway};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

@@ -6,10 +6,6 @@
 //! Needs root (CAP_NET_ADMIN) and iproute2's `ip`; skipped with a printed reason otherwise,
 //! except under CI=true where not being able to run is a failure.
 
-#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
-
-mod util;
-
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -187,7 +183,7 @@ fn start(net: &Net, dir: &std::path::Path, node: u8) -> ServerProcess {
         "netns",
         "exec",
         &net.ns(&format!("g{node}")),
-        util::GATEWAY,
+        crate::util::GATEWAY,
         "--config",
     ])
     .arg(&path)

@@ -2,19 +2,15 @@
 //! the master binds the HTTPS listener on it. Failover on kill -9 and on SIGTERM, preemption,
 //! forged and replayed adverts, and a healed partition.
 
-#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
-
-mod util;
-
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::util::{servers, Backend, Fixture};
 use gateway::ha::{encode, Advert, AdvertKey, PeerName};
 use http::StatusCode;
 use service_kit::client::{self, Target};
 use service_kit::testkit::ServerProcess;
-use util::{servers, Backend, Fixture};
 
 const VIP: &str = "127.0.1.100";
 const SECRET: &str = "ha-test-secret-0123456789";
@@ -103,7 +99,7 @@ vip_mode = "bind"
     fn start(&self, node: usize, priority: u8, preempt: bool) -> Node {
         let path = self.fx.path(&format!("gateway-{}.toml", node + 1));
         std::fs::write(&path, self.config(node, priority, preempt)).unwrap();
-        let mut cmd = Command::new(util::GATEWAY);
+        let mut cmd = Command::new(crate::util::GATEWAY);
         cmd.env_clear()
             .env("GATEWAY_HA_TEST_HOOKS", "1")
             .arg("--config")
