@@ -6,9 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use gateway_config::{
-    AdminConfig, Cidr, ClientIpConfig, Config, HaConfig, HttpConfig, HttpsConfig, LimitsConfig,
-    PolicyConfig, RateLimitSetting, RouteCacheConfig, RouteConfig, RuntimeConfig, ServerConfig,
-    StickyConfig, UpstreamConfig, UpstreamTlsConfig,
+    AdminConfig, AuthJwtConfig, Cidr, ClientIpConfig, Config, HaConfig, HttpConfig, HttpsConfig,
+    LimitsConfig, PolicyConfig, RateLimitSetting, RouteAuthJwt, RouteCacheConfig, RouteConfig,
+    RuntimeConfig, ServerConfig, StickyConfig, UpstreamConfig, UpstreamTlsConfig,
 };
 
 use crate::plan::{GatewayView, Net, RuntimeKind, Secrets};
@@ -83,6 +83,12 @@ pub fn build(input: &Input<'_>) -> Config {
             cache: route.cache.then(RouteCacheConfig::default),
             internal: false,
             sticky: None,
+            auth_jwt: route.auth.then(|| RouteAuthJwt {
+                audience: t
+                    .pool(&route.pool)
+                    .map(|p| p.binary.clone())
+                    .unwrap_or_default(),
+            }),
         })
         .chain(internal_routes(t))
         .collect();
@@ -133,6 +139,9 @@ pub fn build(input: &Input<'_>) -> Config {
             ..PolicyConfig::default()
         },
         cache: Default::default(),
+        auth_jwt: t.routes.iter().any(|r| r.auth).then(|| AuthJwtConfig {
+            jwks: path(&gw.config_dir, "auth/jwks.json"),
+        }),
         ha: Some(HaConfig {
             name: gw.name.clone(),
             priority: gw.priority,
@@ -218,6 +227,7 @@ fn internal_routes(t: &Topology) -> impl Iterator<Item = RouteConfig> + '_ {
             cache: None,
             internal: true,
             sticky: None,
+            auth_jwt: None,
         })
     })
 }

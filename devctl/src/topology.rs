@@ -302,6 +302,10 @@ pub struct Route {
     /// Cache cacheable GET responses (static assets).
     #[serde(default)]
     pub cache: bool,
+    /// The gateways check bearer tokens for the pool's service before forwarding (the
+    /// backends check them again).
+    #[serde(default)]
+    pub auth: bool,
 }
 
 /// Prometheus or Grafana.

@@ -73,6 +73,10 @@ pub struct Config {
     pub defaults: PolicyConfig,
     #[serde(default, skip_serializing_if = "is_default")]
     pub cache: CacheConfig,
+    /// Bearer-token checks at the edge (NGINX Plus `auth_jwt`): the public keys routes with
+    /// `auth_jwt` verify against; the backends still verify (defence in depth).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_jwt: Option<AuthJwtConfig>,
     /// The VRRP-style pair holding the VIP; applied at start (a reload keeps the running HA).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaConfig>,
@@ -431,6 +435,25 @@ pub struct RouteConfig {
     /// request; `false`, never. Elsewhere requests are balanced freely.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sticky: Option<bool>,
+    /// Reject requests without a valid bearer token for this audience before they cost a
+    /// backend anything (401 JSON with `WWW-Authenticate`). Needs `[auth_jwt]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_jwt: Option<RouteAuthJwt>,
+}
+
+/// `[auth_jwt]`: where the verifying keys are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthJwtConfig {
+    /// A JWKS file of Ed25519 (OKP) public keys with `kid`s, re-read when it changes.
+    pub jwks: PathBuf,
+}
+
+/// A route's token check: tokens must name this audience (the service behind the route).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuthJwt {
+    pub audience: String,
 }
 
 impl UpstreamConfig {
@@ -589,6 +612,24 @@ impl Config {
         validate_policy("[defaults]", &self.defaults)?;
         for route in &self.routes {
             validate_policy(&format!("route {:?}", route.prefix), &route.policy)?;
+        }
+        for route in self.routes.iter().filter(|r| r.auth_jwt.is_some()) {
+            if self.auth_jwt.is_none() {
+                return Err(invalid(format!(
+                    "route {:?}: auth_jwt needs [auth_jwt] jwks (the public keys)",
+                    route.prefix
+                )));
+            }
+            if route
+                .auth_jwt
+                .as_ref()
+                .is_some_and(|a| a.audience.is_empty())
+            {
+                return Err(invalid(format!(
+                    "route {:?}: auth_jwt audience must not be empty",
+                    route.prefix
+                )));
+            }
         }
         if let Some(ha) = &self.ha {
             ha.validate()?;

@@ -246,6 +246,34 @@ fn route<'s>(
     Ok((&route.target, path))
 }
 
+/// 401 for a request without a valid token: the JSON error and an RFC 6750 challenge.
+fn unauthorized(
+    auth: &service_kit::auth::Auth,
+    err: &service_kit::auth::TokenError,
+    id: &RequestId,
+) -> Response<ResponseBody> {
+    use service_kit::auth::TokenError;
+    let (status, code) = match err {
+        TokenError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        _ => (StatusCode::UNAUTHORIZED, "unauthorized"),
+    };
+    let mut response = error_response(&ApiError::new(status, code, err.to_string()), id);
+    let challenge = match err {
+        TokenError::Missing => format!("Bearer realm=\"{}\"", auth.audience()),
+        _ => format!(
+            "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
+            auth.audience(),
+            err.to_string().replace('"', "'")
+        ),
+    };
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
 /// 404 for a path no route serves (or an internal one: the same answer, as NGINX gives).
 fn no_route() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no_route", "no route for this path")
@@ -297,6 +325,18 @@ async fn apply_policies(
             ))
         }
     }
+    let req = match &policy.auth {
+        Some(auth) => {
+            let (parts, body) = req.into_parts();
+            let verified =
+                service_kit::auth::Auth::token_from(&parts).and_then(|token| auth.verify(&token));
+            if let Err(err) = verified {
+                return Ok(unauthorized(auth, &err, id));
+            }
+            Request::from_parts(parts, body)
+        }
+        None => req,
+    };
     let mut allowed = None;
     if let Some(limiter) = &policy.rate_limit {
         if !any_contains(&policy.exempt, client_ip) {

@@ -31,6 +31,8 @@ pub enum BuildError {
     UpstreamTls(TlsError),
     #[error("upstream {upstream}: invalid server_name {name:?}")]
     ServerName { upstream: String, name: String },
+    #[error("[auth_jwt]: {0}")]
+    AuthJwt(service_kit::auth::AuthError),
 }
 
 /// Counters of one route, resolved once per snapshot.
@@ -107,6 +109,7 @@ impl Snapshot {
             None => None,
         };
         let connector = upstream_connector(&config)?;
+        let verifiers = token_verifiers(&config)?;
 
         // Everything fallible is done; from here on shared state is updated.
         let mut upstreams = HashMap::new();
@@ -167,7 +170,12 @@ impl Snapshot {
                         })
                         .map(|old| &old.target.policy)
                 });
-                let policy = RoutePolicy::resolve(&config.defaults, r, previous_policy, metrics);
+                let mut policy =
+                    RoutePolicy::resolve(&config.defaults, r, previous_policy, metrics);
+                policy.auth = r
+                    .auth_jwt
+                    .as_ref()
+                    .and_then(|a| verifiers.get(&a.audience).cloned());
                 Some(Route {
                     host: r.host.clone(),
                     prefix: r.prefix.clone(),
@@ -247,4 +255,28 @@ fn transport(
         keepalive: upstream.keepalive,
         keepalive_timeout: upstream.keepalive_timeout.0,
     })
+}
+
+/// One token verifier per audience that a route checks (each polls the JWKS for changes).
+fn token_verifiers(
+    config: &Config,
+) -> Result<HashMap<String, service_kit::auth::Auth>, BuildError> {
+    use service_kit::auth::Auth;
+    use service_kit::settings::AuthSetting;
+    let mut verifiers = HashMap::new();
+    let Some(keys) = &config.auth_jwt else {
+        return Ok(verifiers);
+    };
+    for audience in config
+        .routes
+        .iter()
+        .filter_map(|r| r.auth_jwt.as_ref().map(|a| &a.audience))
+    {
+        if !verifiers.contains_key(audience) {
+            let auth = Auth::start(&AuthSetting::Jwks(keys.jwks.clone()), audience)
+                .map_err(BuildError::AuthJwt)?;
+            verifiers.insert(audience.clone(), auth);
+        }
+    }
+    Ok(verifiers)
 }

@@ -103,6 +103,11 @@ pub(crate) fn build(
             PlannedFile::fixed("tls/server.key", FileSource::Key(name.clone())),
             PlannedFile::fixed("tls/client.crt", FileSource::Cert("gateway-client".into())),
             PlannedFile::fixed("tls/client.key", FileSource::Key("gateway-client".into())),
+            // The public token keys `auth_jwt` routes check (a rotation is a reload).
+            PlannedFile::reloadable(
+                "auth/jwks.json",
+                FileSource::Text(b.options.secrets.jwks.clone()),
+            ),
         ];
         inst.healthcheck = Some(vec!["healthcheck".into(), "--config".into(), config_path]);
         if interface_mode {

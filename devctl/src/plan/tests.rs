@@ -209,8 +209,21 @@ fn rendered_gateway_configs_are_valid_gateway_configs() {
                 .collect();
             assert_eq!(weights, vec![100, 100, 100, 75, 75]);
             assert!(parsed.client_ip.proxy_protocol);
-            // The topology's four routes and its three sealed internal paths.
-            assert_eq!(parsed.routes.len(), 7);
+            // The topology's five routes and its three sealed internal paths.
+            assert_eq!(parsed.routes.len(), 8);
+            // The API routes are checked at the edge, for the right audience.
+            let audience = |prefix: &str| {
+                parsed
+                    .routes
+                    .iter()
+                    .find(|r| r.prefix == prefix)
+                    .and_then(|r| r.auth_jwt.as_ref())
+                    .map(|a| a.audience.clone())
+            };
+            assert_eq!(audience("/api/v1/admin").as_deref(), Some("admin-server"));
+            assert_eq!(audience("/api/v1").as_deref(), Some("customer-services"));
+            assert_eq!(audience("/static/"), None);
+            assert!(parsed.auth_jwt.is_some());
             let internal: Vec<&str> = parsed
                 .routes
                 .iter()

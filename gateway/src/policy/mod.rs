@@ -75,6 +75,9 @@ impl StickyScope {
 
 /// A route's policies, resolved over `[defaults]` and the built-in security headers.
 pub struct RoutePolicy {
+    /// Requests need a valid bearer token for this verifier's audience (set by the snapshot,
+    /// which loads the keys).
+    pub auth: Option<service_kit::auth::Auth>,
     /// Clients get 404 (NGINX `internal`).
     pub internal: bool,
     /// `allow` / `deny` in order; a denied client gets 403.
@@ -116,6 +119,7 @@ impl RoutePolicy {
                 .over(&headers::builtin()),
         );
         RoutePolicy {
+            auth: None,
             internal: route.internal,
             access: own
                 .access

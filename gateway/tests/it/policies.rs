@@ -928,3 +928,107 @@ fn assert_lingered_413(len: usize, reply: &str) {
         "{reply}"
     );
 }
+
+/// NGINX Plus' `auth_jwt`: a route checks bearer tokens against the JWKS before the request
+/// costs a backend anything; bad tokens get 401 JSON with an RFC 6750 challenge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_check_bearer_tokens_before_the_backend() {
+    use service_kit::auth::{sign, Claims, Role, SigningKey};
+    use service_kit::testkit::TestAuth;
+    let fx = Fixture::new();
+    let auth = TestAuth::new(fx.dir.path());
+    let b0 = Backend::start("b0", &fx.pki).await;
+    let gw = fx.start_gateway(&format!(
+        r#"
+[auth_jwt]
+jwks = "{}"
+[upstreams.app]
+servers = [{}]
+[[routes]]
+prefix = "/"
+upstream = "app"
+[[routes]]
+prefix = "/api"
+upstream = "app"
+auth_jwt = {{ audience = "admin-server" }}
+"#,
+        auth.jwks.display(),
+        servers(&[&b0], "")
+    ));
+    let mut conn = gw.connect().await;
+    let stranger = SigningKey::generate().unwrap();
+    let expired = sign(
+        &Claims {
+            exp: 1,
+            ..Claims::staff("x", Role::Admin, &["admin-server"], Duration::from_secs(60))
+        },
+        &auth.key,
+    )
+    .unwrap();
+    let alg_none = {
+        let good = auth.staff(Role::Admin, "admin-server");
+        let mut parts = good.split('.');
+        let (_, payload) = (parts.next(), parts.next().unwrap());
+        // {"alg":"none","typ":"JWT"}
+        format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.")
+    };
+    let cases: Vec<(String, Option<String>, StatusCode)> = vec![
+        ("no token".into(), None, StatusCode::UNAUTHORIZED),
+        (
+            "valid".into(),
+            Some(auth.staff(Role::Viewer, "admin-server")),
+            StatusCode::OK,
+        ),
+        (
+            "wrong audience".into(),
+            Some(auth.staff(Role::Admin, "customer-services")),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "another key".into(),
+            Some(
+                sign(
+                    &Claims::staff("x", Role::Admin, &["admin-server"], Duration::from_secs(60)),
+                    &stranger,
+                )
+                .unwrap(),
+            ),
+            StatusCode::UNAUTHORIZED,
+        ),
+        ("expired".into(), Some(expired), StatusCode::UNAUTHORIZED),
+        ("alg none".into(), Some(alg_none), StatusCode::UNAUTHORIZED),
+        (
+            "garbage".into(),
+            Some("not.a.token".into()),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+    for (what, token, status) in &cases {
+        let bearer = token.as_ref().map(|t| TestAuth::bearer(t));
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|b| ("authorization", b.as_str()))
+            .collect();
+        let r = conn
+            .request(Method::GET, "/api/whoami", &headers, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status, *status, "{what}");
+        if *status == StatusCode::UNAUTHORIZED {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(body["error"]["code"], "unauthorized", "{what}");
+            assert!(body["error"]["request_id"].is_string(), "{what}");
+            let challenge = r.header("www-authenticate").unwrap_or_default();
+            assert!(
+                challenge.starts_with("Bearer realm=\"admin-server\""),
+                "{what}: {challenge}"
+            );
+            assert!(
+                r.header("x-served-by").is_none(),
+                "{what} reached a backend"
+            );
+        }
+    }
+    // Routes without the check are untouched.
+    assert_eq!(conn.get("/whoami").await.unwrap().status, StatusCode::OK);
+}
