@@ -247,7 +247,8 @@ mod tests {
             vec![
                 "Create(\"edge\")",
                 "Create(\"prometheus\")",
-                "Create(\"grafana\")"
+                "Create(\"grafana\")",
+                "Create(\"alertmanager\")"
             ]
         );
     }

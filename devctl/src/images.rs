@@ -216,8 +216,13 @@ pub fn shared_libraries(binary: &Path) -> Vec<(String, PathBuf)> {
     libs
 }
 
-/// A Prometheus image from a host `prometheus` binary and the libraries it links.
-pub fn prometheus_context(binary: &Path) -> Result<(Vec<u8>, String), ImageError> {
+/// An image of a program from the host (Debian's Prometheus or Alertmanager) with the
+/// libraries it links: installed as `/usr/bin/<name>`, run as the image user in `data_dir`.
+pub fn host_program_context(
+    binary: &Path,
+    name: &str,
+    data_dir: &str,
+) -> Result<(Vec<u8>, String), ImageError> {
     let bytes = read(binary)?;
     let (passwd, group) = passwd();
     let mut c = Context::new();
@@ -233,14 +238,15 @@ pub fn prometheus_context(binary: &Path) -> Result<(Vec<u8>, String), ImageError
         }
         Ok(())
     };
+    let program = format!("/usr/bin/{name}");
     c.dir("rootfs/", 0o755).map_err(io_err)?;
     add_dirs(&mut c, "/etc/passwd").map_err(io_err)?;
     c.file("rootfs/etc/passwd", passwd.as_bytes(), 0o644)
         .map_err(io_err)?;
     c.file("rootfs/etc/group", group.as_bytes(), 0o644)
         .map_err(io_err)?;
-    add_dirs(&mut c, "/usr/bin/prometheus").map_err(io_err)?;
-    c.file("rootfs/usr/bin/prometheus", &bytes, 0o755)
+    add_dirs(&mut c, &program).map_err(io_err)?;
+    c.file(&format!("rootfs{program}"), &bytes, 0o755)
         .map_err(io_err)?;
     for (path, real) in shared_libraries(binary) {
         let lib = read(&real)?;
@@ -249,17 +255,18 @@ pub fn prometheus_context(binary: &Path) -> Result<(Vec<u8>, String), ImageError
             .map_err(io_err)?;
     }
     c.dir("rootfs/tmp/", 0o1777).map_err(io_err)?;
+    let data = data_dir.trim_matches('/');
     c.dir("owned/", 0o755).map_err(io_err)?;
-    c.dir("owned/prometheus/", 0o755).map_err(io_err)?;
+    c.dir(&format!("owned/{data}/"), 0o755).map_err(io_err)?;
     c.line("COPY rootfs/ /");
     c.line(format!("COPY --chown={IMAGE_UID}:{IMAGE_UID} owned/ /"));
     c.line(format!("USER {IMAGE_UID}:{IMAGE_UID}"));
-    c.line("WORKDIR /prometheus");
-    c.line("ENTRYPOINT [\"/usr/bin/prometheus\"]");
+    c.line(format!("WORKDIR /{data}"));
+    c.line(format!("ENTRYPOINT [\"{program}\"]"));
     c.finish().map_err(io_err)
 }
 
-/// `prometheus` on PATH.
+/// A program on PATH.
 pub fn host_binary(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

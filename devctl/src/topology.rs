@@ -119,6 +119,11 @@ pub struct Topology {
     pub routes: Vec<Route>,
     pub prometheus: Observer,
     pub grafana: Observer,
+    /// Where Prometheus sends alerts; absent: alerts are only evaluated.
+    pub alertmanager: Option<Alertmanager>,
+    /// Container log rotation (Docker's json-file driver).
+    #[serde(default)]
+    pub logs: Logs,
     /// Edge policies every route gets unless it sets its own.
     #[serde(default)]
     pub defaults: Defaults,
@@ -264,6 +269,47 @@ fn default_scale_weight() -> u32 {
 }
 fn one() -> u32 {
     1
+}
+
+/// Alertmanager: like Prometheus and Grafana, plus where notifications go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alertmanager {
+    pub image: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// Published on the edge's publish address at this port (0: not published).
+    pub publish_port: u16,
+    /// A webhook that receives every notification (Slack, a pager bridge, a test listener).
+    pub webhook: Option<String>,
+}
+
+/// How much log each container keeps before Docker rotates it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logs {
+    /// Size of one log file (`10m`, `500k`).
+    #[serde(default = "default_log_size")]
+    pub max_size: String,
+    /// Files kept per container, the current one included.
+    #[serde(default = "default_log_files")]
+    pub max_file: u32,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        Logs {
+            max_size: default_log_size(),
+            max_file: default_log_files(),
+        }
+    }
+}
+
+fn default_log_size() -> String {
+    "10m".into()
+}
+fn default_log_files() -> u32 {
+    3
 }
 
 /// What every route and client gets unless a route says otherwise.
@@ -420,6 +466,26 @@ impl Topology {
         fixed.push(("the edge".into(), self.edge.address));
         fixed.push(("prometheus".into(), self.prometheus.address));
         fixed.push(("grafana".into(), self.grafana.address));
+        if let Some(am) = &self.alertmanager {
+            fixed.push(("alertmanager".into(), am.address));
+            if let Some(hook) = &am.webhook {
+                if !(hook.starts_with("http://") || hook.starts_with("https://")) {
+                    return Err(invalid(format!(
+                        "alertmanager.webhook {hook:?} must be an http(s) URL"
+                    )));
+                }
+            }
+        }
+        let size_ok = {
+            let l = &self.logs.max_size;
+            let digits = l.trim_end_matches(['k', 'm', 'g']);
+            !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && digits != "0"
+        };
+        if !size_ok || self.logs.max_file == 0 {
+            return Err(invalid(
+                "logs: max_size is a size such as 10m, 500k or 1g, max_file at least 1",
+            ));
+        }
         if self.pools.is_empty() {
             return Err(invalid("define at least one [[pools]]"));
         }

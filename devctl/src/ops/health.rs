@@ -12,13 +12,11 @@ use crate::plan::{Instance, Kind, Plan};
 /// A probe for what the engine does not probe itself.
 pub(super) async fn probe(plan: &Plan, i: &Instance) -> Health {
     match i.kind {
-        Kind::Prometheus => {
-            let url = format!("{}/-/ready", plan.endpoints.prometheus);
-            match service_kit::client::get(&url, None, Duration::from_secs(1)).await {
-                Ok(r) if r.status.is_success() => Health::Healthy,
-                _ => Health::Unhealthy,
-            }
-        }
+        Kind::Prometheus => ready(&plan.endpoints.prometheus).await,
+        Kind::Alertmanager => match &plan.endpoints.alertmanager {
+            Some(url) => ready(url).await,
+            None => Health::None,
+        },
         Kind::Edge => {
             let addr = plan
                 .endpoints
@@ -33,6 +31,15 @@ pub(super) async fn probe(plan: &Plan, i: &Instance) -> Health {
             }
         }
         _ => Health::None,
+    }
+}
+
+/// `GET <base>/-/ready` (Prometheus and Alertmanager).
+async fn ready(base: &str) -> Health {
+    let url = format!("{base}/-/ready");
+    match service_kit::client::get(&url, None, Duration::from_secs(1)).await {
+        Ok(r) if r.status.is_success() => Health::Healthy,
+        _ => Health::Unhealthy,
     }
 }
 

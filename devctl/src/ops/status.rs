@@ -70,8 +70,12 @@ impl<E: Engine> Session<E> {
                     endpoints.insert("https".into(), e.https.clone());
                     endpoints.insert("http".into(), e.http.clone());
                 }
-                for (name, url) in [("prometheus", &e.prometheus), ("grafana", &e.grafana)] {
-                    if running.contains(name) {
+                for (name, url) in [
+                    ("prometheus", Some(&e.prometheus)),
+                    ("grafana", Some(&e.grafana)),
+                    ("alertmanager", e.alertmanager.as_ref()),
+                ] {
+                    if let (true, Some(url)) = (running.contains(name), url) {
                         endpoints.insert(name.to_string(), url.clone());
                     }
                 }

@@ -88,6 +88,7 @@ pub enum Kind {
     Edge,
     Prometheus,
     Grafana,
+    Alertmanager,
 }
 
 /// Where a file's bytes come from: text rendered here, or a certificate the caller issues.
@@ -204,6 +205,8 @@ pub struct Endpoints {
     pub http: String,
     pub prometheus: String,
     pub grafana: String,
+    /// Alertmanager's API (`devctl alerts`), when the topology has one.
+    pub alertmanager: Option<String>,
     /// Where devctl reads each gateway's admin port (`/-/ha`, `/-/upstreams`, reload).
     pub gateway_admin: Vec<(String, String)>,
 }

@@ -7,7 +7,84 @@ use super::{join, leaf, leaf_sans, Builder, FileSource, Kind, Part, PlannedFile}
 pub(crate) fn build(b: &Builder<'_>) -> Part {
     let mut part = prometheus(b);
     part.instances.push(grafana(b));
+    part.instances.extend(alertmanager(b));
     part
+}
+
+/// Alertmanager: routing with grouping, an instance that is down inhibits its own error and
+/// latency alerts, every notification to the topology's webhook when it names one.
+fn alertmanager(b: &Builder<'_>) -> Option<super::Instance> {
+    let am = b.t.alertmanager.as_ref()?;
+    let address = b.net.addr(am.address);
+    let dir = b.config_dir("alertmanager", "/etc/alertmanager");
+    let mut i = b.instance(Kind::Alertmanager, "alertmanager", "alertmanager", address);
+    i.port = am.port;
+    i.image = am.image.clone();
+    i.binary = "alertmanager".into();
+    i.args = vec![
+        format!("--config.file={}", join(&dir, "alertmanager.yml")),
+        format!(
+            "--storage.path={}",
+            b.data_dir("alertmanager", "/alertmanager")
+        ),
+        format!("--web.listen-address={}:{}", b.listen_ip(address), am.port),
+        // One instance: no gossip with peers.
+        "--cluster.listen-address=".into(),
+    ];
+    i.config_dir = dir;
+    i.files = vec![PlannedFile::fixed(
+        "alertmanager.yml",
+        FileSource::Text(alertmanager_yml(am.webhook.as_deref())),
+    )];
+    i.publish = b.publish(b.t.edge.publish_address, am.publish_port, am.port);
+    Some(i)
+}
+
+/// Alertmanager's configuration.
+pub fn alertmanager_yml(webhook: Option<&str>) -> String {
+    use crate::yaml::Yaml;
+    let mut receiver = Yaml::map().with("name", "default");
+    if let Some(url) = webhook {
+        receiver.insert(
+            "webhook_configs",
+            Yaml::Seq(vec![Yaml::map()
+                .with("url", url)
+                .with("send_resolved", true)]),
+        );
+    }
+    let latency_and_errors = "BackendHighP99|BackendHigh5xxRatio|GatewayHighP99|GatewayHigh5xxRatio";
+    Yaml::map()
+        .with(
+            "route",
+            Yaml::map()
+                .with("receiver", "default")
+                .with("group_by", Yaml::strs(["alertname", "role"]))
+                .with("group_wait", "10s")
+                .with("group_interval", "1m")
+                .with("repeat_interval", "4h"),
+        )
+        .with("receivers", Yaml::Seq(vec![receiver]))
+        .with(
+            "inhibit_rules",
+            Yaml::Seq(vec![
+                // An instance that is down explains its own errors and latency.
+                Yaml::map()
+                    .with("source_matchers", Yaml::strs(["alertname=\"InstanceDown\""]))
+                    .with(
+                        "target_matchers",
+                        Yaml::strs([format!("alertname=~\"{latency_and_errors}\"")]),
+                    )
+                    .with("equal", Yaml::strs(["instance"])),
+                // No VIP holder explains every gateway-side symptom.
+                Yaml::map()
+                    .with("source_matchers", Yaml::strs(["alertname=\"NoVipHolder\""]))
+                    .with(
+                        "target_matchers",
+                        Yaml::strs(["alertname=~\"Gateway.*|InstanceDown\"", "role=\"gateway\""]),
+                    ),
+            ]),
+        )
+        .render()
 }
 
 fn prometheus(b: &Builder<'_>) -> Part {

@@ -65,6 +65,11 @@ fn check(t: &Topology, pools: &BTreeMap<String, usize>) -> Result<(), PlanError>
             ("prometheus".to_string(), t.prometheus.address),
             ("grafana".to_string(), t.grafana.address),
         ]);
+        others.extend(
+            t.alertmanager
+                .iter()
+                .map(|a| ("alertmanager".to_string(), a.address)),
+        );
         for other in t.pools.iter().filter(|p| p.name != pool.name) {
             let n = pools.get(&other.name).copied().unwrap_or(other.instances);
             others.extend(

@@ -1,4 +1,5 @@
-//! What the plan derives from its instances: Prometheus's file_sd target files and the
+//! What the plan derives from its instances: Prometheus's file_sd target files (scrape
+//! targets, and Alertmanager for alerting) and the
 //! endpoints printed by `up` and `status`.
 
 use std::collections::BTreeMap;
@@ -12,8 +13,8 @@ pub(crate) fn prometheus_targets(instances: &[Instance], admin_port: u16) -> Vec
     for i in instances {
         let port = match i.kind {
             Kind::Gateway => admin_port,
-            Kind::Backend => i.port,
-            _ => continue,
+            Kind::Backend | Kind::Prometheus | Kind::Alertmanager => i.port,
+            Kind::Edge | Kind::Grafana => continue,
         };
         by_role
             .entry(i.role.clone())
@@ -27,10 +28,9 @@ pub(crate) fn prometheus_targets(instances: &[Instance], admin_port: u16) -> Vec
         .into_iter()
         .map(|(role, entries)| {
             let text = serde_json::to_string_pretty(&entries).unwrap_or_else(|_| "[]".into());
-            let file = if role == "gateway" {
-                "gateway.json".to_string()
-            } else {
-                format!("backend-{role}.json")
+            let file = match role.as_str() {
+                "gateway" | "prometheus" | "alertmanager" => format!("{role}.json"),
+                _ => format!("backend-{role}.json"),
             };
             (file, format!("{text}\n"))
         })
@@ -65,6 +65,10 @@ pub(crate) fn endpoints(b: &Builder<'_>, gateway_admin: Vec<(String, String)>) -
             "http://{}",
             host_of(graf.port, graf.address, graf.publish_port)
         ),
+        alertmanager: t
+            .alertmanager
+            .as_ref()
+            .map(|a| format!("http://{}", host_of(a.port, a.address, a.publish_port))),
         gateway_admin,
     }
 }

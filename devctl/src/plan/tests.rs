@@ -76,7 +76,8 @@ fn instances_names_and_addresses() {
     }
     let p = plan(DEV, RuntimeKind::Docker);
     let names: Vec<&str> = p.instances.iter().map(|i| i.name.as_str()).collect();
-    assert_eq!(names.len(), 2 + 5 + 5 + 3);
+    // Gateways, backends, edge, Prometheus, Grafana, Alertmanager.
+    assert_eq!(names.len(), 2 + 5 + 5 + 4);
     assert_eq!(&names[..3], &["gateway-1", "gateway-2", "admin-1"]);
     assert_eq!(p.vip.to_string(), "172.28.1.100");
     assert_eq!(
@@ -442,15 +443,19 @@ fn prometheus_targets_name_every_instance() {
     assert_eq!(
         files.keys().copied().collect::<Vec<_>>(),
         vec![
+            "alertmanager.json",
             "backend-admin.json",
             "backend-customer.json",
-            "gateway.json"
+            "gateway.json",
+            "prometheus.json"
         ]
     );
     let cases: &[(&str, usize, &str, &str)] = &[
         ("gateway.json", 0, "172.28.1.10:9900", "gateway-1"),
         ("backend-admin.json", 4, "172.28.2.14:3002", "admin-5"),
         ("backend-customer.json", 0, "172.28.3.10:3001", "customer-1"),
+        ("prometheus.json", 0, "172.28.4.10:9090", "prometheus"),
+        ("alertmanager.json", 0, "172.28.4.12:9093", "alertmanager"),
     ];
     for (file, index, target, instance) in cases {
         let entry = &files[file][index];

@@ -47,7 +47,8 @@ impl Env {
                 &format!("admin_publish_port = {}", p(901)),
             )
             .replace("publish_port = 9090", &format!("publish_port = {}", p(90)))
-            .replace("publish_port = 3000", &format!("publish_port = {}", p(30)));
+            .replace("publish_port = 3000", &format!("publish_port = {}", p(30)))
+            .replace("publish_port = 9093", &format!("publish_port = {}", p(93)));
         let topology = dir.path().join("topology.toml");
         std::fs::write(&topology, text).unwrap();
         let state = dir.path().join("state");

@@ -16,6 +16,36 @@ use crate::images::{self, LABEL_CONTEXT_HASH};
 use crate::plan::{Kind, Plan, LABEL_ROLE};
 use crate::ui::Ui;
 
+/// A program devctl packs into a local image from the host when the topology's image is
+/// absent.
+#[derive(Debug, Clone, Copy)]
+struct HostImage {
+    name: &'static str,
+    /// Names it has on PATH, in order.
+    binaries: &'static [&'static str],
+    package: &'static str,
+    data_dir: &'static str,
+}
+
+impl HostImage {
+    const PROMETHEUS: HostImage = HostImage {
+        name: "prometheus",
+        binaries: &["prometheus"],
+        package: "prometheus",
+        data_dir: "/prometheus",
+    };
+    const ALERTMANAGER: HostImage = HostImage {
+        name: "alertmanager",
+        binaries: &["prometheus-alertmanager", "alertmanager"],
+        package: "prometheus-alertmanager",
+        data_dir: "/alertmanager",
+    };
+
+    fn find(&self) -> Option<std::path::PathBuf> {
+        self.binaries.iter().find_map(|b| images::host_binary(b))
+    }
+}
+
 /// Label on our images (not `managed`: images are build artefacts `down` keeps).
 pub const LABEL_IMAGE: &str = "io.insightserenity.image";
 
@@ -104,10 +134,6 @@ impl DockerEngine {
         Ok(())
     }
 
-    fn local_prometheus(&self, plan: &Plan) -> String {
-        format!("{}/prometheus:local", plan.project)
-    }
-
     pub(super) async fn prepare_images(
         &self,
         plan: &Plan,
@@ -119,32 +145,37 @@ impl DockerEngine {
         }
         let mut prepared = Prepared::default();
         for i in &plan.instances {
-            if !matches!(i.kind, Kind::Prometheus | Kind::Grafana)
-                || self.image_id(&i.image).await.is_some()
-            {
+            let local = match i.kind {
+                Kind::Prometheus => Some(HostImage::PROMETHEUS),
+                Kind::Alertmanager => Some(HostImage::ALERTMANAGER),
+                Kind::Grafana => None,
+                _ => continue,
+            };
+            if self.image_id(&i.image).await.is_some() {
                 continue;
             }
-            if i.kind == Kind::Grafana {
+            let Some(host) = local else {
                 prepared.unavailable.insert(
                     i.name.clone(),
                     format!(
-                        "image {} is not available and cannot be pulled here (`docker load` it to enable Grafana)",
-                        i.image
+                        "image {} is not available and cannot be pulled here (`docker load` it to enable {})",
+                        i.image, i.name
                     ),
                 );
                 continue;
-            }
-            // Prometheus: the topology's image, else a local image from the host's binary.
-            let tag = self.local_prometheus(plan);
-            match (mode, images::host_binary("prometheus")) {
+            };
+            // The topology's image, else a local image from the host's binary.
+            let tag = format!("{}/{}:local", plan.project, host.name);
+            match (mode, host.find()) {
                 (PrepareMode::Build, Some(path)) => {
-                    let context =
-                        tokio::task::spawn_blocking(move || images::prometheus_context(&path))
-                            .await??;
-                    if self.build_image(&tag, "prometheus", context).await? {
+                    let context = tokio::task::spawn_blocking(move || {
+                        images::host_program_context(&path, host.name, host.data_dir)
+                    })
+                    .await??;
+                    if self.build_image(&tag, host.name, context).await? {
                         ui.done(&format!(
-                            "image {tag} built from the host's prometheus binary ({} is not available here)",
-                            i.image
+                            "image {tag} built from the host's {} binary ({} is not available here)",
+                            host.name, i.image
                         ));
                     }
                     prepared.images.insert(i.name.clone(), tag);
@@ -156,8 +187,8 @@ impl DockerEngine {
                     prepared.unavailable.insert(
                         i.name.clone(),
                         format!(
-                            "image {} is not available and cannot be pulled here; install Debian's `prometheus` package (devctl then builds a local image) or `docker load` it",
-                            i.image
+                            "image {} is not available and cannot be pulled here; install Debian's `{}` package (devctl then builds a local image) or `docker load` it",
+                            i.image, host.package
                         ),
                     );
                 }

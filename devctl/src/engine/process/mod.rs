@@ -81,6 +81,9 @@ impl ProcessEngine {
         let found = match i.kind {
             Kind::Prometheus => images::host_binary("prometheus")
                 .ok_or("no `prometheus` on PATH (Debian: apt-get install prometheus)"),
+            Kind::Alertmanager => images::host_binary("prometheus-alertmanager")
+                .or_else(|| images::host_binary("alertmanager"))
+                .ok_or("no `prometheus-alertmanager` on PATH (Debian: apt-get install prometheus-alertmanager)"),
             Kind::Grafana => images::host_binary("grafana-server")
                 .or_else(|| images::host_binary("grafana"))
                 .ok_or("no grafana-server on PATH"),
