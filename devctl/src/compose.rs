@@ -41,6 +41,7 @@ fn image_ref(instance: &Instance) -> String {
     match instance.kind {
         Kind::Prometheus => format!("${{PROMETHEUS_IMAGE:-{}}}", instance.image),
         Kind::Grafana => format!("${{GRAFANA_IMAGE:-{}}}", instance.image),
+        Kind::Alertmanager => format!("${{ALERTMANAGER_IMAGE:-{}}}", instance.image),
         _ => instance.image.clone(),
     }
 }
@@ -77,6 +78,15 @@ fn service(plan: &Plan, i: &Instance) -> Yaml {
         if ours { "on-failure" } else { "unless-stopped" },
     );
     s.insert("labels", labels(plan, i));
+    s.insert(
+        "logging",
+        Yaml::map().with("driver", "json-file").with(
+            "options",
+            Yaml::map()
+                .with("max-size", plan.logs.max_size.as_str())
+                .with("max-file", plan.logs.max_file.to_string()),
+        ),
+    );
     if let Some(args) = &i.healthcheck {
         let mut test = vec!["CMD".to_string(), format!("{BIN_DIR}/{}", i.binary)];
         test.extend(args.iter().cloned());

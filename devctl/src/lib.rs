@@ -6,6 +6,7 @@
 //! Everything up to the converge schedule is pure and unit-tested; engines are thin layers
 //! that observe and act on one instance at a time.
 
+pub mod alerts;
 pub mod build;
 pub mod compose;
 pub mod context;

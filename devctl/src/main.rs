@@ -24,6 +24,7 @@ Examples:
   devctl scale admin 6              # add admin-6, reload both gateways, Prometheus follows
   devctl kill gateway-1             # the VIP moves to gateway-2; `devctl start gateway-1`
   devctl token --role viewer        # a bearer token for the APIs (--client NAME: a customer)
+  devctl alerts                     # what Alertmanager has firing, and since when
   devctl logs admin-1 customer-1 -f --tail 20
   devctl render --topology topology/production.toml --out /tmp/prod
   devctl up --runtime process       # the same plan as local processes on 127.0.x.y
@@ -140,6 +141,12 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Alerts firing now, from Alertmanager (what, about which instance, since when).
+    #[command(after_help = "Example: devctl alerts --json | jq '.[].labels.alertname'")]
+    Alerts {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a bearer token for the running stack's APIs (staff role, or a customer).
     #[command(
         after_help = "Examples:\n  curl -H \"Authorization: Bearer $(devctl token --role viewer)\" ...\n  devctl token --client acme --ttl 15m"
@@ -233,6 +240,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compose { out } => return compose(&ctx, out.as_deref()),
         Command::Render { out } => return render(&ctx, &out, cli.runtime),
         Command::Certs { trust } => return certs(&ctx, trust, kind),
+        Command::Alerts { json } => {
+            let plan = ctx.plan(kind)?;
+            let url = plan
+                .endpoints
+                .alertmanager
+                .ok_or(devctl::alerts::AlertsError::NoAlertmanager)?;
+            let alerts = devctl::alerts::firing(&url).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&alerts)?);
+            } else {
+                print!("{}", devctl::alerts::table(&alerts));
+            }
+            return Ok(());
+        }
         Command::Token { role, client, ttl } => {
             let subject = match client {
                 Some(client) => Subject::Customer(client),
@@ -326,6 +347,7 @@ async fn execute<E: Engine>(s: Session<E>, command: Command) -> anyhow::Result<(
         | Command::Render { .. }
         | Command::Certs { .. }
         | Command::Token { .. }
+        | Command::Alerts { .. }
         | Command::Supervise { .. } => {}
     }
     Ok(())

@@ -285,7 +285,7 @@ pub struct Alertmanager {
 }
 
 /// How much log each container keeps before Docker rotates it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Logs {
     /// Size of one log file (`10m`, `500k`).

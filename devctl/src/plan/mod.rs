@@ -227,6 +227,8 @@ pub struct Plan {
     pub endpoints: Endpoints,
     /// Instance count of each pool.
     pub pools: BTreeMap<String, usize>,
+    /// Container log rotation.
+    pub logs: crate::topology::Logs,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -391,6 +393,7 @@ impl Plan {
             vip,
             endpoints,
             pools,
+            logs: t.logs.clone(),
         })
     }
 

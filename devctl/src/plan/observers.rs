@@ -52,7 +52,8 @@ pub fn alertmanager_yml(webhook: Option<&str>) -> String {
                 .with("send_resolved", true)]),
         );
     }
-    let latency_and_errors = "BackendHighP99|BackendHigh5xxRatio|GatewayHighP99|GatewayHigh5xxRatio";
+    let latency_and_errors =
+        "BackendHighP99|BackendHigh5xxRatio|GatewayHighP99|GatewayHigh5xxRatio";
     Yaml::map()
         .with(
             "route",
@@ -69,7 +70,10 @@ pub fn alertmanager_yml(webhook: Option<&str>) -> String {
             Yaml::Seq(vec![
                 // An instance that is down explains its own errors and latency.
                 Yaml::map()
-                    .with("source_matchers", Yaml::strs(["alertname=\"InstanceDown\""]))
+                    .with(
+                        "source_matchers",
+                        Yaml::strs(["alertname=\"InstanceDown\""]),
+                    )
                     .with(
                         "target_matchers",
                         Yaml::strs([format!("alertname=~\"{latency_and_errors}\"")]),

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointIpamConfig,
-    EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig, Mount, MountType,
-    NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig, Mount,
+    MountType, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 
 use crate::compose::{HEALTH_INTERVAL_S, HEALTH_RETRIES, HEALTH_START_PERIOD_S, HEALTH_TIMEOUT_S};
@@ -91,6 +91,14 @@ pub fn body(plan: &Plan, i: &Instance, targets_dir: &Path) -> ContainerCreateBod
             }),
             port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
             mounts: (!mounts.is_empty()).then_some(mounts),
+            // Logs rotate instead of filling the disk; `devctl logs` reads the live file.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), plan.logs.max_size.clone()),
+                    ("max-file".to_string(), plan.logs.max_file.to_string()),
+                ])),
+            }),
             ..Default::default()
         }),
         networking_config: Some(NetworkingConfig {
