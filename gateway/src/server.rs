@@ -731,9 +731,7 @@ where
         .keep_alive_interval(limits.keepalive_timeout.0 / 3)
         .keep_alive_timeout(limits.keepalive_timeout.0 / 3)
         .max_header_list_size(u32::try_from(head_buffer).unwrap_or(u32::MAX));
-    let Some(stream) = read_preface(stream, limits.header_read_timeout.0).await else {
-        return None;
-    };
+    let stream = read_preface(stream, limits.header_read_timeout.0).await?;
     let (io, returned) = linger::track(stream);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {
