@@ -628,12 +628,14 @@ async fn forward(
             send_with_stale_retry(&mut checkout, request, &server, upstream),
         )
         .await;
-        let too_large_now = exceeded
-            .as_ref()
-            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed));
-        if too_large_now {
-            // The client's fault, not the server's.
+        // The client's fault, not the server's.
+        if exceeded.as_ref().is_some_and(|f| f.too_large()) {
             return Err(too_large(target.policy.max_body));
+        }
+        if exceeded.as_ref().is_some_and(|f| f.broken()) {
+            return Err(ApiError::bad_request(
+                "the request body is malformed or was cut short",
+            ));
         }
         match sent {
             Err(_) => {

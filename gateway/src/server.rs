@@ -665,7 +665,7 @@ async fn serve_http<S>(
     stream: S,
     client: ClientConn,
     watcher: hyper_util::server::graceful::Watcher,
-) -> Option<linger::Returned<S>>
+) -> Option<linger::Returned<PrefixedIo<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -731,12 +731,41 @@ where
         .keep_alive_interval(limits.keepalive_timeout.0 / 3)
         .keep_alive_timeout(limits.keepalive_timeout.0 / 3)
         .max_header_list_size(u32::try_from(head_buffer).unwrap_or(u32::MAX));
+    let stream = read_preface(stream, limits.header_read_timeout.0).await?;
     let (io, returned) = linger::track(stream);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(peer = %client.peer, error = %e, "client connection ended with an error");
     }
     linger::take_back(returned)
+}
+
+/// Reads what hyper-util's protocol sniffing reads (the h2 preface, or fewer bytes once they
+/// stop matching it) within `limit`, and hands back a stream that replays them. hyper-util
+/// waits for those bytes without a timer and HTTP/1.1's header timer starts only after them,
+/// so without this a client that sends nothing after the TLS handshake, or half a preface,
+/// would hold its connection forever (slowloris). `None`: too slow, closed, or failed.
+async fn read_preface<S>(mut stream: S, limit: Duration) -> Option<PrefixedIo<S>>
+where
+    S: AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    let read = async {
+        while filled < buf.len() && H2_PREFACE.starts_with(&buf[..filled]) {
+            match stream.read(&mut buf[filled..]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => filled += n,
+            }
+        }
+        true
+    };
+    if !tokio::time::timeout(limit, read).await.unwrap_or(false) {
+        return None;
+    }
+    Some(PrefixedIo::new(buf[..filled].to_vec(), stream))
 }
 
 /// hyper's default HTTP/1.1 read buffer (8 KiB + 100 × 4 KiB).

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -79,8 +79,8 @@ pub enum RequestBody {
         body: Incoming,
         /// Bytes still allowed (`client_max_body_size`).
         remaining: u64,
-        /// Set when the client sent more than allowed; the proxy then answers 413.
-        exceeded: Arc<std::sync::atomic::AtomicBool>,
+        /// Set when the client's body is at fault (too large, or broken).
+        fault: Arc<BodyFault>,
         /// Where the client body goes when it exceeds the limit (h2 clients).
         hold: Option<BodyHold>,
     },
@@ -90,21 +90,37 @@ pub enum RequestBody {
 #[error("request body exceeds client_max_body_size")]
 pub struct BodyTooLarge;
 
+/// Why a try failed on the client's side while its body streamed upstream: the upstream
+/// server is not to blame for these (no passive-health failure, no 502).
+#[derive(Debug, Default)]
+pub struct BodyFault {
+    /// The client sent more than allowed; the proxy answers 413.
+    too_large: AtomicBool,
+    /// The client's body broke (bad chunked framing, a reset h2 stream); the proxy answers 400.
+    broken: AtomicBool,
+}
+
+impl BodyFault {
+    pub fn too_large(&self) -> bool {
+        self.too_large.load(Ordering::Relaxed)
+    }
+
+    pub fn broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+}
+
 impl RequestBody {
-    pub fn limited(
-        body: Incoming,
-        limit: u64,
-        hold: Option<BodyHold>,
-    ) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
-        let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    pub fn limited(body: Incoming, limit: u64, hold: Option<BodyHold>) -> (Self, Arc<BodyFault>) {
+        let fault = Arc::new(BodyFault::default());
         (
             RequestBody::Stream {
                 body,
                 remaining: limit,
-                exceeded: exceeded.clone(),
+                fault: fault.clone(),
                 hold,
             },
-            exceeded,
+            fault,
         )
     }
 
@@ -131,13 +147,13 @@ impl Body for RequestBody {
             RequestBody::Stream {
                 body,
                 remaining,
-                exceeded,
+                fault,
                 ..
             } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                     if len > *remaining {
-                        exceeded.store(true, Ordering::Relaxed);
+                        fault.too_large.store(true, Ordering::Relaxed);
                         if let RequestBody::Stream {
                             body,
                             hold: Some(hold),
@@ -151,7 +167,10 @@ impl Body for RequestBody {
                     *remaining -= len;
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(Some(Err(e))) => {
+                    fault.broken.store(true, Ordering::Relaxed);
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },

@@ -4,8 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+#[path = "../../fuzz/src/lib.rs"]
+mod fuzz_checks;
 mod ha;
 mod ha_netns;
+mod hostile;
+mod parsers;
 mod policies;
 mod proxy;
 mod util;
