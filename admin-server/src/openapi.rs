@@ -48,7 +48,7 @@ pub fn document() -> Result<Document, serde_json::Error> {
 }
 
 /// Liveness behind the token (the unauthenticated `/health` is for probes, not the API).
-#[utoipa::path(get, path = "/api/v1/admin/health", tag = "meta",
+#[utoipa::path(get, path = "/api/v1/admin/health", tag = "meta", operation_id = "health",
     responses((status = 200, description = "The process is up", body = Liveness)))]
 #[allow(dead_code)] // documents service-kit's handler
 fn health() {}

@@ -131,7 +131,7 @@ pub fn validate_name(raw: &str) -> Result<String, ApiError> {
 }
 
 /// Creates a user.
-#[utoipa::path(post, path = "/api/v1/admin/users", tag = "users",
+#[utoipa::path(post, path = "/api/v1/admin/users", operation_id = "create_user", tag = "users",
     request_body = CreateUser,
     responses(
         (status = 201, description = "Created", body = User,
@@ -173,7 +173,7 @@ pub async fn create(
 }
 
 /// Lists users, newest id last.
-#[utoipa::path(get, path = "/api/v1/admin/users", tag = "users",
+#[utoipa::path(get, path = "/api/v1/admin/users", operation_id = "list_users", tag = "users",
     params(ListQuery),
     responses(
         (status = 200, description = "One page of users", body = service_kit::json::Page<User>),
@@ -193,7 +193,7 @@ pub async fn list(
 }
 
 /// One user.
-#[utoipa::path(get, path = "/api/v1/admin/users/{id}", tag = "users",
+#[utoipa::path(get, path = "/api/v1/admin/users/{id}", operation_id = "get_user", tag = "users",
     params(UserId),
     responses(
         (status = 200, description = "The user", body = User),
@@ -214,7 +214,7 @@ pub async fn get_one(
 }
 
 /// Changes a user's email, name or role.
-#[utoipa::path(patch, path = "/api/v1/admin/users/{id}", tag = "users",
+#[utoipa::path(patch, path = "/api/v1/admin/users/{id}", operation_id = "update_user", tag = "users",
     params(UserId),
     request_body = UpdateUser,
     responses(
@@ -261,7 +261,7 @@ pub async fn update(
 }
 
 /// Deletes a user.
-#[utoipa::path(delete, path = "/api/v1/admin/users/{id}", tag = "users",
+#[utoipa::path(delete, path = "/api/v1/admin/users/{id}", operation_id = "delete_user", tag = "users",
     params(UserId),
     responses(
         (status = 204, description = "Deleted"),
@@ -283,7 +283,7 @@ pub async fn delete(
 }
 
 /// User counts per role.
-#[utoipa::path(get, path = "/api/v1/admin/stats", tag = "stats",
+#[utoipa::path(get, path = "/api/v1/admin/stats", operation_id = "get_stats", tag = "stats",
     responses(
         (status = 200, description = "Counts", body = Stats),
         (status = 403, description = "Not a staff token", body = ErrorResponse),
