@@ -21,7 +21,7 @@ use crate::{conflict_or, SharedState};
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// A plausible address (one `@`, a dotted domain), unique regardless of case.
-    #[schema(max_length = 254, example = "ada@insightserenity.com")]
+    #[schema(format = Email, max_length = 254, example = "ada@insightserenity.com")]
     email: String,
     #[schema(max_length = 100, example = "Ada Lovelace")]
     name: String,
@@ -33,7 +33,7 @@ pub struct CreateUser {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
-    #[schema(max_length = 254, nullable = false)]
+    #[schema(format = Email, max_length = 254, nullable = false)]
     email: Option<String>,
     #[schema(max_length = 100, nullable = false)]
     name: Option<String>,
