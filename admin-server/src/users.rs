@@ -21,9 +21,9 @@ use crate::{conflict_or, SharedState};
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// A plausible address (one `@`, a dotted domain), unique regardless of case.
-    #[schema(format = Email, max_length = 254, example = "ada@insightserenity.com")]
+    #[schema(format = Email, min_length = 1, max_length = 254, example = "ada@insightserenity.com")]
     email: String,
-    #[schema(max_length = 100, example = "Ada Lovelace")]
+    #[schema(min_length = 1, max_length = 100, example = "Ada Lovelace")]
     name: String,
     /// Creating an admin needs an admin token.
     role: Role,
@@ -33,9 +33,9 @@ pub struct CreateUser {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
-    #[schema(format = Email, max_length = 254, nullable = false)]
+    #[schema(format = Email, min_length = 1, max_length = 254, nullable = false)]
     email: Option<String>,
-    #[schema(max_length = 100, nullable = false)]
+    #[schema(min_length = 1, max_length = 100, nullable = false)]
     name: Option<String>,
     #[schema(nullable = false)]
     role: Option<Role>,

@@ -34,9 +34,9 @@ use crate::SharedState;
 #[serde(deny_unknown_fields)]
 pub struct CreateConsultation {
     /// The client it is for; a customer token may only name its own.
-    #[schema(max_length = 200, example = "acme")]
+    #[schema(min_length = 1, max_length = 200, example = "acme")]
     client: String,
-    #[schema(max_length = 500, example = "Quarterly review")]
+    #[schema(min_length = 1, max_length = 500, example = "Quarterly review")]
     topic: String,
     /// RFC 3339 timestamp (stored in UTC).
     #[schema(example = "2027-01-15T09:30:00Z")]
@@ -51,9 +51,9 @@ pub struct CreateConsultation {
 #[serde(deny_unknown_fields)]
 pub struct UpdateConsultation {
     /// Moving it to another client needs a staff token.
-    #[schema(max_length = 200, nullable = false)]
+    #[schema(min_length = 1, max_length = 200, nullable = false)]
     client: Option<String>,
-    #[schema(max_length = 500, nullable = false)]
+    #[schema(min_length = 1, max_length = 500, nullable = false)]
     topic: Option<String>,
     /// RFC 3339 timestamp.
     #[schema(nullable = false)]

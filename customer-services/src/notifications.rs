@@ -18,8 +18,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use service_kit::auth::Claims;
-use service_kit::sqlite::StoreError;
 use service_kit::openapi::ErrorResponse;
+use service_kit::sqlite::StoreError;
 use service_kit::ApiError;
 use tokio::sync::broadcast;
 

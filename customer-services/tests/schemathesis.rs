@@ -4,16 +4,15 @@
 use std::process::Command;
 
 use service_kit::auth::Role;
-use service_kit::testkit::{Schemathesis, ServerProcess, TestAuth, TestPki};
+use service_kit::testkit::{Schemathesis, ServerProcess, TestAuth, TestPki, SCHEMATHESIS_HINT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_customer-services");
 
 #[test]
 fn schemathesis_finds_no_server_errors_or_schema_violations() {
-    if service_kit::prereq::on_path("st").is_none() && std::env::var_os("CI").is_none() {
-        eprintln!("skipped: st is not on PATH (pip install schemathesis; scripts/test.sh does)");
+    let Some(st) = service_kit::prereq::tool("st", SCHEMATHESIS_HINT) else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = TestPki::new(dir.path(), &["localhost", "127.0.0.1"]);
     let auth = TestAuth::new(dir.path());
@@ -33,6 +32,7 @@ fn schemathesis_finds_no_server_errors_or_schema_violations() {
     let base = format!("https://localhost:{}", server.addr.port());
     let token = auth.staff(Role::Admin, "customer-services");
     service_kit::testkit::schemathesis(&Schemathesis {
+        st: &st,
         schema_url: format!("{base}{}", customer_services::openapi::PATH),
         base_url: base,
         token: &token,

@@ -157,7 +157,12 @@ pub fn check_in(document: &Document, path: &Path, regenerate: &str) -> Result<()
         .lines()
         .zip(document.as_str().lines())
         .position(|(a, b)| a != b)
-        .unwrap_or_else(|| checked_in.lines().count().min(document.as_str().lines().count()));
+        .unwrap_or_else(|| {
+            checked_in
+                .lines()
+                .count()
+                .min(document.as_str().lines().count())
+        });
     Err(format!(
         "{} differs from the document the code generates (first difference at line {}); \
          regenerate it with `{regenerate}` and commit it",

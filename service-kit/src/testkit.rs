@@ -291,8 +291,13 @@ pub fn promtool_check(text: &str, scratch: &Path) {
     );
 }
 
+/// How to get schemathesis's `st`, for `prereq::tool`.
+pub const SCHEMATHESIS_HINT: &str = "pip install schemathesis (scripts/test.sh does)";
+
 /// What [`schemathesis`] needs to test a running backend.
 pub struct Schemathesis<'a> {
+    /// The `st` program: `prereq::tool("st", SCHEMATHESIS_HINT)`.
+    pub st: &'a Path,
     /// The served document's URL (fetched with the token).
     pub schema_url: String,
     /// Base URL the operations' paths are appended to.
@@ -305,17 +310,13 @@ pub struct Schemathesis<'a> {
     pub scratch: &'a Path,
 }
 
-/// Runs schemathesis (PyPI; `st` on PATH) against a running backend: every documented
-/// operation, bounded, with the checks `not_a_server_error` and `response_schema_conformance`.
-/// Without `st` the test is skipped with a note (a failure under CI). Asserts a clean run and
-/// prints schemathesis's report otherwise. `ST_ARGS` (whitespace-separated) adds arguments;
+/// Runs schemathesis (PyPI) against a running backend: every documented operation, bounded
+/// (25 examples per operation, one worker, a fixed seed), with the checks `not_a_server_error`
+/// and `response_schema_conformance`. Asserts a clean run and prints schemathesis's report
+/// otherwise. `ST_ARGS` (whitespace-separated) adds arguments;
 /// later ones win, so it can deepen a run by hand.
 pub fn schemathesis(run: &Schemathesis<'_>) {
-    let Some(st) = crate::prereq::tool("st", "pip install schemathesis (scripts/test.sh does)")
-    else {
-        return;
-    };
-    let mut command = Command::new(st);
+    let mut command = Command::new(run.st);
     command
         .current_dir(run.scratch)
         .arg("run")
@@ -353,6 +354,9 @@ pub fn schemathesis(run: &Schemathesis<'_>) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "schemathesis found problems:\n{report}");
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{report}"
+    );
     eprintln!("{report}");
 }
