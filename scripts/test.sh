@@ -10,6 +10,7 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v st >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1 || missing+=(python3-pip)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -17,6 +18,21 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     echo "note: not root, cannot install ${missing[*]}; tests that need them will say so" >&2
+  fi
+fi
+
+# The schemathesis tests (admin-server, customer-services) fuzz each backend from its OpenAPI
+# document; they need schemathesis (PyPI) on PATH as `st`.
+if ! command -v st >/dev/null 2>&1; then
+  pip=$(command -v pip3 || command -v pip || true)
+  if [ -n "$pip" ]; then
+    # Debian's own Python refuses system-wide pip installs (PEP 668) unless told otherwise.
+    "$pip" install --quiet --disable-pip-version-check schemathesis 2>/dev/null \
+      || "$pip" install --quiet --disable-pip-version-check --break-system-packages schemathesis \
+      || echo "note: pip could not install schemathesis; its tests will say so" >&2
+    hash -r
+  else
+    echo "note: no pip (apt-get install python3-pip), cannot install schemathesis; its tests will say so" >&2
   fi
 fi
 

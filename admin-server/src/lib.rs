@@ -11,7 +11,11 @@
 //! | create an admin, change a role, delete | admin |
 //!
 //! Customer tokens (claim `client`) get 403 everywhere.
+//!
+//! The OpenAPI document ([`openapi`]) is served at `/api/v1/admin/openapi.json`, behind the
+//! same token (any staff role), and checked in as `admin-server/openapi.json`.
 
+pub mod openapi;
 pub mod store;
 pub mod users;
 
@@ -40,6 +44,8 @@ pub struct AppState {
     pub store: UserStore,
     pub instance_id: String,
     pub started: std::time::Instant,
+    /// This API's OpenAPI document, rendered once.
+    pub document: service_kit::openapi::Document,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -59,10 +65,12 @@ pub async fn build(ctx: AppContext) -> Result<Router, BootError> {
         },
         &["/api/v1/admin/health"],
     );
+    let document = openapi::document().map_err(|e| BootError::Runtime(e.to_string()))?;
     let state = Arc::new(AppState {
         store,
         instance_id: ctx.instance_id.clone(),
         started: std::time::Instant::now(),
+        document,
     });
     Ok(auth
         .protect(routes(state).merge(standard.api))
@@ -72,6 +80,7 @@ pub async fn build(ctx: AppContext) -> Result<Router, BootError> {
 /// The admin API routes (without the auth layer: [`build`] adds it).
 pub fn routes(state: SharedState) -> Router {
     Router::new()
+        .route(openapi::PATH, get(openapi::serve))
         .route("/api/v1/admin/stats", get(users::stats))
         .route("/api/v1/admin/users", get(users::list).post(users::create))
         .route(

@@ -4,36 +4,79 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use service_kit::auth::{self, Claims};
 use service_kit::json::{ApiJson, ApiPath, ApiQuery, PageRequest};
+use service_kit::openapi::ErrorResponse;
 use service_kit::ApiError;
+use utoipa::{IntoParams, ToSchema};
 
-use crate::store::{NewUser, Role, UserChanges};
+use crate::store::{NewUser, Role, User, UserChanges};
 use crate::{conflict_or, SharedState};
 
-#[derive(Debug, Deserialize)]
+/// A new user. Surrounding spaces are trimmed.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// A plausible address (one `@`, a dotted domain), unique regardless of case.
+    #[schema(format = Email, min_length = 1, max_length = 254, example = "ada@insightserenity.com")]
     email: String,
+    #[schema(min_length = 1, max_length = 100, example = "Ada Lovelace")]
     name: String,
+    /// Creating an admin needs an admin token.
     role: Role,
 }
 
-#[derive(Debug, Deserialize)]
+/// Changes to a user: at least one field. Changing `role` needs an admin token.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
+    #[schema(format = Email, min_length = 1, max_length = 254, nullable = false)]
     email: Option<String>,
+    #[schema(min_length = 1, max_length = 100, nullable = false)]
     name: Option<String>,
+    #[schema(nullable = false)]
     role: Option<Role>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page size.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<i64>,
+    /// Items to skip.
+    #[param(minimum = 0, default = 0)]
     offset: Option<i64>,
+    /// Only users with this role.
     role: Option<Role>,
+}
+
+/// `GET /api/v1/admin/stats`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    pub users: UserCounts,
+    /// The replica that answered.
+    pub instance: String,
+    pub uptime_seconds: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserCounts {
+    pub total: i64,
+    /// Users per role (roles without users are left out).
+    pub by_role: BTreeMap<String, i64>,
+}
+
+/// The `{id}` path parameter.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct UserId {
+    /// The user's id.
+    pub id: i64,
 }
 
 /// A plausible address: one `@`, non-empty local part, a dotted domain, no spaces, ≤ 254 bytes.
@@ -87,6 +130,19 @@ pub fn validate_name(raw: &str) -> Result<String, ApiError> {
     Ok(name.to_string())
 }
 
+/// Creates a user.
+#[utoipa::path(post, path = "/api/v1/admin/users", operation_id = "create_user", tag = "users",
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created", body = User,
+            headers(("Location" = String, description = "The new user's URL"))),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 403, description = "Needs operator (admin to create an admin)", body = ErrorResponse),
+        (status = 409, description = "The email is taken", body = ErrorResponse),
+        (status = 413, description = "Body over 1 MiB", body = ErrorResponse),
+        (status = 415, description = "Not application/json", body = ErrorResponse),
+        (status = 422, description = "Invalid field (named in `field`)", body = ErrorResponse),
+    ))]
 pub async fn create(
     State(state): State<SharedState>,
     claims: Claims,
@@ -116,6 +172,15 @@ pub async fn create(
         .into_response())
 }
 
+/// Lists users, newest id last.
+#[utoipa::path(get, path = "/api/v1/admin/users", operation_id = "list_users", tag = "users",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of users", body = service_kit::json::Page<User>),
+        (status = 400, description = "Malformed or unknown query parameter", body = ErrorResponse),
+        (status = 403, description = "Not a staff token", body = ErrorResponse),
+        (status = 422, description = "limit or offset out of range", body = ErrorResponse),
+    ))]
 pub async fn list(
     State(state): State<SharedState>,
     claims: Claims,
@@ -127,6 +192,15 @@ pub async fn list(
     Ok(Json(page).into_response())
 }
 
+/// One user.
+#[utoipa::path(get, path = "/api/v1/admin/users/{id}", operation_id = "get_user", tag = "users",
+    params(UserId),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 400, description = "id is not an integer", body = ErrorResponse),
+        (status = 403, description = "Not a staff token", body = ErrorResponse),
+        (status = 404, description = "No such user", body = ErrorResponse),
+    ))]
 pub async fn get_one(
     State(state): State<SharedState>,
     claims: Claims,
@@ -139,6 +213,20 @@ pub async fn get_one(
     }
 }
 
+/// Changes a user's email, name or role.
+#[utoipa::path(patch, path = "/api/v1/admin/users/{id}", operation_id = "update_user", tag = "users",
+    params(UserId),
+    request_body = UpdateUser,
+    responses(
+        (status = 200, description = "The updated user", body = User),
+        (status = 400, description = "Malformed JSON, or id is not an integer", body = ErrorResponse),
+        (status = 403, description = "Needs operator (admin to change a role)", body = ErrorResponse),
+        (status = 404, description = "No such user", body = ErrorResponse),
+        (status = 409, description = "The email is taken", body = ErrorResponse),
+        (status = 413, description = "Body over 1 MiB", body = ErrorResponse),
+        (status = 415, description = "Not application/json", body = ErrorResponse),
+        (status = 422, description = "Invalid field (named in `field`), or no field given", body = ErrorResponse),
+    ))]
 pub async fn update(
     State(state): State<SharedState>,
     claims: Claims,
@@ -172,6 +260,15 @@ pub async fn update(
     }
 }
 
+/// Deletes a user.
+#[utoipa::path(delete, path = "/api/v1/admin/users/{id}", operation_id = "delete_user", tag = "users",
+    params(UserId),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "id is not an integer", body = ErrorResponse),
+        (status = 403, description = "Needs admin", body = ErrorResponse),
+        (status = 404, description = "No such user", body = ErrorResponse),
+    ))]
 pub async fn delete(
     State(state): State<SharedState>,
     claims: Claims,
@@ -185,19 +282,25 @@ pub async fn delete(
     }
 }
 
+/// User counts per role.
+#[utoipa::path(get, path = "/api/v1/admin/stats", operation_id = "get_stats", tag = "stats",
+    responses(
+        (status = 200, description = "Counts", body = Stats),
+        (status = 403, description = "Not a staff token", body = ErrorResponse),
+    ))]
 pub async fn stats(State(state): State<SharedState>, claims: Claims) -> Result<Response, ApiError> {
     claims.require_role(auth::Role::Viewer, "reading stats")?;
     let by_role = state.store.count_by_role().await?;
     let total: i64 = by_role.iter().map(|(_, n)| n).sum();
-    let by_role: serde_json::Map<String, serde_json::Value> = by_role
+    let by_role = by_role
         .into_iter()
-        .map(|(role, n)| (role.as_str().to_string(), n.into()))
+        .map(|(role, n)| (role.as_str().to_string(), n))
         .collect();
-    Ok(Json(serde_json::json!({
-        "users": { "total": total, "by_role": by_role },
-        "instance": state.instance_id,
-        "uptime_seconds": state.started.elapsed().as_secs(),
-    }))
+    Ok(Json(Stats {
+        users: UserCounts { total, by_role },
+        instance: state.instance_id.clone(),
+        uptime_seconds: state.started.elapsed().as_secs(),
+    })
     .into_response())
 }
 

@@ -19,38 +19,69 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use service_kit::auth::{forbidden, Claims, Principal, Role};
-use service_kit::json::{ApiJson, ApiPath, ApiQuery, PageRequest};
+use service_kit::json::{ApiJson, ApiPath, ApiQuery, Page, PageRequest};
+use service_kit::openapi::ErrorResponse;
 use service_kit::ApiError;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
 
-use crate::store::{Changes, NewConsultation, Status};
+use crate::store::{Changes, Consultation, NewConsultation, Status};
 use crate::SharedState;
 
-#[derive(Debug, Deserialize)]
+/// A new consultation. Surrounding spaces are trimmed.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConsultation {
+    /// The client it is for; a customer token may only name its own.
+    #[schema(min_length = 1, max_length = 200, example = "acme")]
     client: String,
+    #[schema(min_length = 1, max_length = 500, example = "Quarterly review")]
     topic: String,
+    /// RFC 3339 timestamp (stored in UTC).
+    #[schema(example = "2027-01-15T09:30:00Z")]
     scheduled_at: String,
+    /// Default `scheduled`.
+    #[schema(nullable = false)]
     status: Option<Status>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Changes to a consultation: at least one field.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateConsultation {
+    /// Moving it to another client needs a staff token.
+    #[schema(min_length = 1, max_length = 200, nullable = false)]
     client: Option<String>,
+    #[schema(min_length = 1, max_length = 500, nullable = false)]
     topic: Option<String>,
+    /// RFC 3339 timestamp.
+    #[schema(nullable = false)]
     scheduled_at: Option<String>,
+    #[schema(nullable = false)]
     status: Option<Status>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page size.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<i64>,
+    /// Items to skip.
+    #[param(minimum = 0, default = 0)]
     offset: Option<i64>,
+    /// Only consultations with this status.
     status: Option<Status>,
+}
+
+/// The `{id}` path parameter.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ConsultationId {
+    /// The consultation's id.
+    pub id: i64,
 }
 
 fn text(field: &str, raw: &str, max: usize) -> Result<String, ApiError> {
@@ -105,6 +136,19 @@ fn require_write(claims: &Claims, client: Option<&str>) -> Result<(), ApiError> 
     }
 }
 
+/// Creates a consultation.
+#[utoipa::path(post, path = "/api/v1/consultations", tag = "consultations",
+    operation_id = "create_consultation",
+    request_body = CreateConsultation,
+    responses(
+        (status = 201, description = "Created", body = Consultation,
+            headers(("Location" = String, description = "The new consultation's URL"))),
+        (status = 400, description = "Malformed JSON", body = ErrorResponse),
+        (status = 403, description = "Another client's (customer token), or a staff viewer", body = ErrorResponse),
+        (status = 413, description = "Body over 1 MiB", body = ErrorResponse),
+        (status = 415, description = "Not application/json", body = ErrorResponse),
+        (status = 422, description = "Invalid field (named in `field`)", body = ErrorResponse),
+    ))]
 pub async fn create(
     State(state): State<SharedState>,
     claims: Claims,
@@ -128,6 +172,15 @@ pub async fn create(
         .into_response())
 }
 
+/// Lists consultations (a customer token: its own only), by id.
+#[utoipa::path(get, path = "/api/v1/consultations", tag = "consultations",
+    operation_id = "list_consultations",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of consultations", body = Page<Consultation>),
+        (status = 400, description = "Malformed or unknown query parameter", body = ErrorResponse),
+        (status = 422, description = "limit or offset out of range", body = ErrorResponse),
+    ))]
 pub async fn list(
     State(state): State<SharedState>,
     claims: Claims,
@@ -137,6 +190,15 @@ pub async fn list(
     Ok(Json(state.store.list(query.status, owner(&claims), page).await?).into_response())
 }
 
+/// One consultation (another client's is 404 to a customer token).
+#[utoipa::path(get, path = "/api/v1/consultations/{id}", tag = "consultations",
+    operation_id = "get_consultation",
+    params(ConsultationId),
+    responses(
+        (status = 200, description = "The consultation", body = Consultation),
+        (status = 400, description = "id is not an integer", body = ErrorResponse),
+        (status = 404, description = "No such consultation (or another client's)", body = ErrorResponse),
+    ))]
 pub async fn get_one(
     State(state): State<SharedState>,
     claims: Claims,
@@ -148,6 +210,20 @@ pub async fn get_one(
     }
 }
 
+/// Changes a consultation.
+#[utoipa::path(patch, path = "/api/v1/consultations/{id}", tag = "consultations",
+    operation_id = "update_consultation",
+    params(ConsultationId),
+    request_body = UpdateConsultation,
+    responses(
+        (status = 200, description = "The updated consultation", body = Consultation),
+        (status = 400, description = "Malformed JSON, or id is not an integer", body = ErrorResponse),
+        (status = 403, description = "Moving it to another client (customer token), or a staff viewer", body = ErrorResponse),
+        (status = 404, description = "No such consultation (or another client's)", body = ErrorResponse),
+        (status = 413, description = "Body over 1 MiB", body = ErrorResponse),
+        (status = 415, description = "Not application/json", body = ErrorResponse),
+        (status = 422, description = "Invalid field (named in `field`), or no field given", body = ErrorResponse),
+    ))]
 pub async fn update(
     State(state): State<SharedState>,
     claims: Claims,
@@ -185,6 +261,16 @@ pub async fn update(
     }
 }
 
+/// Deletes a consultation.
+#[utoipa::path(delete, path = "/api/v1/consultations/{id}", tag = "consultations",
+    operation_id = "delete_consultation",
+    params(ConsultationId),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "id is not an integer", body = ErrorResponse),
+        (status = 403, description = "Staff below operator", body = ErrorResponse),
+        (status = 404, description = "No such consultation (or another client's)", body = ErrorResponse),
+    ))]
 pub async fn delete(
     State(state): State<SharedState>,
     claims: Claims,

@@ -5,9 +5,13 @@
 //! (`service_kit::auth`): customer tokens (claim `client`) see and change only their own
 //! consultations and events, staff tokens (claim `role`) see everything; the rules are in
 //! `consultations`, `reports` and `notifications`.
+//!
+//! The OpenAPI document ([`openapi`]) is served at `/api/v1/openapi.json`, behind the same
+//! token (any), and checked in as `customer-services/openapi.json`.
 
 pub mod consultations;
 pub mod notifications;
+pub mod openapi;
 pub mod reports;
 pub mod store;
 
@@ -40,6 +44,10 @@ pub struct Options {
     #[arg(long, env = "REPORT_DURATION", default_value = "5s", value_parser = service_kit::settings::parse_duration)]
     pub report_duration: Duration,
 
+    /// Longest report a request may ask for with `duration_ms` (longer asks are a 422).
+    #[arg(long, env = "REPORT_MAX_DURATION", default_value = "60s", value_parser = service_kit::settings::parse_duration)]
+    pub report_max_duration: Duration,
+
     /// How often the change feed polls the shared database for other replicas' writes.
     #[arg(long, env = "NOTIFY_POLL", default_value = "250ms", value_parser = service_kit::settings::parse_duration)]
     pub notify_poll: Duration,
@@ -51,6 +59,9 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     pub notifier: Notifier,
     pub report_duration: Duration,
+    pub report_max_duration: Duration,
+    /// This API's OpenAPI document, rendered once.
+    pub document: service_kit::openapi::Document,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -79,6 +90,8 @@ pub async fn build(ctx: AppContext, options: Options) -> Result<Router, BootErro
         lifecycle: ctx.lifecycle,
         notifier,
         report_duration: options.report_duration,
+        report_max_duration: options.report_max_duration,
+        document: openapi::document().map_err(|e| BootError::Runtime(e.to_string()))?,
     });
     Ok(auth
         .protect(routes(state).merge(standard.api))
@@ -99,6 +112,7 @@ pub fn routes(state: SharedState) -> Router {
                 .delete(consultations::delete),
         )
         .route("/api/v1/reports", post(reports::generate))
+        .route(openapi::PATH, get(openapi::serve))
         .route("/api/v1/notifications", get(notifications::subscribe))
         .with_state(state)
 }

@@ -18,6 +18,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use service_kit::auth::Claims;
+use service_kit::openapi::ErrorResponse;
 use service_kit::sqlite::StoreError;
 use service_kit::ApiError;
 use tokio::sync::broadcast;
@@ -72,6 +73,16 @@ impl Notifier {
     }
 }
 
+/// The change feed (WebSocket; see the module docs for its messages).
+#[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications",
+    operation_id = "subscribe_notifications",
+    params(("access_token" = Option<String>, Query,
+        description = "The bearer token, for browsers that cannot set headers on a WebSocket")),
+    responses(
+        (status = 101, description = "Switching to WebSocket"),
+        (status = 400, description = "Not a WebSocket upgrade request", body = ErrorResponse),
+        (status = 426, description = "The connection cannot be upgraded", body = ErrorResponse),
+    ))]
 pub async fn subscribe(
     State(state): State<SharedState>,
     claims: Claims,

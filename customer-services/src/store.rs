@@ -43,7 +43,7 @@ const MIGRATIONS: &[&str] = &[
 /// Events kept in the change log; older ones are pruned by the feed.
 pub const EVENTS_KEPT: i64 = 10_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Scheduled,
@@ -74,14 +74,17 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Consultation {
     pub id: i64,
     pub client: String,
     pub topic: String,
+    /// RFC 3339, UTC.
     pub scheduled_at: String,
     pub status: Status,
+    /// RFC 3339, UTC.
     pub created_at: String,
+    /// RFC 3339, UTC.
     pub updated_at: String,
 }
 

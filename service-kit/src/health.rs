@@ -55,6 +55,7 @@ impl Lifecycle {
 
 /// The `/health` body: the process is up and answering.
 #[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Liveness<'a> {
     pub status: &'static str,
     pub service: &'a str,

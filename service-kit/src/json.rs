@@ -148,8 +148,10 @@ impl PageRequest {
 
 /// One page of a list, with the total across pages.
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// Items across all pages.
     pub total: i64,
     pub limit: i64,
     pub offset: i64,

@@ -15,6 +15,8 @@ pub mod health;
 pub mod http;
 pub mod json;
 pub mod metrics;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 #[cfg(feature = "pki")]
 pub mod pki;
 #[cfg(feature = "testkit")]
