@@ -374,6 +374,7 @@ fn flow(env: &Env, docker: bool) {
             "panels without data:\n{}",
             empty.join("\n")
         );
+        alert_drill(env);
     } else {
         eprintln!("note: no prometheus binary on PATH: the process runtime skips Prometheus");
     }
@@ -442,6 +443,44 @@ fn flow(env: &Env, docker: bool) {
             .all(|s| s["state"] != "running"),
         "{status}"
     );
+}
+
+/// A backend that dies is alerted: the alert reaches Alertmanager within 2 minutes and
+/// `devctl alerts` shows it; started again, it serves.
+fn alert_drill(env: &Env) {
+    if !env.status()["endpoints"]["alertmanager"].is_string() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs Alertmanager (Debian's prometheus-alertmanager)"
+        );
+        eprintln!("note: no Alertmanager here: the alert drill is skipped");
+        return;
+    }
+    env.ok(&["kill", "admin-2"]);
+    let t = Instant::now();
+    eventually(
+        "InstanceDown for admin-2 at Alertmanager",
+        Duration::from_secs(120),
+        || {
+            let out = env.devctl(&["alerts", "--json"]);
+            let alerts: Value = serde_json::from_slice(&out.stdout).ok()?;
+            alerts
+                .as_array()?
+                .iter()
+                .any(|a| {
+                    a["labels"]["alertname"] == "InstanceDown"
+                        && a["labels"]["instance"] == "admin-2"
+                })
+                .then_some(())
+        },
+    );
+    eprintln!("admin-2 killed -> alert at Alertmanager: {:.1?}", t.elapsed());
+    let table = env.ok(&["alerts"]);
+    assert!(
+        table.contains("InstanceDown") && table.contains("admin-2"),
+        "{table}"
+    );
+    env.ok(&["start", "admin-2"]);
 }
 
 /// The state dir's files that say what the deployment is (not logs or PIDs, which a running
