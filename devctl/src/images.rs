@@ -222,6 +222,7 @@ pub fn host_program_context(
     binary: &Path,
     name: &str,
     data_dir: &str,
+    extra_files: &[&str],
 ) -> Result<(Vec<u8>, String), ImageError> {
     let bytes = read(binary)?;
     let (passwd, group) = passwd();
@@ -252,6 +253,14 @@ pub fn host_program_context(
         let lib = read(&real)?;
         add_dirs(&mut c, &path).map_err(io_err)?;
         c.file(&format!("rootfs{path}"), &lib, 0o755)
+            .map_err(io_err)?;
+    }
+    // Files the program reads at run time (Debian's Alertmanager: its notification
+    // templates), copied when the host has them.
+    for path in extra_files.iter().filter(|p| Path::new(p).is_file()) {
+        let bytes = read(Path::new(path))?;
+        add_dirs(&mut c, path).map_err(io_err)?;
+        c.file(&format!("rootfs{path}"), &bytes, 0o644)
             .map_err(io_err)?;
     }
     c.dir("rootfs/tmp/", 0o1777).map_err(io_err)?;

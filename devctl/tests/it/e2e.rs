@@ -474,7 +474,10 @@ fn alert_drill(env: &Env) {
                 .then_some(())
         },
     );
-    eprintln!("admin-2 killed -> alert at Alertmanager: {:.1?}", t.elapsed());
+    eprintln!(
+        "admin-2 killed -> alert at Alertmanager: {:.1?}",
+        t.elapsed()
+    );
     let table = env.ok(&["alerts"]);
     assert!(
         table.contains("InstanceDown") && table.contains("admin-2"),

@@ -25,6 +25,8 @@ struct HostImage {
     binaries: &'static [&'static str],
     package: &'static str,
     data_dir: &'static str,
+    /// Files from the host package the program reads at run time.
+    extra_files: &'static [&'static str],
 }
 
 impl HostImage {
@@ -33,12 +35,17 @@ impl HostImage {
         binaries: &["prometheus"],
         package: "prometheus",
         data_dir: "/prometheus",
+        extra_files: &[],
     };
     const ALERTMANAGER: HostImage = HostImage {
         name: "alertmanager",
         binaries: &["prometheus-alertmanager", "alertmanager"],
         package: "prometheus-alertmanager",
         data_dir: "/alertmanager",
+        extra_files: &[
+            "/usr/share/prometheus/alertmanager/default.tmpl",
+            "/usr/share/prometheus/alertmanager/email.tmpl",
+        ],
     };
 
     fn find(&self) -> Option<std::path::PathBuf> {
@@ -169,7 +176,12 @@ impl DockerEngine {
             match (mode, host.find()) {
                 (PrepareMode::Build, Some(path)) => {
                     let context = tokio::task::spawn_blocking(move || {
-                        images::host_program_context(&path, host.name, host.data_dir)
+                        images::host_program_context(
+                            &path,
+                            host.name,
+                            host.data_dir,
+                            host.extra_files,
+                        )
                     })
                     .await??;
                     if self.build_image(&tag, host.name, context).await? {
