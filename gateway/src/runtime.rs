@@ -110,6 +110,14 @@ impl Snapshot {
         };
         let connector = upstream_connector(&config)?;
         let verifiers = token_verifiers(&config)?;
+        // tls_certificate_not_after_seconds: `server_config` and `upstream_connector` set the
+        // certificates loaded; a reload that stops using one drops its series.
+        if config.https.is_none() {
+            service_kit::metrics::forget_certificate("server");
+        }
+        if connector.is_none() || config.upstream_tls.client_cert.is_none() {
+            service_kit::metrics::forget_certificate(UPSTREAM_CLIENT_CERT);
+        }
 
         // Everything fallible is done; from here on shared state is updated.
         let mut upstreams = HashMap::new();
@@ -215,6 +223,9 @@ impl Snapshot {
     }
 }
 
+/// `certificate` label of the upstream client certificate's expiry.
+const UPSTREAM_CLIENT_CERT: &str = "upstream_client";
+
 fn upstream_connector(config: &Config) -> Result<Option<TlsConnector>, BuildError> {
     let settings = &config.upstream_tls;
     let Some(ca) = &settings.ca else {
@@ -222,10 +233,12 @@ fn upstream_connector(config: &Config) -> Result<Option<TlsConnector>, BuildErro
     };
     let roots = tls::root_store(ca, "upstream CA").map_err(BuildError::UpstreamTls)?;
     let identity = match (&settings.client_cert, &settings.client_key) {
-        (Some(cert), Some(key)) => Some((
-            tls::load_certs(cert, "client certificate").map_err(BuildError::UpstreamTls)?,
-            tls::load_key(key).map_err(BuildError::UpstreamTls)?,
-        )),
+        (Some(cert), Some(key)) => {
+            let certs =
+                tls::load_certs(cert, "client certificate").map_err(BuildError::UpstreamTls)?;
+            tls::record_not_after(UPSTREAM_CLIENT_CERT, &certs);
+            Some((certs, tls::load_key(key).map_err(BuildError::UpstreamTls)?))
+        }
         _ => None,
     };
     let mut client =

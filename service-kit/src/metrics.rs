@@ -4,8 +4,12 @@
 //! metrics` is clean. Route labels are axum's matched route templates, never raw paths, to
 //! keep cardinality bounded.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -74,9 +78,11 @@ impl Metrics {
     }
 }
 
-/// A registry holding `build_info{service,version}` and the process collector (CPU, RSS, fds).
+/// A registry holding `build_info{service,version}`, the certificate expiry gauge and the
+/// process collector (CPU, RSS, fds).
 pub fn base_registry(service: &str, version: &str) -> Result<Registry, prometheus::Error> {
     let registry = Registry::new();
+    registry.register(Box::new(CertificateExpiry::new()?))?;
     let build_info = IntGaugeVec::new(
         Opts::new("build_info", "Always 1; labels name the running build."),
         &["service", "version"],
@@ -88,6 +94,67 @@ pub fn base_registry(service: &str, version: &str) -> Result<Registry, prometheu
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
     Ok(registry)
+}
+
+/// Not-after (unix seconds) of the certificates this process serves or presents, by role
+/// (`server`, `upstream_client`). Process-wide because the TLS loaders (`crate::tls`) set it
+/// wherever a certificate is loaded or reloaded; every registry from `base_registry` exports it.
+static CERTIFICATES: Mutex<BTreeMap<&'static str, i64>> = Mutex::new(BTreeMap::new());
+
+const CERTIFICATE_METRIC: &str = "tls_certificate_not_after_seconds";
+const CERTIFICATE_HELP: &str = "Unix time after which the certificate is no longer valid, by role.";
+
+/// Sets `tls_certificate_not_after_seconds{certificate}`.
+pub fn set_certificate_not_after(certificate: &'static str, unix_seconds: i64) {
+    let mut map = CERTIFICATES.lock().unwrap_or_else(|p| p.into_inner());
+    map.insert(certificate, unix_seconds);
+}
+
+/// Drops the series of a certificate the process no longer uses (a reload removed it).
+pub fn forget_certificate(certificate: &'static str) {
+    let mut map = CERTIFICATES.lock().unwrap_or_else(|p| p.into_inner());
+    map.remove(certificate);
+}
+
+/// Exports `CERTIFICATES` at scrape time.
+struct CertificateExpiry {
+    desc: Desc,
+}
+
+impl CertificateExpiry {
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(CertificateExpiry {
+            desc: Desc::new(
+                CERTIFICATE_METRIC.into(),
+                CERTIFICATE_HELP.into(),
+                vec!["certificate".into()],
+                Default::default(),
+            )?,
+        })
+    }
+}
+
+impl Collector for CertificateExpiry {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Ok(gauge) = IntGaugeVec::new(
+            Opts::new(CERTIFICATE_METRIC, CERTIFICATE_HELP),
+            &["certificate"],
+        ) else {
+            return Vec::new();
+        };
+        let map = CERTIFICATES.lock().unwrap_or_else(|p| p.into_inner());
+        if map.is_empty() {
+            return Vec::new();
+        }
+        for (certificate, at) in map.iter() {
+            gauge.with_label_values(&[*certificate]).set(*at);
+        }
+        gauge.collect()
+    }
 }
 
 /// The text exposition format of everything in `registry`.

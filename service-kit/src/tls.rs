@@ -39,6 +39,8 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
     #[error("invalid client CA: {0}")]
     Verifier(String),
+    #[error("cannot parse certificate: {0}")]
+    Certificate(String),
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
@@ -103,6 +105,7 @@ pub struct ServerTlsFiles {
 pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(&files.cert, "TLS certificate")?;
     let key = load_key(&files.key)?;
+    record_not_after("server", &certs);
     let builder = ServerConfig::builder_with_protocol_versions(PROTOCOL_VERSIONS);
     let builder = match &files.client_ca {
         Some(ca_path) => {
@@ -117,6 +120,24 @@ pub fn server_config(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsErr
     let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Unix time (seconds) of a certificate's not-after.
+pub fn not_after(cert: &CertificateDer<'_>) -> Result<i64, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    Ok(parsed.validity().not_after.timestamp())
+}
+
+/// Publishes the leaf's (first certificate's) not-after as
+/// `tls_certificate_not_after_seconds{certificate}`; a certificate it cannot parse is logged and
+/// leaves the gauge as it was (rustls, not this parser, decides whether it is usable).
+pub fn record_not_after(certificate: &'static str, chain: &[CertificateDer<'_>]) {
+    let Some(leaf) = chain.first() else { return };
+    match not_after(leaf) {
+        Ok(at) => crate::metrics::set_certificate_not_after(certificate, at),
+        Err(e) => tracing::warn!(certificate, error = %e, "no expiry metric for the certificate"),
+    }
 }
 
 /// A root store holding every certificate of a CA bundle.
@@ -221,4 +242,55 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServerCert {
 /// Installs the process-wide default crypto provider once; harmless when already installed.
 pub fn install_default_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+#[cfg(all(test, feature = "pki"))]
+mod tests {
+    use super::*;
+    use crate::pki::{CertificateAuthority, LeafSpec};
+
+    #[test]
+    fn not_after_reads_the_leaf_validity() {
+        let ca = CertificateAuthority::generate("test CA").unwrap();
+        let mut spec = LeafSpec::new("svc", &["localhost"]);
+        spec.validity_days = 30;
+        let leaf = ca.issue(&spec).unwrap();
+        let der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let at = not_after(&der).unwrap();
+        let expected = now + 30 * 86_400;
+        assert!((at - expected).abs() < 120, "{at} vs {expected}");
+        assert!(not_after(&CertificateDer::from(vec![0u8; 8])).is_err());
+    }
+
+    #[test]
+    fn server_config_publishes_the_server_certificate_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::generate("test CA").unwrap();
+        let mut spec = LeafSpec::new("svc", &["localhost"]);
+        spec.validity_days = 10;
+        let leaf = ca.issue(&spec).unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, &leaf.cert_pem).unwrap();
+        std::fs::write(&key, &leaf.key_pem).unwrap();
+        install_default_provider();
+        server_config(&ServerTlsFiles {
+            cert,
+            key,
+            client_ca: None,
+        })
+        .unwrap();
+        let registry = crate::metrics::base_registry("t", "0").unwrap();
+        let text = crate::metrics::render(&registry);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(r#"tls_certificate_not_after_seconds{certificate="server"}"#))
+            .unwrap_or_else(|| panic!("{text}"));
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        let der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
+        assert_eq!(value as i64, not_after(&der).unwrap());
+    }
 }

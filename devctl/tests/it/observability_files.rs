@@ -93,6 +93,12 @@ fn dashboards_use_the_provisioned_datasource() {
         let text = std::fs::read_to_string(repo().join("grafana/dashboards").join(name)).unwrap();
         let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert!(dash["uid"].as_str().is_some_and(|u| !u.is_empty()));
+        let variables: Vec<&str> = dash["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
         let panels = dash["panels"].as_array().unwrap();
         assert!(panels.len() >= 6, "{name}");
         for p in panels {
@@ -100,14 +106,41 @@ fn dashboards_use_the_provisioned_datasource() {
             let targets = p["targets"].as_array().unwrap();
             assert!(!targets.is_empty());
             for t in targets {
-                assert!(t["expr"].as_str().is_some_and(|e| !e.is_empty()));
+                let expr = t["expr"].as_str().unwrap_or_default();
+                assert!(!expr.is_empty());
                 assert_eq!(t["datasource"]["uid"], uid);
+                // Variables are defined; the end-to-end test runs exprs unsubstituted, so a
+                // filtered query falls back to 0 there (and when a filter matches nothing).
+                for used in expr.split('$').skip(1) {
+                    let var: String = used
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    assert!(
+                        variables.contains(&var.as_str()),
+                        "{name}: ${var} in {expr}"
+                    );
+                    assert!(expr.contains("or on() vector(0)"), "{name}: {expr}");
+                }
             }
             titles.push(p["title"].as_str().unwrap_or_default().to_string());
         }
     }
     for wanted in [
         "Requests per second",
+        "Latency p50 / p95 / p99",
+        "CPU",
+        "resident memory",
+        "file descriptors",
+        "Certificate days left",
+        "Targets up",
+        "HA state",
+        "Rejected HA adverts",
+        "Cache hit ratio",
+        "WebSocket",
+        "Refused connections",
+        "active requests and idle connections",
+        "Build",
         "p99",
         "5xx",
         "upstream server",
@@ -121,4 +154,31 @@ fn dashboards_use_the_provisioned_datasource() {
             "no panel about {wanted}: {titles:?}"
         );
     }
+}
+
+/// Every alert and recording rule is exercised by the promtool unit tests.
+#[test]
+fn every_rule_has_a_unit_test() {
+    let rules = std::fs::read_to_string(repo().join("prometheus/rules/platform.yml")).unwrap();
+    let tests = std::fs::read_to_string(repo().join("prometheus/tests/platform.test.yml")).unwrap();
+    let mut names = 0;
+    for line in rules.lines().map(str::trim) {
+        if let Some(alert) = line.strip_prefix("- alert:") {
+            let alert = alert.trim();
+            names += 1;
+            let cases = tests.matches(&format!("alertname: {alert}\n")).count();
+            assert!(
+                cases >= 2,
+                "{alert}: a firing and a quiet case wanted, {cases} found"
+            );
+        } else if let Some(record) = line.strip_prefix("- record:") {
+            let record = record.trim();
+            names += 1;
+            assert!(
+                tests.contains(&format!("expr: {record}")),
+                "{record}: no promql_expr_test"
+            );
+        }
+    }
+    assert!(names >= 20, "{names} rules");
 }

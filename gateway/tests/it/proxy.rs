@@ -572,6 +572,7 @@ async fn admin_endpoints_metrics_and_graceful_stop() {
         r#"gateway_tls_handshakes_total{version="TLSv1.3"}"#,
         "gateway_request_duration_seconds_bucket",
         r#"build_info{service="gateway""#,
+        r#"tls_certificate_not_after_seconds{certificate="server"} 1"#,
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
