@@ -484,6 +484,31 @@ fn alert_drill(env: &Env) {
         "{table}"
     );
     env.ok(&["start", "admin-2"]);
+
+    // Both gateways down: nobody holds the VIP, and that is alerted although no gateway
+    // series are left to say so.
+    env.ok(&["kill", "gateway-1"]);
+    env.ok(&["kill", "gateway-2"]);
+    let t = Instant::now();
+    eventually(
+        "NoVipHolder at Alertmanager",
+        Duration::from_secs(120),
+        || {
+            let out = env.devctl(&["alerts", "--json"]);
+            let alerts: Value = serde_json::from_slice(&out.stdout).ok()?;
+            alerts
+                .as_array()?
+                .iter()
+                .any(|a| a["labels"]["alertname"] == "NoVipHolder")
+                .then_some(())
+        },
+    );
+    eprintln!("both gateways down -> NoVipHolder: {:.1?}", t.elapsed());
+    env.ok(&["start", "gateway-2"]);
+    env.ok(&["start", "gateway-1"]);
+    eventually("VIP back on gateway-1", Duration::from_secs(30), || {
+        (vip_holder(env).as_deref() == Some("gateway-1")).then_some(())
+    });
 }
 
 /// The state dir's files that say what the deployment is (not logs or PIDs, which a running
