@@ -1,4 +1,4 @@
-//! The admin API: users and stats over a SQLite store shared by all replicas.
+//! The admin API: users and stats over a store (SQLite or PostgreSQL) shared by all replicas.
 //!
 //! Routes are built by [`build`]; the shared boot sequence (service-kit) adds request ids,
 //! metrics, logs and the JSON 404 fallback around them. Every `/api/v1/admin/...` route (the

@@ -1,5 +1,5 @@
 //! The customer API: consultations CRUD, slow report generation and a WebSocket of
-//! consultation changes, over a SQLite store shared by all replicas.
+//! consultation changes, over a store (SQLite or PostgreSQL) shared by all replicas.
 //!
 //! Every `/api/v1/...` route (the health alias too) needs a bearer token
 //! (`service_kit::auth`): customer tokens (claim `client`) see and change only their own

@@ -691,9 +691,10 @@ impl ConsultationStore {
     pub async fn events_after(&self, seq: i64, limit: i64) -> Result<Vec<ChangeEvent>, StoreError> {
         let db = match &self.backend {
             Backend::Sqlite(db) => db,
-            Backend::Postgres(pg) => return pg
-                .timed("read", async {
-                    let rows = sqlx::query(
+            Backend::Postgres(pg) => {
+                return pg
+                    .timed("read", async {
+                        let rows = sqlx::query(
                         "SELECT seq, consultation_id, action, status, at, client, previous_client
                              FROM consultation_events
                              WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -702,23 +703,24 @@ impl ConsultationStore {
                     .bind(limit)
                     .fetch_all(pg.pool())
                     .await?;
-                    let events = rows
-                        .iter()
-                        .map(|r| {
-                            Ok::<_, sqlx::Error>(ChangeEvent {
-                                seq: r.try_get(0)?,
-                                consultation_id: r.try_get(1)?,
-                                action: r.try_get(2)?,
-                                status: r.try_get(3)?,
-                                at: r.try_get(4)?,
-                                client: r.try_get(5)?,
-                                previous_client: r.try_get(6)?,
+                        let events = rows
+                            .iter()
+                            .map(|r| {
+                                Ok::<_, sqlx::Error>(ChangeEvent {
+                                    seq: r.try_get(0)?,
+                                    consultation_id: r.try_get(1)?,
+                                    action: r.try_get(2)?,
+                                    status: r.try_get(3)?,
+                                    at: r.try_get(4)?,
+                                    client: r.try_get(5)?,
+                                    previous_client: r.try_get(6)?,
+                                })
                             })
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok(events)
-                })
-                .await,
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Ok(events)
+                    })
+                    .await
+            }
         };
         db.call(move |conn| {
             let mut stmt = conn.prepare_cached(
