@@ -10,6 +10,8 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+# The store tests start their own PostgreSQL servers (initdb, postgres, psql).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v st >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1 || missing+=(python3-pip)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then

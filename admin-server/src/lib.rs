@@ -1,4 +1,4 @@
-//! The admin API: users and stats over a SQLite store shared by all replicas.
+//! The admin API: users and stats over a store (SQLite or PostgreSQL) shared by all replicas.
 //!
 //! Routes are built by [`build`]; the shared boot sequence (service-kit) adds request ids,
 //! metrics, logs and the JSON 404 fallback around them. Every `/api/v1/admin/...` route (the
@@ -53,15 +53,14 @@ pub type SharedState = Arc<AppState>;
 /// Opens the store and returns the service's routes.
 pub async fn build(ctx: AppContext) -> Result<Router, BootError> {
     let auth = Auth::start(&ctx.auth, INFO.name).map_err(|e| BootError::Config(e.to_string()))?;
-    let path = ctx.data_dir.join(DB_FILE);
-    let store = UserStore::open(&path).map_err(|e| BootError::Runtime(e.to_string()))?;
+    let store = open_store(&ctx).await?;
     let standard = standard_routes(
         Endpoints {
             info: INFO,
             instance_id: ctx.instance_id.clone(),
             lifecycle: ctx.lifecycle,
             metrics: ctx.metrics,
-            checks: vec![("store", store.db().ready_check())],
+            checks: vec![("store", store.ready_check())],
         },
         &["/api/v1/admin/health"],
     );
@@ -75,6 +74,32 @@ pub async fn build(ctx: AppContext) -> Result<Router, BootError> {
     Ok(auth
         .protect(routes(state).merge(standard.api))
         .merge(standard.internal))
+}
+
+/// The store `--database-url` names (default: [`DB_FILE`] in `--data-dir`).
+async fn open_store(ctx: &AppContext) -> Result<UserStore, BootError> {
+    use service_kit::store::{Database, StoreMetrics};
+    let args = &ctx.database;
+    let database = Database::parse(args.url.as_deref(), args.ca.clone(), args.pool_size)
+        .map_err(BootError::Config)?;
+    let runtime = |e: &dyn std::fmt::Display| BootError::Runtime(e.to_string());
+    match database.sqlite_path(&ctx.data_dir, DB_FILE) {
+        Some(path) => {
+            let metrics = StoreMetrics::register(ctx.metrics.registry(), "sqlite")
+                .map_err(|e| runtime(&e))?;
+            UserStore::open_sqlite(&path, metrics).map_err(|e| runtime(&e))
+        }
+        None => {
+            let Database::Postgres(settings) = database else {
+                return Err(BootError::Config("unsupported --database-url".into()));
+            };
+            let metrics = StoreMetrics::register(ctx.metrics.registry(), "postgres")
+                .map_err(|e| runtime(&e))?;
+            UserStore::open_postgres(&settings, metrics)
+                .await
+                .map_err(|e| runtime(&e))
+        }
+    }
 }
 
 /// The admin API routes (without the auth layer: [`build`] adds it).
@@ -93,7 +118,7 @@ pub fn routes(state: SharedState) -> Router {
 }
 
 /// Converts store failures into JSON errors, mapping a UNIQUE conflict to 409.
-pub(crate) fn conflict_or(err: service_kit::sqlite::StoreError, what: &str) -> ApiError {
+pub(crate) fn conflict_or(err: service_kit::store::StoreError, what: &str) -> ApiError {
     if err.is_constraint() {
         ApiError::conflict(what.to_string())
     } else {

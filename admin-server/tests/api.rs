@@ -11,12 +11,14 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use service_kit::auth::{Claims, Role, SigningKey};
 use service_kit::client::{self, Connection, Target};
-use service_kit::testkit::{ServerProcess, TestAuth, TestPki};
+use service_kit::testkit::{Backend, Postgres, ServerProcess, TestAuth, TestPki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_admin-server");
 
 struct Fixture {
+    /// Dropped (stopped) before `dir` is removed.
+    pg: Option<Postgres>,
     dir: tempfile::TempDir,
     pki: TestPki,
     auth: TestAuth,
@@ -29,7 +31,21 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::new(dir.path(), &["localhost", "127.0.0.1"]);
         let auth = TestAuth::new(dir.path());
-        Fixture { dir, pki, auth }
+        Fixture {
+            pg: None,
+            dir,
+            pki,
+            auth,
+        }
+    }
+
+    /// A fixture whose servers use `backend`; `None` when PostgreSQL is missing (skipped).
+    fn on(backend: Backend) -> Option<Fixture> {
+        let mut fx = Fixture::new();
+        if backend == Backend::Postgres {
+            fx.pg = Some(Postgres::start(fx.dir.path())?);
+        }
+        Some(fx)
     }
 
     fn token(&self, role: Role) -> String {
@@ -60,6 +76,9 @@ impl Fixture {
             .args(["--drain-delay", "100ms"])
             .args(self.auth.args())
             .args(extra);
+        if let Some(pg) = &self.pg {
+            cmd.args(["--database-url", &pg.url()]);
+        }
         cmd
     }
 
@@ -230,9 +249,15 @@ async fn mtls_refuses_clients_without_a_certificate() {
     assert!(status.success());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_crud_across_two_replicas_sharing_one_database() {
-    let fx = Fixture::new();
+service_kit::store_tests!(
+    users_crud_across_two_replicas_sharing_one_database,
+    roles_viewer_reads_operator_writes_admin_deletes_and_changes_roles,
+);
+
+async fn users_crud_across_two_replicas_sharing_one_database(backend: Backend) {
+    let Some(fx) = Fixture::on(backend) else {
+        return;
+    };
     let a = fx.start("admin-a");
     let b = fx.start("admin-b");
     let mut ca = fx.connect(&a).await;
@@ -768,9 +793,10 @@ async fn api_needs_a_valid_token_and_health_does_not() {
     assert!(!log.contains(&fx.token(Role::Admin)[..40]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn roles_viewer_reads_operator_writes_admin_deletes_and_changes_roles() {
-    let fx = Fixture::new();
+async fn roles_viewer_reads_operator_writes_admin_deletes_and_changes_roles(backend: Backend) {
+    let Some(fx) = Fixture::on(backend) else {
+        return;
+    };
     let server = fx.start("admin-1");
     let mut viewer = fx.connect_as(&server, &fx.token(Role::Viewer)).await;
     let mut support = fx.connect_as(&server, &fx.token(Role::Support)).await;
@@ -912,4 +938,107 @@ async fn no_auth_serves_without_tokens_and_warns() {
     .await
     .unwrap();
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+}
+
+/// The database-away drill: PostgreSQL stops under load, then comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_away_means_503s_then_service_resumes_by_itself() {
+    let Some(mut fx) = Fixture::on(Backend::Postgres) else {
+        return;
+    };
+    let server = fx.start("admin-drill");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let tls = fx.pki.client();
+        let port = server.addr.port();
+        let bearer = TestAuth::bearer(&fx.token(Role::Operator));
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let target = Target::from_url(&format!("https://localhost:{port}"), Some(tls))
+                .await
+                .unwrap();
+            let mut conn = client::connect(&target)
+                .await
+                .unwrap()
+                .with_default_header("authorization", &bearer);
+            let (mut acked, mut refused) = (Vec::new(), 0);
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let body = format!(
+                    r#"{{"email":"w{worker}-{i}@drill.test","name":"n","role":"support"}}"#
+                );
+                let resp = json(&mut conn, Method::POST, "/api/v1/admin/users", &body).await;
+                if resp.status == StatusCode::CREATED {
+                    acked.push(resp.json().unwrap()["id"].as_i64().unwrap());
+                } else {
+                    assert_error(&resp, 503, "store_unavailable");
+                    refused += 1;
+                }
+            }
+            (acked, refused)
+        }));
+    }
+    let mut probe = fx.connect(&server).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let pg = fx.pg.as_mut().unwrap();
+    tokio::task::block_in_place(|| pg.stop());
+    let stopped = std::time::Instant::now();
+    let ready = probe.get("/ready").await.unwrap();
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        ready.text()
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let body = ready.json().unwrap();
+    assert!(body["checks"].to_string().contains("postgres"), "{body}");
+    let read = probe.get("/api/v1/admin/users").await.unwrap();
+    assert_error(&read, 503, "store_unavailable");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let pg = fx.pg.as_mut().unwrap();
+    tokio::task::block_in_place(|| pg.restart());
+    let restarted = std::time::Instant::now();
+    loop {
+        let resp = probe.get("/api/v1/admin/stats").await.unwrap();
+        if resp.status == StatusCode::OK
+            && probe.get("/ready").await.unwrap().status == StatusCode::OK
+        {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(5),
+            "no 200 within 5 s: {}",
+            resp.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        acked.extend(a);
+        refused += r;
+    }
+    assert!(refused > 0, "the outage refused nothing");
+    let pg = fx.pg.as_ref().unwrap();
+    let committed: Vec<i64> = pg
+        .query("SELECT id FROM users ORDER BY id")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    acked.sort_unstable();
+    // Every acknowledged create is committed, and nothing else was.
+    assert_eq!(committed, acked, "refused during the outage: {refused}");
+    let output = server.output().join("\n");
+    assert!(!output.contains("panicked"), "{output}");
 }

@@ -1,5 +1,5 @@
 //! The customer API: consultations CRUD, slow report generation and a WebSocket of
-//! consultation changes, over a SQLite store shared by all replicas.
+//! consultation changes, over a store (SQLite or PostgreSQL) shared by all replicas.
 //!
 //! Every `/api/v1/...` route (the health alias too) needs a bearer token
 //! (`service_kit::auth`): customer tokens (claim `client`) see and change only their own
@@ -66,11 +66,36 @@ pub struct AppState {
 
 pub type SharedState = Arc<AppState>;
 
+/// The store `--database-url` names (default: [`DB_FILE`] in `--data-dir`).
+async fn open_store(ctx: &AppContext) -> Result<ConsultationStore, BootError> {
+    use service_kit::store::{Database, StoreMetrics};
+    let args = &ctx.database;
+    let database = Database::parse(args.url.as_deref(), args.ca.clone(), args.pool_size)
+        .map_err(BootError::Config)?;
+    let runtime = |e: &dyn std::fmt::Display| BootError::Runtime(e.to_string());
+    match database.sqlite_path(&ctx.data_dir, DB_FILE) {
+        Some(path) => {
+            let metrics = StoreMetrics::register(ctx.metrics.registry(), "sqlite")
+                .map_err(|e| runtime(&e))?;
+            ConsultationStore::open_sqlite(&path, metrics).map_err(|e| runtime(&e))
+        }
+        None => {
+            let Database::Postgres(settings) = database else {
+                return Err(BootError::Config("unsupported --database-url".into()));
+            };
+            let metrics = StoreMetrics::register(ctx.metrics.registry(), "postgres")
+                .map_err(|e| runtime(&e))?;
+            ConsultationStore::open_postgres(&settings, metrics)
+                .await
+                .map_err(|e| runtime(&e))
+        }
+    }
+}
+
 /// Opens the store, starts the change feed and returns the service's routes.
 pub async fn build(ctx: AppContext, options: Options) -> Result<Router, BootError> {
     let auth = Auth::start(&ctx.auth, INFO.name).map_err(|e| BootError::Config(e.to_string()))?;
-    let path = ctx.data_dir.join(DB_FILE);
-    let store = ConsultationStore::open(&path).map_err(|e| BootError::Runtime(e.to_string()))?;
+    let store = open_store(&ctx).await?;
     let notifier = Notifier::start(store.clone(), options.notify_poll)
         .await
         .map_err(|e| BootError::Runtime(e.to_string()))?;
@@ -80,7 +105,7 @@ pub async fn build(ctx: AppContext, options: Options) -> Result<Router, BootErro
             instance_id: ctx.instance_id.clone(),
             lifecycle: ctx.lifecycle.clone(),
             metrics: ctx.metrics,
-            checks: vec![("store", store.db().ready_check())],
+            checks: vec![("store", store.ready_check())],
         },
         &["/api/v1/health"],
     );

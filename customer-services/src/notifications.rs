@@ -1,7 +1,12 @@
 //! The consultation change feed and its WebSocket.
 //!
-//! One poller per process tails the shared change log (so changes made through any replica
-//! reach every subscriber) and fans events out over a broadcast channel. A WebSocket client
+//! One tailer per process follows the shared change log (so changes made through any replica
+//! reach every subscriber) and fans events out over a broadcast channel. On SQLite it polls
+//! every `--notify-poll`; on PostgreSQL it LISTENs on `consultation_events` (writes NOTIFY in
+//! their transaction) and reads the log after its last `seq` on every wake-up, after every
+//! reconnect and every few seconds as a safety net: the table is the source of truth, the
+//! notification only a wake-up, so an event is never lost (a reconnect catches up) nor
+//! doubled (reads start after the last `seq` delivered). A WebSocket client
 //! first gets `{"type":"hello","instance":...}` naming the replica it landed on (the gateway's
 //! sticky-session tests rely on it), then one message per change. On drain the server closes
 //! with 1001 (going away) so clients reconnect elsewhere.
@@ -19,7 +24,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use service_kit::auth::Claims;
 use service_kit::openapi::ErrorResponse;
-use service_kit::sqlite::StoreError;
+use service_kit::store::StoreError;
 use service_kit::ApiError;
 use tokio::sync::broadcast;
 
@@ -39,8 +44,13 @@ impl Notifier {
     /// Starts tailing the change log from its current end.
     pub async fn start(store: ConsultationStore, poll: Duration) -> Result<Self, StoreError> {
         let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
-        let mut last = store.last_seq().await?;
+        let last = store.last_seq().await?;
         let feed = tx.clone();
+        if store.postgres().is_some() {
+            tokio::spawn(listen(store, feed, last));
+            return Ok(Notifier { tx });
+        }
+        let mut last = last;
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(poll);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -70,6 +80,77 @@ impl Notifier {
 
     pub fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
         self.tx.subscribe()
+    }
+}
+
+/// How often the PostgreSQL feed reads the log without a notification (a safety net).
+const PG_SAFETY_POLL: Duration = Duration::from_secs(5);
+
+/// The PostgreSQL feed: wake on NOTIFY (or reconnect, or [`PG_SAFETY_POLL`]), then read
+/// everything after `last`.
+async fn listen(store: ConsultationStore, feed: broadcast::Sender<ChangeEvent>, mut last: i64) {
+    let mut listener: Option<sqlx::postgres::PgListener> = None;
+    let mut pruned_at = last;
+    loop {
+        // Catch up: the log is the source of truth.
+        loop {
+            match store.events_after(last, BATCH).await {
+                Ok(events) => {
+                    let full = events.len() as i64 == BATCH;
+                    for event in events {
+                        last = event.seq;
+                        let _ = feed.send(event);
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "change feed read failed");
+                    break;
+                }
+            }
+        }
+        if last - pruned_at >= 1000 {
+            if let Err(e) = store.prune_events(last).await {
+                tracing::warn!(error = %e, "change log prune failed");
+            }
+            pruned_at = last;
+        }
+        if listener.is_none() {
+            if let Some(pg) = store.postgres() {
+                match sqlx::postgres::PgListener::connect_with(pg.pool()).await {
+                    Ok(mut l) => match l.listen(crate::store::EVENTS_CHANNEL).await {
+                        Ok(()) => {
+                            listener = Some(l);
+                            // Anything committed before LISTEN took effect: read again.
+                            continue;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "LISTEN failed"),
+                    },
+                    Err(e) => tracing::warn!(error = %e, "change feed cannot connect"),
+                }
+            }
+        }
+        match listener.as_mut() {
+            Some(l) => {
+                tokio::select! {
+                    received = l.try_recv() => match received {
+                        // Drain what else arrived: one read covers them all.
+                        Ok(Some(_)) => while l.next_buffered().is_some() {},
+                        // The connection dropped; the next try_recv reconnects and re-LISTENs.
+                        Ok(None) => tracing::warn!("change feed connection lost; catching up"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "change feed listener failed");
+                            listener = None;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    },
+                    () = tokio::time::sleep(PG_SAFETY_POLL) => {}
+                }
+            }
+            None => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
     }
 }
 

@@ -13,12 +13,21 @@ use http::{Method, StatusCode};
 use rustls_pki_types::ServerName;
 use service_kit::auth::Role;
 use service_kit::client::{self, Connection, Target};
-use service_kit::testkit::{ServerProcess, TestAuth, TestPki};
+use service_kit::testkit::{Backend, Postgres, ServerProcess, TestAuth, TestPki};
 use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_customer-services");
 
+service_kit::store_tests!(
+    consultations_crud_and_validation,
+    websocket_names_its_instance_and_carries_changes_from_other_replicas,
+    customers_see_and_change_only_their_own_consultations,
+    websocket_needs_a_token_and_customers_get_only_their_own_events,
+);
+
 struct Fixture {
+    /// Dropped (stopped) before `dir` is removed.
+    pg: Option<Postgres>,
     dir: tempfile::TempDir,
     pki: TestPki,
     auth: TestAuth,
@@ -31,7 +40,21 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::new(dir.path(), &["localhost", "127.0.0.1"]);
         let auth = TestAuth::new(dir.path());
-        Fixture { dir, pki, auth }
+        Fixture {
+            pg: None,
+            dir,
+            pki,
+            auth,
+        }
+    }
+
+    /// A fixture whose servers use `backend`; `None` when PostgreSQL is missing (skipped).
+    fn on(backend: Backend) -> Option<Fixture> {
+        let mut fx = Fixture::new();
+        if backend == Backend::Postgres {
+            fx.pg = Some(Postgres::start(fx.dir.path())?);
+        }
+        Some(fx)
     }
 
     fn staff(&self, role: Role) -> String {
@@ -62,6 +85,9 @@ impl Fixture {
             .args(["--notify-poll", "50ms"])
             .args(self.auth.args())
             .args(extra);
+        if let Some(pg) = &self.pg {
+            cmd.args(["--database-url", &pg.url()]);
+        }
         ServerProcess::start(cmd)
     }
 
@@ -159,9 +185,10 @@ async fn next_json(ws: &mut Ws) -> serde_json::Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consultations_crud_and_validation() {
-    let fx = Fixture::new();
+async fn consultations_crud_and_validation(backend: Backend) {
+    let Some(fx) = Fixture::on(backend) else {
+        return;
+    };
     let server = fx.start("customer-1", &[]);
     let mut conn = fx.connect(&server).await.unwrap();
 
@@ -257,9 +284,10 @@ async fn consultations_crud_and_validation() {
     assert_eq!(conn.get(&path).await.unwrap().status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_names_its_instance_and_carries_changes_from_other_replicas() {
-    let fx = Fixture::new();
+async fn websocket_names_its_instance_and_carries_changes_from_other_replicas(backend: Backend) {
+    let Some(fx) = Fixture::on(backend) else {
+        return;
+    };
     let a = fx.start("customer-a", &["--drain-delay", "100ms"]);
     let b = fx.start("customer-b", &[]);
 
@@ -435,9 +463,10 @@ fn assert_error(resp: &client::Response, status: u16, code: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn customers_see_and_change_only_their_own_consultations() {
-    let fx = Fixture::new();
+async fn customers_see_and_change_only_their_own_consultations(backend: Backend) {
+    let Some(fx) = Fixture::on(backend) else {
+        return;
+    };
     let server = fx.start("customer-1", &[]);
     let mut staff = fx.connect(&server).await.unwrap();
     let mut viewer = fx
@@ -607,9 +636,10 @@ async fn customers_see_and_change_only_their_own_consultations() {
     assert_eq!(resp.status, StatusCode::NO_CONTENT);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_needs_a_token_and_customers_get_only_their_own_events() {
-    let fx = Fixture::new();
+async fn websocket_needs_a_token_and_customers_get_only_their_own_events(backend: Backend) {
+    let Some(fx) = Fixture::on(backend) else {
+        return;
+    };
     let server = fx.start("customer-1", &[]);
     let path = "/api/v1/notifications";
 

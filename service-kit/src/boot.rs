@@ -52,6 +52,8 @@ pub struct AppContext {
     /// How the API routes authenticate (`--auth-jwks` or `--no-auth`); a service loads it
     /// with `service_kit::auth::Auth::start` (feature `auth`).
     pub auth: AuthSetting,
+    /// `--database-url`, `--database-ca`, `--database-pool-size`.
+    pub database: crate::settings::DatabaseArgs,
 }
 
 /// Runs a service to completion.
@@ -88,6 +90,7 @@ where
         lifecycle: lifecycle.clone(),
         metrics: metrics.clone(),
         auth: settings.auth.clone(),
+        database: settings.database.clone(),
     })
     .await?;
     let app = instrument(

@@ -19,6 +19,8 @@ pub mod metrics;
 pub mod openapi;
 #[cfg(feature = "pki")]
 pub mod pki;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "testkit")]
 pub mod prereq;
 pub mod request_id;
@@ -26,6 +28,8 @@ pub mod server;
 pub mod settings;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "sqlite")]
+pub mod store;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;

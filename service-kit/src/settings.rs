@@ -61,6 +61,28 @@ pub struct ServerArgs {
     /// Serve `/api/v1/...` without any token check (local experiments only; warned at start).
     #[arg(long, env = "NO_AUTH")]
     pub no_auth: bool,
+
+    /// Where the data lives: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB` (default: the
+    /// service's SQLite file in `--data-dir`).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// PEM CA for TLS to the PostgreSQL server (verify-full: certificate and host name).
+    #[arg(long, env = "DATABASE_CA")]
+    pub database_ca: Option<PathBuf>,
+
+    /// PostgreSQL connections per process.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10)]
+    pub database_pool_size: u32,
+}
+
+/// The raw `--database-*` flags; a service interprets them with
+/// `service_kit::store::Database::parse` (feature `sqlite`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatabaseArgs {
+    pub url: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub pool_size: u32,
 }
 
 /// How requests to the API routes are authenticated.
@@ -80,6 +102,7 @@ pub struct ResolvedServer {
     pub instance_id: String,
     pub serve: ServeOptions,
     pub auth: AuthSetting,
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +179,11 @@ impl ServerArgs {
                 ..ServeOptions::default()
             },
             auth,
+            database: DatabaseArgs {
+                url: self.database_url.clone(),
+                ca: self.database_ca.clone(),
+                pool_size: self.database_pool_size,
+            },
         })
     }
 }

@@ -6,49 +6,30 @@
 //! regardless of the timeout), and migrations applied under that same lock so five replicas
 //! starting at once apply each migration exactly once.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
-use crate::error::ApiError;
-
 /// How long a writer waits for another process's lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error("migration {index}: {source}")]
-    Migration {
-        index: usize,
-        source: rusqlite::Error,
-    },
-    #[error(transparent)]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("database worker failed: {0}")]
-    Worker(String),
-}
+pub use crate::store::StoreError;
+use crate::store::{ErrorKind, StoreMetrics};
 
-impl StoreError {
-    /// A UNIQUE or other constraint failed: the caller's input conflicts with stored data.
-    pub fn is_constraint(&self) -> bool {
-        matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation)
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
-        if err.is_contended() {
-            ApiError::unavailable("the store is busy; retry shortly")
-        } else {
-            ApiError::internal(&err)
-        }
+/// How a rusqlite error counts (see [`ErrorKind`]).
+pub(crate) fn kind_of(err: &rusqlite::Error) -> ErrorKind {
+    match err {
+        rusqlite::Error::SqliteFailure(e, _) => match e.code {
+            ErrorCode::ConstraintViolation => ErrorKind::Constraint,
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => ErrorKind::Busy,
+            ErrorCode::CannotOpen | ErrorCode::DiskFull | ErrorCode::SystemIoFailure => {
+                ErrorKind::Unavailable
+            }
+            _ => ErrorKind::Other,
+        },
+        _ => ErrorKind::Other,
     }
 }
 
@@ -56,6 +37,7 @@ impl From<StoreError> for ApiError {
 #[derive(Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
+    metrics: StoreMetrics,
 }
 
 impl Db {
@@ -87,7 +69,15 @@ impl Db {
         retry_while_busy(deadline, || migrate(&mut conn, migrations))?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
+            metrics: StoreMetrics::detached("sqlite"),
         })
+    }
+
+    /// Reports this store's operations in `metrics` (registered in the process registry).
+    pub fn with_metrics(mut self, metrics: StoreMetrics) -> Self {
+        metrics.set_connections(0, 1);
+        self.metrics = metrics;
+        self
     }
 
     /// Runs `f` on a blocking thread with the connection.
@@ -96,12 +86,35 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.timed("read", f).await
+    }
+
+    async fn timed<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let started = Instant::now();
+        let result = self.run(f).await;
+        self.metrics.observe(op, started, &result);
+        result
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let conn = self.conn.clone();
+        let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = conn
                 .lock()
                 .map_err(|_| StoreError::Worker("connection lock poisoned".into()))?;
-            f(&mut guard)
+            metrics.set_connections(1, 0);
+            let result = f(&mut guard);
+            metrics.set_connections(0, 1);
+            result
         })
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))?
@@ -113,7 +126,7 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        self.call(move |conn| {
+        self.timed("write", move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let value = f(&tx)?;
             tx.commit()?;
@@ -146,8 +159,16 @@ pub fn count_by<E: Copy>(
     let rows = stmt
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(all
-        .iter()
+    Ok(fill_counts(&rows, all, name))
+}
+
+/// `(value, count)` rows as one count per variant of `all`, zero for the missing ones.
+pub fn fill_counts<E: Copy>(
+    rows: &[(String, i64)],
+    all: &[E],
+    name: impl Fn(E) -> &'static str,
+) -> Vec<(E, i64)> {
+    all.iter()
         .map(|&value| {
             let n = rows
                 .iter()
@@ -155,7 +176,7 @@ pub fn count_by<E: Copy>(
                 .map_or(0, |(_, n)| *n);
             (value, n)
         })
-        .collect())
+        .collect()
 }
 
 /// Busy errors a retry can clear: lock contention between processes.
@@ -165,19 +186,13 @@ trait Contended {
 
 impl Contended for rusqlite::Error {
     fn is_contended(&self) -> bool {
-        matches!(self, rusqlite::Error::SqliteFailure(e, _)
-            if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+        kind_of(self) == ErrorKind::Busy
     }
 }
 
 impl Contended for StoreError {
     fn is_contended(&self) -> bool {
-        match self {
-            StoreError::Open { source, .. }
-            | StoreError::Migration { source, .. }
-            | StoreError::Sqlite(source) => source.is_contended(),
-            StoreError::Worker(_) => false,
-        }
+        self.kind() == ErrorKind::Busy
     }
 }
 
@@ -233,7 +248,7 @@ impl Db {
         let db = self.clone();
         Arc::new(move || {
             let db = db.clone();
-            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+            Box::pin(async move { db.ping().await.map_err(|e| format!("sqlite: {e}")) })
         })
     }
 }

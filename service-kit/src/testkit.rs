@@ -360,3 +360,256 @@ pub fn schemathesis(run: &Schemathesis<'_>) {
     );
     eprintln!("{report}");
 }
+
+/// Which store a test runs on; every store test runs on both (see [`store_tests!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database a test's servers use: nothing to pass for SQLite (the file in `--data-dir`),
+/// a fresh database on a private PostgreSQL server otherwise.
+pub struct TestDatabase {
+    pub postgres: Option<Postgres>,
+}
+
+impl TestDatabase {
+    /// `None` when the backend is PostgreSQL and it is missing outside CI (the test is skipped).
+    pub fn start(backend: Backend, dir: &Path) -> Option<TestDatabase> {
+        match backend {
+            Backend::Sqlite => Some(TestDatabase { postgres: None }),
+            Backend::Postgres => Some(TestDatabase {
+                postgres: Some(Postgres::start(dir)?),
+            }),
+        }
+    }
+
+    /// Flags for a backend process (`--database-url ...`), empty for SQLite.
+    pub fn args(&self) -> Vec<String> {
+        match &self.postgres {
+            Some(pg) => vec!["--database-url".into(), pg.url()],
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Generates `NAME_sqlite` and `NAME_postgres` tests from `async fn NAME(backend: Backend)`.
+#[macro_export]
+macro_rules! store_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::testkit::Backend::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::testkit::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+/// A private PostgreSQL server for one test: `initdb` into `dir/pg` (as `nobody` when the test
+/// runs as root: postgres refuses root), a free port on 127.0.0.1, one database `app`;
+/// stopped on drop.
+pub struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    pub port: u16,
+    user: Option<(u32, u32)>,
+    child: Option<Child>,
+}
+
+impl Postgres {
+    /// Starts the server, or `None` (after `prereq::require`: skipped outside CI, a failure
+    /// under CI) when PostgreSQL is not installed.
+    pub fn start(dir: &Path) -> Option<Postgres> {
+        let bin = postgres_bin();
+        let found = bin
+            .as_ref()
+            .map(|_| ())
+            .ok_or_else(|| "PostgreSQL (initdb, postgres) is not installed".to_string());
+        if !crate::prereq::require(found, "apt-get install postgresql") {
+            return None;
+        }
+        let bin = bin?;
+        let user = running_as_root().then(nobody);
+        let data = dir.join("pg");
+        std::fs::create_dir_all(&data).expect("pg dir");
+        if let Some((uid, gid)) = user {
+            use std::os::unix::fs::PermissionsExt;
+            // The test's temporary directory must be traversable by the server's user.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            std::os::unix::fs::chown(&data, Some(uid), Some(gid)).expect("chown pg dir");
+        }
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        as_user(&mut initdb, user);
+        let out = initdb.output().expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut pg = Postgres {
+            bin,
+            data,
+            port,
+            user,
+            child: None,
+        };
+        pg.start_server();
+        let status = Command::new(pg.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+            .args(["-d", "postgres", "-q", "-c", "CREATE DATABASE app"])
+            .status()
+            .expect("psql");
+        assert!(status.success(), "CREATE DATABASE failed");
+        Some(pg)
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/app`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/app", self.port)
+    }
+
+    /// Runs one SQL statement in `app` and returns psql's unaligned output.
+    pub fn query(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", "app", "-q", "-A", "-t", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Stops the server (fast shutdown: open sessions are cut).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_server();
+    }
+
+    fn start_server(&mut self) {
+        let log = self.data.with_file_name("pg.log");
+        let log_file = std::fs::File::create(&log).expect("pg log");
+        let mut cmd = Command::new(self.bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .arg("-k")
+            .arg(&self.data)
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        as_user(&mut cmd, self.user);
+        self.child = Some(cmd.spawn().expect("spawn postgres"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("ready to accept connections") {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("postgres exited ({status}): {text}");
+            }
+            assert!(Instant::now() < deadline, "postgres did not start: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn postgres_bin() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|d| d.join("initdb").is_file() && d.join("postgres").is_file())
+        .collect();
+    // Highest major version last ("9" < "10" as strings, so compare numerically).
+    dirs.sort_by_key(|d| {
+        d.parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop()
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// `nobody`'s uid and gid from /etc/passwd (65534 when absent).
+fn nobody() -> (u32, u32) {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                let fields: Vec<&str> = line.split(':').collect();
+                (fields.first() == Some(&"nobody"))
+                    .then(|| Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?)))?
+            })
+        })
+        .unwrap_or((65534, 65534))
+}
+
+fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = user {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(gid);
+    }
+}
