@@ -71,6 +71,7 @@ impl From<Runtime> for RuntimeKind {
 enum OpenTarget {
     Grafana,
     Prometheus,
+    Alertmanager,
     Gateway,
 }
 
@@ -335,7 +336,7 @@ async fn execute<E: Engine>(s: Session<E>, command: Command) -> anyhow::Result<(
             })
             .await?
         }
-        Command::Open { target } => open(&s.ctx.plan(s.runtime)?, target)?,
+        Command::Open { target } => open(&s.show_status().await?, target)?,
         Command::Down { volumes, images } => {
             let removed = s.down(volumes, images).await?;
             for r in &removed {
@@ -419,11 +420,16 @@ fn certs(ctx: &Context, trust: bool, kind: RuntimeKind) -> anyhow::Result<()> {
     )?)
 }
 
-fn open(plan: &devctl::plan::Plan, target: OpenTarget) -> anyhow::Result<()> {
-    let url = match target {
-        OpenTarget::Grafana => plan.endpoints.grafana.clone(),
-        OpenTarget::Prometheus => plan.endpoints.prometheus.clone(),
-        OpenTarget::Gateway => format!("{}/health", plan.endpoints.https),
+/// Opens what runs: the URL comes from `status`'s endpoints, which list only running services.
+fn open(status: &devctl::status::Status, target: OpenTarget) -> anyhow::Result<()> {
+    let key = match target {
+        OpenTarget::Grafana => "grafana",
+        OpenTarget::Prometheus => "prometheus",
+        OpenTarget::Alertmanager => "alertmanager",
+        OpenTarget::Gateway => "https",
+    };
+    let Some(url) = status.endpoints.get(key).cloned() else {
+        bail!("{key} is not running here (`devctl status` shows what runs; `devctl up` starts it)");
     };
     let opener = if cfg!(target_os = "macos") {
         "open"

@@ -239,3 +239,21 @@ fn a_broken_scale_file_is_named_and_down_repairs_it() {
         );
     }
 }
+
+/// `open` never prints a URL for something that is not running.
+#[test]
+fn open_names_only_what_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    for target in ["grafana", "prometheus", "alertmanager", "gateway"] {
+        let out = devctl(
+            &dir.path().join("state"),
+            &["--runtime", "process", "open", target],
+            &[("DISPLAY", "")],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{target}: {stderr}");
+        assert!(out.stdout.is_empty(), "{target}: no URL printed");
+        assert!(stderr.contains("is not running here"), "{target}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}

@@ -374,6 +374,24 @@ fn flow(env: &Env, docker: bool) {
             "panels without data:\n{}",
             empty.join("\n")
         );
+        // `open` prints the URL of what runs (no display here).
+        let out = Command::new(env!("CARGO_BIN_EXE_devctl"))
+            .current_dir(repo())
+            .arg("--topology")
+            .arg(&env.topology)
+            .arg("--state-dir")
+            .arg(&env.state)
+            .args(["--runtime", env.runtime, "open", "prometheus"])
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            env.prometheus,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         alert_drill(env);
     } else {
         eprintln!("note: no prometheus binary on PATH: the process runtime skips Prometheus");
