@@ -70,8 +70,7 @@ pub type SharedState = Arc<AppState>;
 async fn open_store(ctx: &AppContext) -> Result<ConsultationStore, BootError> {
     use service_kit::store::{Database, StoreMetrics};
     let args = &ctx.database;
-    let database = Database::parse(args.url.as_deref(), args.ca.clone(), args.pool_size)
-        .map_err(BootError::Config)?;
+    let database = Database::parse(args).map_err(BootError::Config)?;
     let runtime = |e: &dyn std::fmt::Display| BootError::Runtime(e.to_string());
     match database.sqlite_path(&ctx.data_dir, DB_FILE) {
         Some(path) => {

@@ -4,7 +4,7 @@
 //! the directory with DEVCTL_RENDER).
 
 use crate::plan::{
-    Instance, Kind, Plan, BIN_DIR, LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROLE,
+    Instance, Kind, Plan, LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROLE,
 };
 use crate::yaml::Yaml;
 
@@ -33,6 +33,15 @@ pub fn mounts(instance: &Instance) -> Vec<(String, String)> {
                 )
             })
             .collect(),
+        // The official image creates the pools' databases from its init directory on the
+        // first start (devctl itself provisions them through `exec`).
+        Kind::Database => vec![
+            (instance.name.clone(), instance.config_dir.clone()),
+            (
+                format!("{}/initdb", instance.name),
+                "/docker-entrypoint-initdb.d".into(),
+            ),
+        ],
         _ => vec![(instance.name.clone(), instance.config_dir.clone())],
     }
 }
@@ -69,6 +78,16 @@ fn service(plan: &Plan, i: &Instance) -> Yaml {
     if let Some(user) = &i.user {
         s.insert("user", user);
     }
+    // Backends start once the database answers.
+    if let (Kind::Backend, Some(db)) = (i.kind, &plan.store.instance) {
+        s.insert(
+            "depends_on",
+            Yaml::map().with(
+                db.as_str(),
+                Yaml::map().with("condition", "service_healthy"),
+            ),
+        );
+    }
     if !i.cap_add.is_empty() {
         s.insert("cap_add", Yaml::strs(i.cap_add.iter().cloned()));
     }
@@ -87,9 +106,9 @@ fn service(plan: &Plan, i: &Instance) -> Yaml {
                 .with("max-file", plan.logs.max_file.to_string()),
         ),
     );
-    if let Some(args) = &i.healthcheck {
-        let mut test = vec!["CMD".to_string(), format!("{BIN_DIR}/{}", i.binary)];
-        test.extend(args.iter().cloned());
+    if let Some(probe) = i.container_probe() {
+        let mut test = vec!["CMD".to_string()];
+        test.extend(probe);
         s.insert(
             "healthcheck",
             Yaml::map()

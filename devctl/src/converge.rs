@@ -2,6 +2,8 @@
 //! of their reloadable config) against what runs (as an engine observed it) gives the actions
 //! that make the second like the first, in the order that keeps the platform serving:
 //!
+//! 0. the database server, when the plan has one, is created, replaced or started and healthy,
+//!    and its databases are provisioned, before any backend that needs it;
 //! 1. backends are created, replaced or started (in parallel);
 //! 2. when gateways will reload, they first wait for those backends to be healthy, so a
 //!    reload never names a server that does not answer yet;
@@ -52,6 +54,8 @@ pub enum Action {
     Refresh(String),
     /// A barrier: these instances are healthy before the next step starts.
     WaitHealthy(Vec<String>),
+    /// Make sure the database server holds every pool's database (idempotent).
+    Provision(String),
     /// Stop (with a drain grace) and remove.
     Remove(String),
 }
@@ -65,7 +69,7 @@ impl Action {
             | Action::Reload(n)
             | Action::Refresh(n)
             | Action::Remove(n) => Some(n),
-            Action::WaitHealthy(_) => None,
+            Action::WaitHealthy(_) | Action::Provision(_) => None,
         }
     }
 }
@@ -106,6 +110,7 @@ fn action_for(d: &Desired<'_>, current: Option<&Current>, stopped: Stopped) -> O
 
 /// The schedule that converges `current` to `desired`. Empty when everything matches.
 pub fn diff(desired: &[Desired<'_>], current: &[Current], stopped: Stopped) -> Schedule {
+    let mut databases = Vec::new();
     let mut backends = Vec::new();
     let mut gateways_new = Vec::new();
     let mut gateways_rolling = Vec::new();
@@ -118,6 +123,7 @@ pub fn diff(desired: &[Desired<'_>], current: &[Current], stopped: Stopped) -> S
         };
         match (d.instance.kind, &action) {
             (_, Action::Reload(_) | Action::Refresh(_)) => reloads.push(action),
+            (Kind::Database, _) => databases.push(action),
             (Kind::Backend, _) => backends.push(action),
             (Kind::Gateway, Action::Replace(_)) if found.is_some_and(|c| c.running) => {
                 gateways_rolling.push(action)
@@ -133,6 +139,26 @@ pub fn diff(desired: &[Desired<'_>], current: &[Current], stopped: Stopped) -> S
         .collect();
 
     let mut schedule = Schedule::new();
+    let database_names: Vec<String> = desired
+        .iter()
+        .filter(|d| d.instance.kind == Kind::Database)
+        .map(|d| d.instance.name.clone())
+        .collect();
+    let touched: Vec<String> = databases
+        .iter()
+        .filter_map(|a| a.name().map(str::to_string))
+        .collect();
+    if !databases.is_empty() {
+        schedule.push(databases);
+        schedule.push(vec![Action::WaitHealthy(touched)]);
+    }
+    // Provisioning is idempotent: it runs whenever the database or a backend changes (a new
+    // pool's database exists before its first replica starts).
+    if !schedule.is_empty() || !backends.is_empty() {
+        for name in database_names {
+            schedule.push(vec![Action::Provision(name)]);
+        }
+    }
     let backend_names: Vec<String> = backends
         .iter()
         .filter_map(|a| a.name().map(str::to_string))
@@ -178,6 +204,7 @@ mod tests {
             secrets: Secrets {
                 ha: "h".repeat(32),
                 sticky: "s".repeat(32),
+                database: "d".repeat(24),
                 jwks: r#"{"keys":[]}"#.into(),
             },
             state_dir: "/state".into(),
@@ -232,18 +259,21 @@ mod tests {
     }
 
     #[test]
-    fn a_first_up_creates_backends_then_gateways_then_the_rest() {
+    fn a_first_up_creates_the_database_then_backends_then_gateways_then_the_rest() {
         let p = plan(&[]);
         let s = diff(&desired(&p), &[], Stopped::Start);
-        assert_eq!(s.len(), 3, "{s:?}");
-        assert_eq!(s[0].len(), 10);
-        assert!(s[0].iter().all(|a| matches!(a, Action::Create(n) if n.starts_with("admin") || n.starts_with("customer"))));
+        assert_eq!(s.len(), 6, "{s:?}");
+        assert_eq!(names(&s[0]), vec!["Create(\"postgres\")"]);
+        assert_eq!(names(&s[1]), vec!["wait postgres"]);
+        assert_eq!(names(&s[2]), vec!["Provision(\"postgres\")"]);
+        assert_eq!(s[3].len(), 10);
+        assert!(s[3].iter().all(|a| matches!(a, Action::Create(n) if n.starts_with("admin") || n.starts_with("customer"))));
         assert_eq!(
-            names(&s[1]),
+            names(&s[4]),
             vec!["Create(\"gateway-1\")", "Create(\"gateway-2\")"]
         );
         assert_eq!(
-            names(&s[2]),
+            names(&s[5]),
             vec![
                 "Create(\"edge\")",
                 "Create(\"prometheus\")",
@@ -284,6 +314,8 @@ mod tests {
         assert_eq!(
             steps,
             vec![
+                // A new pool member's database exists (provisioning is idempotent).
+                vec!["Provision(\"postgres\")".to_string()],
                 vec!["Create(\"admin-6\")".to_string()],
                 vec!["wait admin-6".to_string()],
                 vec![

@@ -7,6 +7,7 @@
 //! that observe and act on one instance at a time.
 
 pub mod alerts;
+pub mod backup;
 pub mod build;
 pub mod compose;
 pub mod context;

@@ -163,6 +163,22 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = service_kit::settings::parse_duration)]
         ttl: Duration,
     },
+    /// Dump each pool's database and the state dir's CA, signing key and secrets into one file.
+    #[command(
+        after_help = "Example: devctl backup --out backups/dev.tar && devctl restore backups/dev.tar"
+    )]
+    Backup {
+        /// Where to write the archive (default: .devctl/backups/<deployment>-<unix time>.tar).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Put a backup's databases back into the running stack (each in one transaction).
+    Restore {
+        file: PathBuf,
+        /// Also restore the CA, token signing key and gateway secrets (then `devctl up`).
+        #[arg(long)]
+        state: bool,
+    },
     /// Runs one process of the process runtime and restarts it when it fails (internal).
     #[command(hide = true)]
     Supervise {
@@ -337,6 +353,35 @@ async fn execute<E: Engine>(s: Session<E>, command: Command) -> anyhow::Result<(
             .await?
         }
         Command::Open { target } => open(&s.show_status().await?, target)?,
+        Command::Backup { out } => {
+            let out = out.unwrap_or_else(|| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                s.ctx
+                    .state
+                    .root
+                    .join("backups")
+                    .join(format!("{}-{now}.tar", s.ctx.topology.name))
+            });
+            let manifest = s.backup(&out).await?;
+            ui.done(&format!(
+                "backup of {} ({} databases, CA and secrets) written to {}",
+                manifest.deployment,
+                manifest.databases.len(),
+                out.display()
+            ));
+        }
+        Command::Restore { file, state } => {
+            let manifest = s.restore(&file, state).await?;
+            ui.done(&format!(
+                "restored {} databases of {} from {}",
+                manifest.databases.len(),
+                manifest.deployment,
+                file.display()
+            ));
+        }
         Command::Down { volumes, images } => {
             let removed = s.down(volumes, images).await?;
             for r in &removed {

@@ -68,6 +68,14 @@ impl PgDb {
         if let Some(ca) = &settings.ca {
             options = options.ssl_mode(PgSslMode::VerifyFull).ssl_root_cert(ca);
         }
+        if let Some(path) = &settings.password_file {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| StoreError::PasswordFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            options = options.password(text.trim_end_matches(['\r', '\n']));
+        }
         let pool = PgPoolOptions::new()
             .max_connections(settings.pool_size)
             .min_connections(0)

@@ -71,6 +71,10 @@ pub struct ServerArgs {
     #[arg(long, env = "DATABASE_CA")]
     pub database_ca: Option<PathBuf>,
 
+    /// File holding the PostgreSQL password (kept out of the URL, the environment and logs).
+    #[arg(long, env = "DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
+
     /// PostgreSQL connections per process.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10)]
     pub database_pool_size: u32,
@@ -82,6 +86,7 @@ pub struct ServerArgs {
 pub struct DatabaseArgs {
     pub url: Option<String>,
     pub ca: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
     pub pool_size: u32,
 }
 
@@ -182,6 +187,7 @@ impl ServerArgs {
             database: DatabaseArgs {
                 url: self.database_url.clone(),
                 ca: self.database_ca.clone(),
+                password_file: self.database_password_file.clone(),
                 pool_size: self.database_pool_size,
             },
         })

@@ -33,6 +33,11 @@ pub enum StoreError {
     PgMigration { index: usize, source: sqlx::Error },
     #[error("database worker failed: {0}")]
     Worker(String),
+    #[error("database password file {path}: {source}")]
+    PasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What kind of failure a store error is: the `kind` label of `store_errors_total` and the
@@ -70,7 +75,7 @@ impl StoreError {
             StoreError::Postgres(source) | StoreError::PgMigration { source, .. } => {
                 crate::postgres::kind_of(source)
             }
-            StoreError::Worker(_) => ErrorKind::Other,
+            StoreError::Worker(_) | StoreError::PasswordFile { .. } => ErrorKind::Other,
         }
     }
 
@@ -117,29 +122,36 @@ pub struct PgSettings {
     pub url: String,
     /// `--database-ca`: TLS to the server, verify-full against this CA.
     pub ca: Option<PathBuf>,
+    /// `--database-password-file`: read when connecting, never kept in settings or logged.
+    pub password_file: Option<PathBuf>,
     /// `--database-pool-size`.
     pub pool_size: u32,
 }
 
 impl Database {
-    /// Interprets `--database-url` (None: the default file), `--database-ca`, `--database-pool-size`.
-    pub fn parse(
-        url: Option<&str>,
-        ca: Option<PathBuf>,
-        pool_size: u32,
-    ) -> Result<Database, String> {
-        let Some(url) = url.filter(|u| !u.is_empty()) else {
-            return match ca {
-                Some(_) => Err("--database-ca needs a postgres:// --database-url".into()),
-                None => Ok(Database::DefaultSqlite),
+    /// Interprets `--database-url` (None: the default file), `--database-ca`,
+    /// `--database-password-file` and `--database-pool-size`.
+    pub fn parse(args: &crate::settings::DatabaseArgs) -> Result<Database, String> {
+        let ca = args.ca.clone();
+        let pool_size = args.pool_size;
+        let Some(url) = args.url.as_deref().filter(|u| !u.is_empty()) else {
+            return match (&ca, &args.password_file) {
+                (Some(_), _) => Err("--database-ca needs a postgres:// --database-url".into()),
+                (_, Some(_)) => {
+                    Err("--database-password-file needs a postgres:// --database-url".into())
+                }
+                _ => Ok(Database::DefaultSqlite),
             };
         };
         if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
                 return Err("--database-url sqlite:// needs a path (sqlite:///data/db.sqlite or sqlite://relative.sqlite)".into());
             }
-            if ca.is_some() {
-                return Err("--database-ca applies to postgres:// URLs only".into());
+            if ca.is_some() || args.password_file.is_some() {
+                return Err(
+                    "--database-ca and --database-password-file apply to postgres:// URLs only"
+                        .into(),
+                );
             }
             return Ok(Database::Sqlite(PathBuf::from(path)));
         }
@@ -151,9 +163,14 @@ impl Database {
                 std::fs::metadata(ca)
                     .map_err(|e| format!("--database-ca {}: {e}", ca.display()))?;
             }
+            if let Some(file) = &args.password_file {
+                std::fs::metadata(file)
+                    .map_err(|e| format!("--database-password-file {}: {e}", file.display()))?;
+            }
             return Ok(Database::Postgres(PgSettings {
                 url: url.to_string(),
                 ca,
+                password_file: args.password_file.clone(),
                 pool_size,
             }));
         }

@@ -183,6 +183,29 @@ pub struct Work<'a> {
     pub spec: String,
 }
 
+/// A command run beside an instance ([`Engine::exec`]).
+#[derive(Debug, Clone)]
+pub struct Exec<'a> {
+    /// The program (on the container's PATH, or found next to the instance's program on the
+    /// host) and its arguments; `{input}` is replaced by the path of `input`'s bytes.
+    pub argv: Vec<String>,
+    /// Extra environment (passwords go here, never into `argv`).
+    pub env: Vec<(String, String)>,
+    /// Bytes the command reads from a file.
+    pub input: Option<&'a [u8]>,
+}
+
+/// What it printed and how it ended.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub code: i64,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+/// The placeholder in [`Exec::argv`] for the input file's path.
+pub const INPUT: &str = "{input}";
+
 /// Which logs `devctl logs` prints.
 #[derive(Debug, Clone, Copy)]
 pub struct LogQuery<'a> {
@@ -241,6 +264,10 @@ pub trait Engine {
 
     /// Sends a signal. SIGKILL, SIGTERM, SIGINT and SIGQUIT mark it stopped on purpose.
     async fn signal(&self, name: &str, signal: nix::sys::signal::Signal) -> Result<()>;
+
+    /// Runs a command beside a running instance: in its container (as its user), or on the
+    /// host for a process. Fails only when it cannot be run; its exit code is in the output.
+    async fn exec(&self, instance: &Instance, exec: &Exec<'_>) -> Result<ExecOutput>;
 
     /// Its last `n` log lines.
     async fn last_logs(&self, name: &str, n: usize) -> Vec<String>;

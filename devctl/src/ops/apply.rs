@@ -36,7 +36,7 @@ impl Report {
             Action::Reload(_) => "reloaded (config changed)",
             Action::Refresh(_) => "config updated (stopped)",
             Action::Remove(_) => "removed",
-            Action::WaitHealthy(_) => return,
+            Action::WaitHealthy(_) | Action::Provision(_) => return,
         };
         if let Some(name) = action.name() {
             self.by_action
@@ -154,6 +154,7 @@ impl<E: Engine> Session<E> {
             }
             Action::Refresh(name) => self.engine.write_config(work_for(name)?).await?,
             Action::WaitHealthy(names) => self.wait_healthy(plan, names, STEP_TIMEOUT).await?,
+            Action::Provision(name) => self.provision(plan, name).await?,
             Action::Remove(name) => self.engine.remove(name, DRAIN_GRACE).await?,
         }
         Ok(())

@@ -23,6 +23,7 @@ use crate::ui::Ui;
 mod apply;
 mod health;
 mod status;
+mod store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -46,6 +47,10 @@ pub enum OpsError {
     },
     #[error("the build stopped: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("store: {0}")]
+    Store(String),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 impl OpsError {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{join, leaf, leaf_sans, Builder, FileSource, Kind, Part, PlannedFile, CONFIG_DIR};
 use crate::gateway_toml::{Server, Upstream};
-use crate::topology::Topology;
+use crate::topology::{StoreKind, Topology};
 
 pub(crate) fn build<'t>(
     b: &Builder<'t>,
@@ -44,6 +44,7 @@ pub(crate) fn build<'t>(
             i.port = port;
             i.image = b.image(&pool.binary);
             i.binary = pool.binary.clone();
+            let (store_env, store_files) = super::store::backend_env(b, &pool.name, &dir);
             i.env = vec![
                 ("HOST".into(), b.listen_ip(address).to_string()),
                 ("PORT".into(), port.to_string()),
@@ -54,6 +55,7 @@ pub(crate) fn build<'t>(
                 ("INSTANCE_ID".into(), name.clone()),
                 ("AUTH_JWKS".into(), join(&dir, "auth/jwks.json")),
             ];
+            i.env.extend(store_env);
             i.config_dir = dir;
             i.files = vec![
                 PlannedFile::fixed("tls/ca.crt", FileSource::CaCert),
@@ -64,9 +66,10 @@ pub(crate) fn build<'t>(
                     FileSource::Text(b.options.secrets.jwks.clone()),
                 ),
             ];
+            i.files.extend(store_files);
             i.healthcheck = Some(vec!["healthcheck".into()]);
-            i.volume = b
-                .docker()
+            // The pool's shared SQLite file lives in a volume; a database server needs none.
+            i.volume = (b.docker() && t.store.kind == StoreKind::Sqlite)
                 .then(|| (format!("{}-{}-data", b.prefix(), pool.name), "/data".into()));
             i.aliases.push(pool.name.clone());
             part.instances.push(i);

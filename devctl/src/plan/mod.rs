@@ -22,10 +22,12 @@ mod gateway;
 pub mod net;
 mod observers;
 mod scale;
+mod store;
 mod targets;
 
 pub use gateway::GatewayView;
 pub use net::{loopback, unprivileged, Net};
+pub use store::{Database, DATABASE_INSTANCE, POSTGRES_UID};
 
 /// Label keys devctl puts on every object it creates (and the only ones `down` removes).
 pub const LABEL_MANAGED: &str = "io.insightserenity.managed";
@@ -63,6 +65,8 @@ impl RuntimeKind {
 pub struct Secrets {
     pub ha: String,
     pub sticky: String,
+    /// The password of the database role the backends log in as.
+    pub database: String,
     /// The public keys (JWKS) that verify the deployment's bearer tokens.
     pub jwks: String,
 }
@@ -89,15 +93,23 @@ pub enum Kind {
     Prometheus,
     Grafana,
     Alertmanager,
+    /// The PostgreSQL server the pools keep their data in.
+    Database,
 }
 
 /// Where a file's bytes come from: text rendered here, or a certificate the caller issues.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum FileSource {
     Text(String),
+    /// A secret from the state dir: written private (0600), never shown.
+    Secret(#[serde(serialize_with = "redacted")] String),
     CaCert,
     Cert(String),
     Key(String),
+}
+
+fn redacted<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("<secret>")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -157,8 +169,12 @@ pub struct Instance {
     /// Absolute directory the files go to (in the container, or on the host for processes).
     pub config_dir: String,
     pub files: Vec<PlannedFile>,
-    /// Arguments of the health probe (run as `<binary> <args>`); None: no probe.
+    /// Arguments of the health probe (run as `<binary> <args>`, or `<probe_program> <args>`);
+    /// None: no probe.
     pub healthcheck: Option<Vec<String>>,
+    /// The probe's program when it is not the instance's binary (found on the image's PATH,
+    /// or next to the program on the host).
+    pub probe_program: Option<String>,
     pub cap_add: Vec<String>,
     pub publish: Vec<Publish>,
     /// Named volume and mount point (the pool's shared SQLite directory).
@@ -175,6 +191,21 @@ impl Instance {
     /// The address shown in status: `address:port`.
     pub fn endpoint(&self) -> String {
         format!("{}:{}", self.address, self.port)
+    }
+
+    /// The health probe as a container runs it: its program (ours in [`BIN_DIR`], another on
+    /// the image's PATH) and arguments.
+    pub fn container_probe(&self) -> Option<Vec<String>> {
+        let args = self.healthcheck.as_ref()?;
+        let program = match &self.probe_program {
+            Some(p) => p.clone(),
+            None => format!("{BIN_DIR}/{}", self.binary),
+        };
+        Some(
+            std::iter::once(program)
+                .chain(args.iter().cloned())
+                .collect(),
+        )
     }
 
     /// Whether any of its files is reloaded in place.
@@ -207,6 +238,9 @@ pub struct Endpoints {
     pub grafana: String,
     /// Alertmanager's API (`devctl alerts`), when the topology has one.
     pub alertmanager: Option<String>,
+    /// The database devctl runs, as the host reaches it (`psql` with the password from the
+    /// state dir's secrets.json).
+    pub database: Option<String>,
     /// Where devctl reads each gateway's admin port (`/-/ha`, `/-/upstreams`, reload).
     pub gateway_admin: Vec<(String, String)>,
 }
@@ -227,6 +261,8 @@ pub struct Plan {
     pub endpoints: Endpoints,
     /// Instance count of each pool.
     pub pools: BTreeMap<String, usize>,
+    /// The backends' store (the database instance, each pool's database).
+    pub store: Database,
     /// Container log rotation.
     pub logs: crate::topology::Logs,
 }
@@ -311,6 +347,7 @@ impl Builder<'_> {
             config_dir: String::new(),
             files: Vec::new(),
             healthcheck: None,
+            probe_program: None,
             cap_add: Vec::new(),
             publish: Vec::new(),
             volume: None,
@@ -359,11 +396,12 @@ impl Plan {
         let (gateways, gateway_admin) = gateway::build(&b, &upstreams, vip);
         let edge = edge::build(&b, vip);
         let observers = observers::build(&b);
+        let database = store::build(&b);
 
         // Gateways first: they are what everything else is reached through.
         let mut instances = Vec::new();
         let mut certificates = Vec::new();
-        for part in [gateways, backends, edge, observers] {
+        for part in [gateways, database, backends, edge, observers] {
             instances.extend(part.instances);
             certificates.extend(part.certificates);
         }
@@ -393,6 +431,7 @@ impl Plan {
             vip,
             endpoints,
             pools,
+            store: store::database(&b),
             logs: t.logs.clone(),
         })
     }

@@ -14,7 +14,8 @@ pub(crate) fn prometheus_targets(instances: &[Instance], admin_port: u16) -> Vec
         let port = match i.kind {
             Kind::Gateway => admin_port,
             Kind::Backend | Kind::Prometheus | Kind::Alertmanager => i.port,
-            Kind::Edge | Kind::Grafana => continue,
+            // The database has no exporter: the backends' store metrics and alerts cover it.
+            Kind::Edge | Kind::Grafana | Kind::Database => continue,
         };
         by_role
             .entry(i.role.clone())
@@ -69,6 +70,13 @@ pub(crate) fn endpoints(b: &Builder<'_>, gateway_admin: Vec<(String, String)>) -
             .alertmanager
             .as_ref()
             .map(|a| format!("http://{}", host_of(a.port, a.address, a.publish_port))),
+        database: t.store.instance_address().map(|addr| {
+            format!(
+                "postgres://{}@{}/",
+                t.store.user,
+                host_of(t.store.port, addr, t.store.publish_port)
+            )
+        }),
         gateway_admin,
     }
 }

@@ -10,6 +10,7 @@ fn options(runtime: RuntimeKind) -> PlanOptions {
         secrets: Secrets {
             ha: "test-ha-secret-of-32-bytes-xxxxxx".into(),
             sticky: "test-sticky-secret-of-32-bytes-xx".into(),
+            database: "test-database-password".into(),
             jwks: r#"{"keys":[]}"#.into(),
         },
         state_dir: PathBuf::from("/state"),
@@ -43,6 +44,8 @@ fn instances_names_and_addresses() {
         (DEV, RuntimeKind::Docker, "customer-5", "172.28.3.14", 3001),
         (DEV, RuntimeKind::Docker, "edge", "172.28.1.5", 8443),
         (DEV, RuntimeKind::Docker, "prometheus", "172.28.4.10", 9090),
+        (DEV, RuntimeKind::Docker, "postgres", "172.28.5.10", 5432),
+        (DEV, RuntimeKind::Process, "postgres", "127.0.5.10", 5432),
         (DEV, RuntimeKind::Process, "gateway-1", "127.0.1.10", 9900),
         (DEV, RuntimeKind::Process, "admin-3", "127.0.2.12", 3002),
         (DEV, RuntimeKind::Process, "customer-5", "127.0.3.14", 3001),
@@ -76,9 +79,13 @@ fn instances_names_and_addresses() {
     }
     let p = plan(DEV, RuntimeKind::Docker);
     let names: Vec<&str> = p.instances.iter().map(|i| i.name.as_str()).collect();
-    // Gateways, backends, edge, Prometheus, Grafana, Alertmanager.
-    assert_eq!(names.len(), 2 + 5 + 5 + 4);
-    assert_eq!(&names[..3], &["gateway-1", "gateway-2", "admin-1"]);
+    // Gateways, the database, backends, edge, Prometheus, Grafana, Alertmanager.
+    assert_eq!(names.len(), 2 + 1 + 5 + 5 + 4);
+    assert_eq!(&names[..4], &["gateway-1", "gateway-2", "postgres", "admin-1"]);
+    // Production's database is external: no instance.
+    assert!(plan(PRODUCTION, RuntimeKind::Docker)
+        .instance("postgres")
+        .is_none());
     assert_eq!(p.vip.to_string(), "172.28.1.100");
     assert_eq!(
         plan(DEV, RuntimeKind::Process).vip.to_string(),
@@ -86,13 +93,8 @@ fn instances_names_and_addresses() {
     );
     assert_eq!(p.network.subnet, "172.28.0.0/16");
     assert_eq!(p.network.gateway.to_string(), "172.28.0.1");
-    assert_eq!(
-        p.volumes,
-        vec![
-            "insightserenity-dev-admin-data",
-            "insightserenity-dev-customer-data"
-        ]
-    );
+    // The backends keep their data in the database; only it has a volume.
+    assert_eq!(p.volumes, vec!["insightserenity-dev-postgres-data"]);
 }
 
 #[test]
@@ -125,6 +127,29 @@ fn backend_environment_and_files() {
         assert!(env["CLIENT_CA"].ends_with("tls/ca.crt"));
         assert_eq!(env["DATA_DIR"], *data);
         assert_eq!(env["INSTANCE_ID"], "admin-2");
+        let db_host = if *runtime == RuntimeKind::Docker {
+            "172.28.5.10"
+        } else {
+            "127.0.5.10"
+        };
+        assert_eq!(
+            env["DATABASE_URL"],
+            format!("postgres://insightserenity@{db_host}:5432/admin")
+        );
+        assert!(env["DATABASE_CA"].ends_with("tls/ca.crt"));
+        assert!(env["DATABASE_PASSWORD_FILE"].ends_with("database/password"));
+        let password = i
+            .files
+            .iter()
+            .find(|f| f.path == "database/password")
+            .unwrap();
+        assert_eq!(
+            password.source,
+            FileSource::Secret("test-database-password".into())
+        );
+        // The secret never shows in the plan's JSON.
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(!json.contains("test-database-password"));
         assert_eq!(
             i.healthcheck.as_deref(),
             Some(&["healthcheck".to_string()][..])
@@ -174,6 +199,7 @@ fn certificates_carry_the_right_names() {
         ),
         ("gateway-client", &["gateway-client"]),
         ("prometheus", &["prometheus", "172.28.4.10"]),
+        ("postgres", &["postgres", "172.28.5.10"]),
     ];
     for (name, expected) in cases {
         let got = sans(name);
@@ -182,7 +208,7 @@ fn certificates_carry_the_right_names() {
         }
     }
     assert!(!sans("admin-4").contains(&"172.28.1.100".to_string()));
-    assert_eq!(p.certificates.len(), 10 + 2 + 1 + 1);
+    assert_eq!(p.certificates.len(), 10 + 2 + 1 + 1 + 1);
 }
 
 /// The rendered configs parse with the gateway's own parser (what `gateway check` runs).
@@ -482,7 +508,9 @@ fn committed_compose_file_matches_the_topology() {
         "- \"NET_ADMIN\"",
         "restart: \"on-failure\"",
         "- \"/usr/local/bin/admin-server\"",
-        "- \"admin-data:/data\"",
+        "- \"postgres-data:/var/lib/postgresql/data\"",
+        "condition: \"service_healthy\"",
+        "DATABASE_URL: \"postgres://insightserenity@172.28.5.10:5432/customer\"",
     ] {
         assert!(rendered.contains(needle), "compose lacks {needle}");
     }

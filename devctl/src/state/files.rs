@@ -27,6 +27,7 @@ pub fn materialize(instance: &Instance, certs: &Certs) -> Vec<FileBytes> {
             let leaf = |name: &str| certs.leaves.get(name);
             let (bytes, private) = match &f.source {
                 FileSource::Text(t) => (t.clone().into_bytes(), false),
+                FileSource::Secret(t) => (t.clone().into_bytes(), true),
                 FileSource::CaCert => (certs.ca.clone().into_bytes(), false),
                 FileSource::Cert(n) => (
                     leaf(n)

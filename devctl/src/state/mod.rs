@@ -82,6 +82,9 @@ fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, StateError> 
 struct SecretsFile {
     ha: String,
     sticky: String,
+    /// The database role's password (added later: absent in older state dirs, then made).
+    #[serde(default)]
+    database: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -154,36 +157,80 @@ impl StateDir {
         }
     }
 
-    /// The gateways' shared secrets: made once, then reused.
+    /// The deployment's shared secrets (gateways' HA and sticky keys, the database password):
+    /// made once, then reused; one missing from an older file is made and saved.
     pub fn secrets(&self) -> Result<Secrets, StateError> {
-        let path = self.root.join("secrets.json");
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let s: SecretsFile =
-                    serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?;
-                Ok(Secrets {
-                    ha: s.ha,
-                    sticky: s.sticky,
-                    jwks: self.jwks()?,
-                })
+        let path = self.secrets_path();
+        let mut file = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SecretsFile {
+                ha: String::new(),
+                sticky: String::new(),
+                database: String::new(),
+            },
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let mut changed = false;
+        for (value, len) in [
+            (&mut file.ha, 24),
+            (&mut file.sticky, 32),
+            (&mut file.database, 24),
+        ] {
+            if value.is_empty() {
+                *value = random_hex(len)?;
+                changed = true;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let s = SecretsFile {
-                    ha: random_hex(24)?,
-                    sticky: random_hex(32)?,
-                };
-                write_atomic(&path, &to_json(&path, &s)?, true)?;
-                Ok(Secrets {
-                    ha: s.ha,
-                    sticky: s.sticky,
-                    jwks: self.jwks()?,
-                })
-            }
-            Err(e) => Err(io(&path)(e)),
         }
+        if changed {
+            write_atomic(&path, &to_json(&path, &file)?, true)?;
+        }
+        Ok(Secrets {
+            ha: file.ha,
+            sticky: file.sticky,
+            database: file.database,
+            jwks: self.jwks()?,
+        })
+    }
+
+    /// Puts back the gateways' secrets from a backup's `secrets.json`; the database password
+    /// stays (it is the one the running server's data knows).
+    pub fn restore_secrets(&self, bytes: &[u8]) -> Result<(), StateError> {
+        let path = self.secrets_path();
+        let restored: SecretsFile =
+            serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
+                path: PathBuf::from("backup: secrets.json"),
+                message: e.to_string(),
+            })?;
+        let current = self.secrets()?;
+        let file = SecretsFile {
+            ha: restored.ha,
+            sticky: restored.sticky,
+            database: current.database,
+        };
+        write_atomic(&path, &to_json(&path, &file)?, true)
+    }
+
+    /// Removes every leaf certificate (the CA stays), so the next issue makes new ones.
+    pub fn forget_leaves(&self) -> Result<(), StateError> {
+        let dir = self.certs_dir();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name != "ca.crt" && name != "ca.key" {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn secrets_path(&self) -> PathBuf {
+        self.root.join("secrets.json")
     }
 
     /// The public keys services verify tokens with.

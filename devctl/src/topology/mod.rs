@@ -12,9 +12,11 @@ use gateway_config::{AlgorithmName, Dur, HealthCheckConfig, RateLimitConfig, Rat
 use serde::Deserialize;
 
 mod ipv4net;
+mod store;
 mod validate;
 
 pub use ipv4net::Ipv4Net;
+pub use store::{Store, StoreKind};
 
 /// How the master holds the VIP: the gateway config's own type.
 pub use gateway_config::VipMode;
@@ -58,6 +60,9 @@ pub struct Topology {
     pub grafana: Observer,
     /// Where Prometheus sends alerts; absent: alerts are only evaluated.
     pub alertmanager: Option<Alertmanager>,
+    /// Where the backends keep their data (SQLite when absent).
+    #[serde(default)]
+    pub store: Store,
     /// Container log rotation (Docker's json-file driver).
     #[serde(default)]
     pub logs: Logs,

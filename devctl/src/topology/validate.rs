@@ -73,6 +73,10 @@ impl Topology {
                 }
             }
         }
+        self.store.check()?;
+        if let Some(addr) = self.store.instance_address() {
+            fixed.push(("postgres".into(), addr));
+        }
         let size_ok = {
             let l = &self.logs.max_size;
             let digits = l.trim_end_matches(['k', 'm', 'g']);
@@ -88,9 +92,10 @@ impl Topology {
         }
         let mut pool_names = BTreeSet::new();
         for pool in &self.pools {
-            if !name_ok(&pool.name) || pool.name == "gateway" || pool.name == "edge" {
+            let reserved = ["gateway", "edge", "postgres"];
+            if !name_ok(&pool.name) || reserved.contains(&pool.name.as_str()) {
                 return Err(invalid(format!(
-                    "pool name {:?}: use a-z, 0-9, '-' (not gateway or edge)",
+                    "pool name {:?}: use a-z, 0-9, '-' (not gateway, edge or postgres)",
                     pool.name
                 )));
             }

@@ -57,6 +57,7 @@ fn promtool_accepts_the_config_as_devctl_lays_it_out() {
             secrets: Secrets {
                 ha: "x".repeat(32),
                 sticky: "y".repeat(32),
+                database: "z".repeat(24),
                 jwks: r#"{"keys":[]}"#.into(),
             },
             state_dir: dir.path().to_path_buf(),

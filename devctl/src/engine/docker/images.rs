@@ -1,12 +1,14 @@
 //! Images: ours built from the checkout's static binaries (in-memory `FROM scratch`
-//! contexts, rebuilt only when the context changes), Prometheus built from the host's binary
-//! when the topology's image is absent, Grafana used only when present.
+//! contexts, rebuilt only when the context changes); the others (Prometheus, Alertmanager,
+//! PostgreSQL, Grafana) used when present, pulled when a registry answers, else built from the
+//! host's programs where devctl knows how, else skipped with the reason.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptionsBuilder,
+    RemoveImageOptionsBuilder,
 };
 use futures_util::StreamExt;
 
@@ -48,8 +50,40 @@ impl HostImage {
         ],
     };
 
+    const POSTGRES: HostImage = HostImage {
+        name: "postgres",
+        binaries: &[],
+        package: "postgresql",
+        data_dir: "/var/lib/postgresql/data",
+        extra_files: &[],
+    };
+
+    /// The host's program (for PostgreSQL: its bin directory).
     fn find(&self) -> Option<std::path::PathBuf> {
+        if self.name == "postgres" {
+            return images::postgres_bin_dir();
+        }
         self.binaries.iter().find_map(|b| images::host_binary(b))
+    }
+}
+
+/// How long a pull may take before devctl falls back (a registry that answers but is slow
+/// still gets this long).
+const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `registry/name:tag` → (`registry/name`, `tag`); no tag means `latest`. A digest
+/// (`name@sha256:…`) is passed whole.
+fn split_reference(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_slash..].rfind(':') {
+        Some(colon) => (
+            &image[..last_slash + colon],
+            &image[last_slash + colon + 1..],
+        ),
+        None => (image, "latest"),
     }
 }
 
@@ -141,6 +175,103 @@ impl DockerEngine {
         Ok(())
     }
 
+    /// Pulls `image` with a progress counter of its layers. A registry that does not answer
+    /// within [`PULL_TIMEOUT`] (or at all) is an error the caller falls back from.
+    async fn pull(&self, image: &str, ui: &Ui) -> std::result::Result<(), String> {
+        let (repo, tag) = split_reference(image);
+        let mut options = CreateImageOptionsBuilder::default().from_image(repo);
+        if !tag.is_empty() {
+            options = options.tag(tag);
+        }
+        let options = options.build();
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        let mut layers = std::collections::BTreeSet::new();
+        let mut done = std::collections::BTreeSet::new();
+        let mut counter = None;
+        let started = Instant::now();
+        let result = tokio::time::timeout(PULL_TIMEOUT, async {
+            while let Some(item) = stream.next().await {
+                let info = item.map_err(|e| e.to_string())?;
+                if let Some(detail) = info.error_detail {
+                    return Err(detail.message.unwrap_or_default());
+                }
+                let (Some(id), Some(status)) = (info.id, info.status) else {
+                    continue;
+                };
+                match status.as_str() {
+                    "Pulling fs layer" | "Waiting" | "Already exists" => {
+                        layers.insert(id.clone());
+                    }
+                    _ => {}
+                }
+                if matches!(status.as_str(), "Pull complete" | "Already exists") {
+                    done.insert(id);
+                }
+                let c = counter.get_or_insert_with(|| {
+                    ui.counter(layers.len() as u64, &format!("layers of {image}"))
+                });
+                c.set(done.len() as u64, &status);
+            }
+            Ok(())
+        })
+        .await;
+        if let Some(c) = counter {
+            c.finish();
+        }
+        match result {
+            Ok(Ok(())) => {
+                ui.done(&format!(
+                    "image {image} pulled in {:.1?}",
+                    started.elapsed()
+                ));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("no answer from its registry in {PULL_TIMEOUT:?}")),
+        }
+    }
+
+    /// A local image of a host program for `instance`, when the host has it.
+    async fn build_local(
+        &self,
+        plan: &Plan,
+        host: HostImage,
+        image: &str,
+        ui: &Ui,
+        mode: PrepareMode,
+    ) -> Result<Option<String>> {
+        let tag = format!("{}/{}:local", plan.project, host.name);
+        match (mode, host.find()) {
+            (PrepareMode::Build, Some(path)) => {
+                let context = tokio::task::spawn_blocking(move || {
+                    if host.name == "postgres" {
+                        images::postgres::context(&path)
+                    } else {
+                        images::host_program_context(
+                            &path,
+                            host.name,
+                            host.data_dir,
+                            host.extra_files,
+                        )
+                    }
+                })
+                .await??;
+                if self.build_image(&tag, host.name, context).await? {
+                    ui.done(&format!(
+                        "image {tag} built from the host's {} ({image} is not available here)",
+                        host.package
+                    ));
+                }
+                Ok(Some(tag))
+            }
+            (PrepareMode::Check, _) if self.image_id(&tag).await.is_some() => Ok(Some(tag)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The images of the instances that are not ours: the topology's when present or
+    /// pullable, else a local build from the host's program, else the instance is skipped
+    /// with the reason.
     pub(super) async fn prepare_images(
         &self,
         plan: &Plan,
@@ -155,56 +286,45 @@ impl DockerEngine {
             let local = match i.kind {
                 Kind::Prometheus => Some(HostImage::PROMETHEUS),
                 Kind::Alertmanager => Some(HostImage::ALERTMANAGER),
+                Kind::Database => Some(HostImage::POSTGRES),
                 Kind::Grafana => None,
                 _ => continue,
             };
             if self.image_id(&i.image).await.is_some() {
                 continue;
             }
-            let Some(host) = local else {
-                prepared.unavailable.insert(
-                    i.name.clone(),
-                    format!(
-                        "image {} is not available and cannot be pulled here (`docker load` it to enable {})",
-                        i.image, i.name
-                    ),
-                );
-                continue;
+            let pulled = match mode {
+                PrepareMode::Build => self.pull(&i.image, ui).await,
+                PrepareMode::Check => Err("not pulled by this command".into()),
             };
-            // The topology's image, else a local image from the host's binary.
-            let tag = format!("{}/{}:local", plan.project, host.name);
-            match (mode, host.find()) {
-                (PrepareMode::Build, Some(path)) => {
-                    let context = tokio::task::spawn_blocking(move || {
-                        images::host_program_context(
-                            &path,
-                            host.name,
-                            host.data_dir,
-                            host.extra_files,
-                        )
-                    })
-                    .await??;
-                    if self.build_image(&tag, host.name, context).await? {
-                        ui.done(&format!(
-                            "image {tag} built from the host's {} binary ({} is not available here)",
-                            host.name, i.image
-                        ));
-                    }
-                    prepared.images.insert(i.name.clone(), tag);
-                }
-                (PrepareMode::Check, _) if self.image_id(&tag).await.is_some() => {
-                    prepared.images.insert(i.name.clone(), tag);
-                }
-                _ => {
-                    prepared.unavailable.insert(
-                        i.name.clone(),
-                        format!(
-                            "image {} is not available and cannot be pulled here; install Debian's `{}` package (devctl then builds a local image) or `docker load` it",
-                            i.image, host.package
-                        ),
-                    );
-                }
+            let why = match pulled {
+                Ok(()) => continue,
+                Err(why) => why,
+            };
+            let built = match local {
+                Some(host) => self.build_local(plan, host, &i.image, ui, mode).await?,
+                None => None,
+            };
+            if let Some(tag) = built {
+                prepared.images.insert(i.name.clone(), tag);
+                continue;
             }
+            let fallback = match local {
+                Some(host) => format!(
+                    "install Debian's `{}` package (devctl then builds a local image) or `docker load` it",
+                    host.package
+                ),
+                None => format!("`docker load` it to enable {}", i.name),
+            };
+            let reason = if mode == PrepareMode::Build {
+                format!(
+                    "image {} is not available and its pull failed ({why}); {fallback}",
+                    i.image
+                )
+            } else {
+                format!("image {} is not available; {fallback}", i.image)
+            };
+            prepared.unavailable.insert(i.name.clone(), reason);
         }
         Ok(prepared)
     }
@@ -235,5 +355,31 @@ impl DockerEngine {
             }
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn references_split_into_repository_and_tag() {
+        assert_eq!(split_reference("postgres:16"), ("postgres", "16"));
+        assert_eq!(
+            split_reference("grafana/grafana"),
+            ("grafana/grafana", "latest")
+        );
+        assert_eq!(
+            split_reference("127.0.0.1:5000/prom/prometheus:v2.53.0"),
+            ("127.0.0.1:5000/prom/prometheus", "v2.53.0")
+        );
+        assert_eq!(
+            split_reference("127.0.0.1:5000/postgres"),
+            ("127.0.0.1:5000/postgres", "latest")
+        );
+        assert_eq!(
+            split_reference("postgres@sha256:abc"),
+            ("postgres@sha256:abc", "")
+        );
     }
 }

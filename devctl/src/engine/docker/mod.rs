@@ -24,6 +24,7 @@ use crate::plan::{Instance, Plan, LABEL_INSTANCE, LABEL_ROLE, LABEL_SPEC_HASH};
 use crate::state::{files_hash, hash_parts, FileBytes, StateDir};
 use crate::ui::Ui;
 
+mod exec;
 mod images;
 mod logs;
 pub mod spec;
@@ -397,6 +398,10 @@ impl Engine for DockerEngine {
             )
             .await?;
         Ok(())
+    }
+
+    async fn exec(&self, instance: &Instance, exec: &super::Exec<'_>) -> Result<super::ExecOutput> {
+        self.exec_in(instance, exec).await
     }
 
     async fn last_logs(&self, name: &str, n: usize) -> Vec<String> {

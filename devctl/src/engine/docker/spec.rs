@@ -14,7 +14,7 @@ use bollard::models::{
 
 use crate::compose::{HEALTH_INTERVAL_S, HEALTH_RETRIES, HEALTH_START_PERIOD_S, HEALTH_TIMEOUT_S};
 use crate::engine::{Health, State};
-use crate::plan::{Instance, Kind, Plan, BIN_DIR, IMAGE_UID, LABEL_INSTANCE, LABEL_ROLE};
+use crate::plan::{Instance, Kind, Plan, IMAGE_UID, LABEL_INSTANCE, LABEL_ROLE};
 use crate::state::FileBytes;
 
 fn secs_ns(s: u64) -> i64 {
@@ -26,9 +26,9 @@ pub fn body(plan: &Plan, i: &Instance, targets_dir: &Path) -> ContainerCreateBod
     let mut labels: HashMap<String, String> = plan.labels().into_iter().collect();
     labels.insert(LABEL_ROLE.into(), i.role.clone());
     labels.insert(LABEL_INSTANCE.into(), i.name.clone());
-    let healthcheck = i.healthcheck.as_ref().map(|args| {
-        let mut test = vec!["CMD".to_string(), format!("{BIN_DIR}/{}", i.binary)];
-        test.extend(args.iter().cloned());
+    let healthcheck = i.container_probe().map(|probe| {
+        let mut test = vec!["CMD".to_string()];
+        test.extend(probe);
         HealthConfig {
             test: Some(test),
             interval: Some(secs_ns(HEALTH_INTERVAL_S)),

@@ -23,6 +23,7 @@ use crate::plan::{Instance, Kind, Plan};
 use crate::state::{self, files_hash, hash_parts, FileBytes, StateDir};
 use crate::ui::Ui;
 
+mod database;
 mod supervise;
 
 use supervise::is_zombie;
@@ -87,6 +88,7 @@ impl ProcessEngine {
             Kind::Grafana => images::host_binary("grafana-server")
                 .or_else(|| images::host_binary("grafana"))
                 .ok_or("no grafana-server on PATH"),
+            Kind::Database => return database::server(),
             _ => self
                 .repo
                 .as_ref()
@@ -337,8 +339,18 @@ impl Engine for ProcessEngine {
             why,
         })?;
         self.write_files(&i.config_dir, &work.files.iter().collect::<Vec<_>>())?;
+        if i.kind == Kind::Database {
+            self.init_database(i)?;
+        }
+        let probe_program = match &i.probe_program {
+            Some(name) => database::tool(name).ok_or_else(|| EngineError::NoProgram {
+                instance: i.name.clone(),
+                why: format!("no `{name}` on this host for its health probe"),
+            })?,
+            None => program.clone(),
+        };
         let probe = i.healthcheck.as_ref().map(|args| {
-            let mut argv = vec![program.to_string_lossy().into_owned()];
+            let mut argv = vec![probe_program.to_string_lossy().into_owned()];
             argv.extend(args.iter().cloned());
             if i.kind == Kind::Backend {
                 argv.extend(["--timeout".to_string(), "2s".to_string()]);
@@ -415,6 +427,11 @@ impl Engine for ProcessEngine {
             signal: signal.as_str().to_string(),
             source,
         })
+    }
+
+    async fn exec(&self, instance: &Instance, exec: &super::Exec<'_>) -> Result<super::ExecOutput> {
+        self.running_launch(&instance.name)?;
+        self.exec_host(instance, exec).await
     }
 
     async fn last_logs(&self, name: &str, n: usize) -> Vec<String> {

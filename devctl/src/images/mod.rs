@@ -7,6 +7,8 @@ use std::time::SystemTime;
 
 use crate::plan::IMAGE_UID;
 
+pub mod postgres;
+
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Our binaries, built together.
 pub const BINARIES: &[&str] = &["gateway", "admin-server", "customer-services"];
@@ -281,6 +283,35 @@ pub fn host_binary(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// The directory of the host's PostgreSQL server programs: the one holding `postgres` on PATH,
+/// else Debian's newest `/usr/lib/postgresql/<version>/bin`.
+pub fn postgres_bin_dir() -> Option<PathBuf> {
+    let on_path = host_binary("postgres")
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    on_path.or_else(|| {
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let v: u32 = e.file_name().to_str()?.parse().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("postgres").is_file().then_some((v, bin))
+            })
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, bin)| bin)
+    })
+}
+
+/// One of the host's PostgreSQL programs (`postgres`, `initdb`, `pg_isready`, `pg_dump`...),
+/// from the server's directory so versions match.
+pub fn postgres_tool(name: &str) -> Option<PathBuf> {
+    postgres_bin_dir()
+        .map(|d| d.join(name))
+        .filter(|p| p.is_file())
 }
 
 #[cfg(test)]
