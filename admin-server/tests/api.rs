@@ -1042,3 +1042,57 @@ async fn a_database_that_goes_away_means_503s_then_service_resumes_by_itself() {
     let output = server.output().join("\n");
     assert!(!output.contains("panicked"), "{output}");
 }
+
+/// `--database-ca` and `--database-password-file`: the connection is TLS, verified against
+/// the CA (the URL's 127.0.0.1 against the certificate's IP), and logs in with the file's
+/// password; a wrong password stops the start with the server's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_verified_tls_with_a_password_file() {
+    let fx = Fixture::new();
+    let Some(pg) = Postgres::start(fx.dir.path()) else {
+        return;
+    };
+    tokio::task::block_in_place(|| pg.require_tls_and_password(&fx.pki, "app_user", "s3cret-pw"));
+    let url = format!("postgres://app_user@127.0.0.1:{}/app", pg.port);
+    let ca = fx.pki.ca_cert.to_string_lossy().into_owned();
+    let password = fx.dir.path().join("db-password");
+    std::fs::write(&password, "s3cret-pw\n").unwrap();
+    let password = password.to_string_lossy().into_owned();
+    let flags = [
+        "--database-url",
+        url.as_str(),
+        "--database-ca",
+        ca.as_str(),
+        "--database-password-file",
+        password.as_str(),
+    ];
+    let server = ServerProcess::start(fx.command("admin-tls", &flags));
+    let mut conn = fx.connect(&server).await;
+    let body = r#"{"email":"tls@example.com","name":"Over TLS","role":"viewer"}"#;
+    let created = json(&mut conn, Method::POST, "/api/v1/admin/users", body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let encrypted = tokio::task::block_in_place(|| {
+        pg.query(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.usename = 'app_user'",
+        )
+    });
+    assert_eq!(encrypted, "t", "every app_user session is TLS");
+    assert!(
+        !server.output().join("\n").contains("s3cret-pw"),
+        "the password never reaches the logs"
+    );
+    drop(server);
+
+    std::fs::write(&password, "wr0ng-pa55").unwrap();
+    let out = tokio::task::block_in_place(|| {
+        let mut cmd = fx.command("admin-bad-password", &flags);
+        cmd.output().unwrap()
+    });
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wr0ng-pa55"), "{stderr}");
+}

@@ -186,6 +186,9 @@ enum Command {
         pid_file: PathBuf,
         #[arg(long)]
         stop_file: PathBuf,
+        /// Run the program as this uid:gid (a database started by root).
+        #[arg(long, value_parser = parse_user)]
+        user: Option<(u32, u32)>,
         program: PathBuf,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -206,11 +209,12 @@ fn main() -> ExitCode {
     if let Command::Supervise {
         pid_file,
         stop_file,
+        user,
         program,
         args,
     } = &cli.command
     {
-        let code = devctl::engine::process::supervise(pid_file, stop_file, program, args);
+        let code = devctl::engine::process::supervise(pid_file, stop_file, *user, program, args);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     service_kit::tls::install_default_provider();
@@ -397,6 +401,14 @@ async fn execute<E: Engine>(s: Session<E>, command: Command) -> anyhow::Result<(
         | Command::Supervise { .. } => {}
     }
     Ok(())
+}
+
+fn parse_user(raw: &str) -> Result<(u32, u32), String> {
+    let (u, g) = raw.split_once(':').ok_or("expected UID:GID")?;
+    Ok((
+        u.parse().map_err(|_| "bad uid")?,
+        g.parse().map_err(|_| "bad gid")?,
+    ))
 }
 
 fn parse_role(raw: &str) -> Result<service_kit::auth::Role, String> {

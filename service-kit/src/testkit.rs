@@ -508,6 +508,41 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Makes `role` (password `password`, owner of `app`) reach `app` only over TLS with a
+    /// SCRAM password, the server presenting `pki`'s server certificate; the superuser keeps
+    /// its trusted local access for [`Postgres::query`].
+    pub fn require_tls_and_password(&self, pki: &TestPki, role: &str, password: &str) {
+        self.query(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{password}'; ALTER DATABASE app OWNER TO {role}"
+        ));
+        let copy = |from: &Path, name: &str| {
+            let to = self.data.join(name);
+            std::fs::copy(from, &to).expect("copy TLS file");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            if let Some((uid, gid)) = self.user {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid)).expect("chown");
+            }
+        };
+        copy(&pki.server_cert, "server.crt");
+        copy(&pki.server_key, "server.key");
+        let hba = self.data.join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!(
+                "hostssl app {role} 127.0.0.1/32 scram-sha-256\nhost all postgres 127.0.0.1/32 trust\nlocal all all trust\n"
+            ),
+        )
+        .expect("write pg_hba.conf");
+        self.query("ALTER SYSTEM SET ssl = on");
+        self.query("SELECT pg_reload_conf()");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.query("SHOW ssl") != "on" {
+            assert!(Instant::now() < deadline, "ssl did not turn on");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops the server (fast shutdown: open sessions are cut).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

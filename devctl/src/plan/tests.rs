@@ -81,7 +81,10 @@ fn instances_names_and_addresses() {
     let names: Vec<&str> = p.instances.iter().map(|i| i.name.as_str()).collect();
     // Gateways, the database, backends, edge, Prometheus, Grafana, Alertmanager.
     assert_eq!(names.len(), 2 + 1 + 5 + 5 + 4);
-    assert_eq!(&names[..4], &["gateway-1", "gateway-2", "postgres", "admin-1"]);
+    assert_eq!(
+        &names[..4],
+        &["gateway-1", "gateway-2", "postgres", "admin-1"]
+    );
     // Production's database is external: no instance.
     assert!(plan(PRODUCTION, RuntimeKind::Docker)
         .instance("postgres")

@@ -30,6 +30,12 @@ impl Env {
     /// The dev topology renamed and moved to its own subnet and host ports.
     fn new(runtime: &'static str, name: &str, subnet: &str, port_base: u16) -> Env {
         let dir = tempfile::tempdir().unwrap();
+        // Traversable by the user the database runs as when the test runs as root.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let text = std::fs::read_to_string(repo().join("topology/dev.toml")).unwrap();
         let p = |n: u16| (port_base + n).to_string();
         // Its own loopback range for the process runtime, so a developer's running stack
@@ -48,7 +54,8 @@ impl Env {
             )
             .replace("publish_port = 9090", &format!("publish_port = {}", p(90)))
             .replace("publish_port = 3000", &format!("publish_port = {}", p(30)))
-            .replace("publish_port = 9093", &format!("publish_port = {}", p(93)));
+            .replace("publish_port = 9093", &format!("publish_port = {}", p(93)))
+            .replace("publish_port = 5432", &format!("publish_port = {}", p(54)));
         let topology = dir.path().join("topology.toml");
         std::fs::write(&topology, text).unwrap();
         let state = dir.path().join("state");
@@ -160,6 +167,81 @@ fn get_as(env: &Env, path: &str, token: Option<&str>) -> Option<(u16, String)> {
             r.header("x-served-by").unwrap_or_default().to_string(),
         ))
     })
+}
+
+/// A request through the edge with an admin token: (status, JSON body, X-Served-By).
+fn call(env: &Env, method: http::Method, path: &str, body: &str) -> Option<(u16, Value, String)> {
+    use service_kit::client::{connect, Target};
+    let tls = env.tls();
+    let bearer = format!("Bearer {}", env.token());
+    let body = body.to_string();
+    block_on(async move {
+        let work = async {
+            let target = Target::from_url(&env.https, Some(tls)).await.ok()?;
+            let mut conn = connect(&target).await.ok()?;
+            let headers = [
+                ("authorization", bearer.as_str()),
+                ("content-type", "application/json"),
+            ];
+            conn.request(method, path, &headers, body).await.ok()
+        };
+        let r = tokio::time::timeout(Duration::from_secs(5), work)
+            .await
+            .ok()??;
+        Some((
+            r.status.as_u16(),
+            r.json().unwrap_or(Value::Null),
+            r.header("x-served-by").unwrap_or_default().to_string(),
+        ))
+    })
+}
+
+/// One database behind every replica: a user created through one admin replica is read
+/// through the others; `backup` holds it, and `restore` brings it back after a delete.
+fn store_drill(env: &Env) {
+    use http::Method;
+    let email = format!("store-drill-{}@example.com", std::process::id());
+    let body = format!(r#"{{"email":"{email}","name":"Store Drill","role":"viewer"}}"#);
+    let (code, user, created_by) =
+        call(env, Method::POST, "/api/v1/admin/users", &body).expect("create a user");
+    assert_eq!(code, 201, "{user}");
+    let path = format!("/api/v1/admin/users/{}", user["id"]);
+    let mut readers = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let (code, got, by) = call(env, Method::GET, &path, "").expect("read the user");
+        assert_eq!(
+            (code, got["email"].as_str()),
+            (200, Some(email.as_str())),
+            "{by}"
+        );
+        readers.insert(by);
+    }
+    readers.remove(&created_by);
+    assert!(
+        !readers.is_empty(),
+        "other replicas read what {created_by} wrote"
+    );
+
+    let archive = env.state.parent().unwrap().join("backup.tar");
+    let archive_text = archive.to_string_lossy().into_owned();
+    env.ok(&["backup", "--out", &archive_text]);
+    assert!(std::fs::metadata(&archive).unwrap().len() > 1000);
+    let (code, _, _) = call(env, Method::DELETE, &path, "").expect("delete the user");
+    assert_eq!(code, 204);
+    assert_eq!(call(env, Method::GET, &path, "").map(|r| r.0), Some(404));
+
+    env.ok(&["restore", &archive_text]);
+    let (code, got, _) = call(env, Method::GET, &path, "").expect("read it again");
+    assert_eq!((code, got["email"].as_str()), (200, Some(email.as_str())));
+
+    // A file that is not a backup is refused in one line; nothing changes.
+    let bogus = env.state.parent().unwrap().join("not-a-backup.tar");
+    std::fs::write(&bogus, b"nope").unwrap();
+    let out = env.devctl(&["restore", &bogus.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a devctl backup"), "{stderr}");
+    assert_eq!(call(env, Method::GET, &path, "").map(|r| r.0), Some(200));
 }
 
 fn http_json(url: &str) -> Option<Value> {
@@ -290,6 +372,17 @@ fn flow(env: &Env, docker: bool) {
         .filter(|s| matches!(s["role"].as_str(), Some("gateway" | "admin" | "customer")))
         .collect();
     assert_eq!(core.len(), 12, "{status}");
+    let database = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "postgres")
+        .unwrap_or_else(|| panic!("postgres in status: {status}"));
+    assert_eq!(
+        (&database["state"], &database["health"]),
+        (&Value::from("running"), &Value::from("healthy")),
+        "{database}"
+    );
     for s in &core {
         assert_eq!(s["state"], "running", "{s}");
         assert_eq!(s["health"], "healthy", "{s}");
@@ -320,6 +413,8 @@ fn flow(env: &Env, docker: bool) {
     let (code, by) = get(env, "/api/v1/consultations").expect("customer through the edge");
     assert_eq!(code, 200);
     assert!(by.starts_with("customer-"), "{by}");
+
+    store_drill(env);
 
     // scale admin 6: admin-6 serves traffic and Prometheus scrapes it.
     let t = Instant::now();

@@ -23,6 +23,29 @@ pub(super) fn tool(name: &str) -> Option<PathBuf> {
     images::postgres_tool(name).or_else(|| images::host_binary(name))
 }
 
+/// The user the database runs as when devctl runs as root (PostgreSQL refuses root):
+/// `nobody`. None otherwise (it runs as the caller, like every other instance).
+pub(super) fn run_as(i: &Instance) -> Option<(u32, u32)> {
+    if i.kind != crate::plan::Kind::Database || !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let user = nix::unistd::User::from_name("nobody").ok().flatten()?;
+    Some((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+/// Hands a directory tree to `user` (the data and config directories of a database that
+/// does not run as devctl's user).
+fn give(dir: &Path, user: (u32, u32)) -> Result<()> {
+    let (uid, gid) = user;
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(io(dir))?;
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+            give(&entry.path(), user)?;
+        }
+    }
+    Ok(())
+}
+
 fn env_of<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {
     i.env
         .iter()
@@ -33,8 +56,10 @@ fn env_of<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {
 impl ProcessEngine {
     /// `initdb` into `PGDATA` unless it holds a cluster: the role `POSTGRES_USER` with the
     /// password in `POSTGRES_PASSWORD_FILE`, SCRAM authentication.
-    pub(super) fn init_database(&self, i: &Instance) -> Result<()> {
-        let (Some(data), Some(user), Some(password)) = (
+    /// With `user` (devctl runs as root), the data and config directories are that user's
+    /// and initdb runs as it.
+    pub(super) fn init_database(&self, i: &Instance, user: Option<(u32, u32)>) -> Result<()> {
+        let (Some(data), Some(role), Some(password)) = (
             env_of(i, "PGDATA"),
             env_of(i, "POSTGRES_USER"),
             env_of(i, "POSTGRES_PASSWORD_FILE"),
@@ -44,6 +69,11 @@ impl ProcessEngine {
                 why: "PGDATA, POSTGRES_USER and POSTGRES_PASSWORD_FILE must be set".into(),
             });
         };
+        if let Some(user) = user {
+            std::fs::create_dir_all(data).map_err(io(Path::new(data)))?;
+            give(Path::new(data), user)?;
+            give(Path::new(&i.config_dir), user)?;
+        }
         if Path::new(data).join("PG_VERSION").is_file() {
             return Ok(());
         }
@@ -55,12 +85,15 @@ impl ProcessEngine {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
-        let out = std::process::Command::new(&initdb)
-            .args(["--pgdata", data, "--username", user])
+        let mut cmd = std::process::Command::new(&initdb);
+        cmd.args(["--pgdata", data, "--username", role])
             .arg(format!("--pwfile={password}"))
-            .args(["--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"])
-            .output()
-            .map_err(io(&initdb))?;
+            .args(["--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"]);
+        if let Some((uid, gid)) = user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd.output().map_err(io(&initdb))?;
         let mut text = out.stdout;
         text.extend_from_slice(&out.stderr);
         let _ = std::fs::write(&log, &text);

@@ -45,6 +45,9 @@ struct Launch {
     env: Vec<(String, String)>,
     /// The full probe command line (program first), if it has one.
     probe: Option<Vec<String>>,
+    /// uid:gid it runs as when not devctl's own (the database, when devctl runs as root).
+    #[serde(default)]
+    user: Option<(u32, u32)>,
     spec: String,
     config_dir: String,
 }
@@ -204,8 +207,11 @@ impl ProcessEngine {
             .arg("--pid-file")
             .arg(self.pid_path(name))
             .arg("--stop-file")
-            .arg(&stop)
-            .arg("--")
+            .arg(&stop);
+        if let Some((uid, gid)) = launch.user {
+            cmd.arg("--user").arg(format!("{uid}:{gid}"));
+        }
+        cmd.arg("--")
             .arg(&launch.program)
             .args(&launch.args)
             .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -339,8 +345,9 @@ impl Engine for ProcessEngine {
             why,
         })?;
         self.write_files(&i.config_dir, &work.files.iter().collect::<Vec<_>>())?;
+        let user = database::run_as(i);
         if i.kind == Kind::Database {
-            self.init_database(i)?;
+            self.init_database(i, user)?;
         }
         let probe_program = match &i.probe_program {
             Some(name) => database::tool(name).ok_or_else(|| EngineError::NoProgram {
@@ -363,6 +370,7 @@ impl Engine for ProcessEngine {
             args: i.args.clone(),
             env: i.env.clone(),
             probe,
+            user,
             spec: work.spec.clone(),
             config_dir: i.config_dir.clone(),
         };

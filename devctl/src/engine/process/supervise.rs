@@ -10,11 +10,24 @@ use crate::state;
 /// Runs `program`, writes its PID to `pid_file`, and restarts it after a failure (non-zero
 /// exit or a signal) unless `stop_file` exists. A clean exit (0, e.g. after draining on
 /// SIGTERM) ends supervision. Returns the exit code for the supervisor itself.
-pub fn supervise(pid_file: &Path, stop_file: &Path, program: &Path, args: &[String]) -> i32 {
+/// With `user`, the program runs as that uid:gid.
+pub fn supervise(
+    pid_file: &Path,
+    stop_file: &Path,
+    user: Option<(u32, u32)>,
+    program: &Path,
+    args: &[String],
+) -> i32 {
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = Instant::now();
-        let mut child = match std::process::Command::new(program).args(args).spawn() {
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args);
+        if let Some((uid, gid)) = user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("devctl supervise: cannot start {}: {e}", program.display());
