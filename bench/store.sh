@@ -84,19 +84,23 @@ measure() {
     url="https://127.0.0.1:$GW_PORT/api/v1/admin/users/$seed_id"
   else
     url="https://127.0.0.1:$GW_PORT/api/v1/admin/users"
+    # Emails unique across threads and runs (the warm-up writes too): a UNIQUE conflict
+    # would be a 409, not a write.
     cat >"$work/$kind-write.lua" <<LUA
 local next_id = 0
+local run = os.time() .. "-" .. math.floor(os.clock() * 1000000)
 function setup(thread) thread:set("tid", next_id); next_id = next_id + 1 end
 local n = 0
 request = function()
   n = n + 1
-  local body = string.format('{"email":"$kind-%d-%d-%d@bench.test","name":"Bench","role":"viewer"}', tid, n, math.random(1000000000))
+  local body = string.format('{"email":"$kind-%s-%d-%d@bench.test","name":"Bench","role":"viewer"}', run, tid, n)
   return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
 end
 LUA
     script=(-s "$work/$kind-write.lua")
   fi
   wrk -t"$WRK_THREADS" -c"$CONNS" -d"${WARMUP}s" "${script[@]}" "$url" >/dev/null 2>&1 || true
+  sleep 1
   wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "${script[@]}" "$url" >"$out" 2>&1 ||
     { cat "$out" >&2; die "wrk failed ($kind $endpoint)"; }
   rps=$(awk '/^Requests\/sec/ {print $2}' "$out")
