@@ -33,6 +33,7 @@ use crate::store::UserStore;
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "admin-server",
     version: env!("CARGO_PKG_VERSION"),
+    store_file: DB_FILE,
 };
 
 pub const DEFAULT_PORT: u16 = 3002;

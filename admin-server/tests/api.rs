@@ -1096,3 +1096,67 @@ async fn postgres_over_verified_tls_with_a_password_file() {
     );
     assert!(!stderr.contains("wr0ng-pa55"), "{stderr}");
 }
+
+/// `backup-store` copies the live SQLite store while a replica serves; `restore-store` puts
+/// the copy back under the running replica, which serves the restored data; neither accepts
+/// a PostgreSQL URL or a file that is not a database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_backup_and_restore_under_a_running_replica() {
+    let fx = Fixture::new();
+    let server = fx.start("admin-backup");
+    let mut conn = fx.connect(&server).await;
+    let body = r#"{"email":"kept@example.com","name":"Kept","role":"viewer"}"#;
+    let created = json(&mut conn, Method::POST, "/api/v1/admin/users", body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let path = format!("/api/v1/admin/users/{}", created.json().unwrap()["id"]);
+
+    let run = |args: &[&str]| {
+        tokio::task::block_in_place(|| {
+            let mut cmd = Command::new(BIN);
+            cmd.env_clear()
+                .arg("--data-dir")
+                .arg(fx.data_dir())
+                .args(args)
+                .output()
+                .unwrap()
+        })
+    };
+    let copy = run(&["backup-store"]);
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    assert!(copy.stdout.starts_with(b"SQLite format 3\0"));
+    let file = fx.dir.path().join("copy.sqlite");
+    std::fs::write(&file, &copy.stdout).unwrap();
+
+    let deleted = json(&mut conn, Method::DELETE, &path, "").await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_eq!(conn.get(&path).await.unwrap().status, StatusCode::NOT_FOUND);
+
+    let restored = run(&["restore-store", "--from", &file.to_string_lossy()]);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let back = conn.get(&path).await.unwrap();
+    assert_eq!(back.status, StatusCode::OK, "{}", back.text());
+    assert_eq!(back.json().unwrap()["email"], "kept@example.com");
+
+    // Bad input: a file that is not a database, a PostgreSQL store.
+    let junk = fx.dir.path().join("junk");
+    std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
+    let refused = run(&["restore-store", "--from", &junk.to_string_lossy()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("error:"));
+    assert_eq!(conn.get(&path).await.unwrap().status, StatusCode::OK);
+    let pg = run(&[
+        "--database-url",
+        "postgres://u@127.0.0.1:1/x",
+        "backup-store",
+    ]);
+    assert_eq!(pg.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&pg.stderr).contains("pg_dump"));
+}

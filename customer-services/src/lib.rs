@@ -30,6 +30,7 @@ use crate::store::ConsultationStore;
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "customer-services",
     version: env!("CARGO_PKG_VERSION"),
+    store_file: DB_FILE,
 };
 
 pub const DEFAULT_PORT: u16 = 3001;

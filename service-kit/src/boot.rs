@@ -23,6 +23,8 @@ use crate::settings::{AuthSetting, ServerArgs, EXIT_CONFIG};
 pub struct ServiceInfo {
     pub name: &'static str,
     pub version: &'static str,
+    /// The SQLite file's name in `--data-dir` when no `--database-url` names another.
+    pub store_file: &'static str,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +198,53 @@ pub struct ServiceCli<E: clap::Args> {
 pub enum ServiceCommand {
     /// Probe this service's /health; exit 0 when healthy, 1 otherwise (Docker HEALTHCHECK).
     Healthcheck(HealthcheckArgs),
+    /// Write a consistent copy of this service's SQLite store to stdout while it serves
+    /// (SQLite's online backup; `devctl backup`).
+    #[cfg(feature = "sqlite")]
+    BackupStore,
+    /// Replace the content of this service's SQLite store with a copy `backup-store` wrote
+    /// (`devctl restore`); running replicas see it on their next transaction.
+    #[cfg(feature = "sqlite")]
+    RestoreStore {
+        #[arg(long)]
+        from: std::path::PathBuf,
+    },
+}
+
+/// The SQLite file this service's flags name, or why there is none.
+#[cfg(feature = "sqlite")]
+fn sqlite_file(info: &ServiceInfo, server: &ServerArgs) -> Result<std::path::PathBuf, String> {
+    let database = crate::store::Database::parse(&server.database_args())?;
+    database
+        .sqlite_path(&server.data_dir, info.store_file)
+        .ok_or_else(|| {
+            "the store is PostgreSQL: back it up with pg_dump (devctl backup does)".to_string()
+        })
+}
+
+#[cfg(feature = "sqlite")]
+fn store_command(info: &ServiceInfo, server: &ServerArgs, command: &ServiceCommand) -> u8 {
+    use std::io::Write;
+    let result = sqlite_file(info, server).and_then(|file| match command {
+        ServiceCommand::BackupStore => {
+            let bytes = crate::sqlite::backup_bytes(&file).map_err(|e| e.to_string())?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("writing the copy: {e}"))
+        }
+        ServiceCommand::RestoreStore { from } => {
+            crate::sqlite::restore_from(&file, from).map_err(|e| e.to_string())
+        }
+        ServiceCommand::Healthcheck(_) => Ok(()),
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }
 
 /// A backend's whole `main`: parse flags (with `default_port`), then either probe
@@ -238,6 +287,10 @@ where
                 } else {
                     std::process::ExitCode::from(1)
                 }
+            }
+            #[cfg(feature = "sqlite")]
+            Some(command) => {
+                std::process::ExitCode::from(store_command(&info, &cli.server, &command))
             }
             None => {
                 let extra = cli.extra;

@@ -132,6 +132,16 @@ pub enum SettingsError {
 }
 
 impl ServerArgs {
+    /// The `--database-*` flags as given.
+    pub fn database_args(&self) -> DatabaseArgs {
+        DatabaseArgs {
+            url: self.database_url.clone(),
+            ca: self.database_ca.clone(),
+            password_file: self.database_password_file.clone(),
+            pool_size: self.database_pool_size,
+        }
+    }
+
     pub fn resolve(&self, port: u16) -> Result<ResolvedServer, SettingsError> {
         let ip: IpAddr = self
             .host
@@ -184,12 +194,7 @@ impl ServerArgs {
                 ..ServeOptions::default()
             },
             auth,
-            database: DatabaseArgs {
-                url: self.database_url.clone(),
-                ca: self.database_ca.clone(),
-                password_file: self.database_password_file.clone(),
-                pool_size: self.database_pool_size,
-            },
+            database: self.database_args(),
         })
     }
 }

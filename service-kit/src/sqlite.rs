@@ -253,6 +253,74 @@ impl Db {
     }
 }
 
+/// A consistent copy of the SQLite database at `path` (SQLite's online backup API: other
+/// processes keep reading and writing meanwhile), as the bytes of a database file.
+pub fn backup_bytes(path: &Path) -> Result<Vec<u8>, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let src =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(open_err)?;
+    src.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    let dir = tempfile_dir()?;
+    let copy = dir.join("backup.sqlite");
+    src.backup(rusqlite::MAIN_DB, &copy, None)
+        .map_err(open_err)?;
+    let bytes = std::fs::read(&copy).map_err(|e| StoreError::Worker(e.to_string()));
+    let _ = std::fs::remove_dir_all(&dir);
+    bytes
+}
+
+/// Replaces the content of the SQLite database at `path` with the database file `from`
+/// (a copy made by [`backup_bytes`]), under SQLite's locks: replicas that have it open see the
+/// restored data on their next transaction.
+pub fn restore_from(path: &Path, from: &Path) -> Result<(), StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    // The copy must be a database (a page read fails otherwise) before anything is replaced.
+    let check =
+        Connection::open_with_flags(from, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| {
+            StoreError::Open {
+                path: from.to_owned(),
+                source,
+            }
+        })?;
+    check
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(|source| StoreError::Open {
+            path: from.to_owned(),
+            source,
+        })?;
+    drop(check);
+    let mut dst = Connection::open(path).map_err(open_err)?;
+    dst.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    dst.restore(
+        rusqlite::MAIN_DB,
+        from,
+        None::<fn(rusqlite::backup::Progress)>,
+    )
+    .map_err(open_err)
+}
+
+/// A private scratch directory next to the system's temporary files.
+fn tempfile_dir() -> Result<std::path::PathBuf, StoreError> {
+    let dir = std::env::temp_dir().join(format!(
+        "store-backup-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| StoreError::Worker(e.to_string()))?;
+    Ok(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

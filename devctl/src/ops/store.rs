@@ -11,6 +11,13 @@ use crate::engine::{Engine, Exec, ExecOutput, INPUT};
 use crate::plan::{Database, Instance, Plan};
 use crate::topology::StoreKind;
 
+fn db_word(kind: StoreKind) -> &'static str {
+    match kind {
+        StoreKind::Sqlite => "SQLite",
+        StoreKind::Postgres => "PostgreSQL",
+    }
+}
+
 /// State dir files a backup carries (the database password stays: it lives in the server's
 /// own data, which the backup does not replace).
 const STATE_FILES: &[&str] = &["certs/ca.crt", "certs/ca.key", "auth/signing.key"];
@@ -28,7 +35,7 @@ impl<E: Engine> Session<E> {
             }
             (StoreKind::Sqlite, _) => {
                 return Err(OpsError::Store(
-                    "the topology keeps its data in SQLite ([store] kind = \"sqlite\"); backup and restore work on its postgres store".into(),
+                    "the topology keeps its data in SQLite: no database server to work on".into(),
                 ))
             }
         };
@@ -36,6 +43,39 @@ impl<E: Engine> Session<E> {
             .instance(name)
             .ok_or_else(|| OpsError::unknown(name, plan))?;
         Ok((instance, db))
+    }
+
+    /// A running replica of `pool` (the SQLite store is reached through one of them).
+    async fn running_replica<'p>(
+        &self,
+        plan: &'p Plan,
+        pool: &str,
+    ) -> Result<&'p Instance, OpsError> {
+        for i in plan.instances.iter().filter(|i| i.role == pool) {
+            if let Some(o) = self.engine.observe_one(&i.name).await {
+                if o.state == crate::engine::State::Running {
+                    return Ok(i);
+                }
+            }
+        }
+        Err(OpsError::Store(format!(
+            "no replica of {pool} is running to reach its store: `devctl up` first"
+        )))
+    }
+
+    /// Runs `exec` beside `instance`; a non-zero exit is an error with the tool's words.
+    async fn checked(&self, instance: &Instance, exec: Exec<'_>) -> Result<ExecOutput, OpsError> {
+        let out = self.engine.exec(instance, &exec).await?;
+        if out.code != 0 {
+            return Err(OpsError::Store(format!(
+                "{} on {} exited with {}: {}",
+                exec.argv.get(1).map_or("command", String::as_str),
+                instance.name,
+                out.code,
+                out.stderr.trim()
+            )));
+        }
+        Ok(out)
     }
 
     /// Runs a PostgreSQL tool beside the server, logged in as the store's role.
@@ -127,14 +167,28 @@ impl<E: Engine> Session<E> {
     /// snapshot per database) and the state dir's CA, signing key and secrets.
     pub async fn backup(&self, out: &Path) -> Result<Manifest, OpsError> {
         let plan = self.ctx.plan(self.runtime)?;
-        let (instance, db) = self.database(&plan)?;
+        let db = &plan.store;
         let mut stores = BTreeMap::new();
         for (pool, database) in &db.databases {
-            let dump = self
-                .pg(instance, db, &["pg_dump", "-Fc", "-d", database], None)
-                .await?;
+            let dump = if db.kind == StoreKind::Sqlite {
+                let replica = self.running_replica(&plan, pool).await?;
+                self.checked(
+                    replica,
+                    Exec {
+                        argv: vec![replica.binary.clone(), "backup-store".into()],
+                        env: Vec::new(),
+                        input: None,
+                    },
+                )
+                .await?
+            } else {
+                let (instance, db) = self.database(&plan)?;
+                self.pg(instance, db, &["pg_dump", "-Fc", "-d", database], None)
+                    .await?
+            };
             self.ui.step(&format!(
-                "{pool}: database {database} dumped ({} bytes)",
+                "{pool}: {} store copied ({} bytes)",
+                db_word(db.kind),
                 dump.stdout.len()
             ));
             stores.insert(pool.clone(), dump.stdout);
@@ -184,7 +238,14 @@ impl<E: Engine> Session<E> {
             std::fs::read(file).map_err(|e| OpsError::Store(format!("{}: {e}", file.display())))?;
         let backup = Backup::from_tar(&bytes)?;
         let plan = self.ctx.plan(self.runtime)?;
-        let (instance, db) = self.database(&plan)?;
+        let db = &plan.store;
+        if backup.manifest.store != db.kind {
+            return Err(OpsError::Store(format!(
+                "the backup holds {} stores and this topology keeps {}: restore it into a topology with the same [store] kind",
+                db_word(backup.manifest.store),
+                db_word(db.kind)
+            )));
+        }
         // Every pool in the backup must have its database here before anything changes.
         for (pool, _) in &backup.manifest.databases {
             if !db.databases.iter().any(|(p, _)| p == pool) {
@@ -193,6 +254,32 @@ impl<E: Engine> Session<E> {
                 )));
             }
         }
+        if db.kind == StoreKind::Sqlite {
+            for (pool, _) in &backup.manifest.databases {
+                let replica = self.running_replica(&plan, pool).await?;
+                let copy = &backup.stores[pool];
+                self.checked(
+                    replica,
+                    Exec {
+                        argv: vec![
+                            replica.binary.clone(),
+                            "restore-store".into(),
+                            "--from".into(),
+                            INPUT.into(),
+                        ],
+                        env: Vec::new(),
+                        input: Some(copy),
+                    },
+                )
+                .await?;
+                self.ui.step(&format!("{pool}: SQLite store restored"));
+            }
+            if state {
+                self.restore_state(&backup)?;
+            }
+            return Ok(backup.manifest);
+        }
+        let (instance, db) = self.database(&plan)?;
         self.provision(&plan, instance.name.as_str()).await?;
         for (pool, database) in &backup.manifest.databases {
             let Some(target) = db.databases.iter().find(|(p, _)| p == pool).map(|(_, d)| d) else {

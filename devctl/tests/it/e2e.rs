@@ -76,6 +76,23 @@ impl Env {
         }
     }
 
+    /// The same layout keeping its data in SQLite, with 2 replicas per pool.
+    fn on_sqlite(self) -> Env {
+        let text = std::fs::read_to_string(&self.topology).unwrap();
+        let address = text
+            .lines()
+            .find(|l| l.starts_with("address = ") && l.contains(".5.10"))
+            .unwrap()
+            .to_string();
+        let text = text
+            .replace("kind = \"postgres\"", "kind = \"sqlite\"")
+            .replace(&format!("{address}\n"), "")
+            .replace("instances = 5", "instances = 2")
+            .replace("weights = [100, 100, 100, 75, 75]", "weights = [100, 100]");
+        std::fs::write(&self.topology, text).unwrap();
+        self
+    }
+
     fn deployment(&self) -> &str {
         &self.name
     }
@@ -724,6 +741,24 @@ fn docker_runtime_end_to_end() {
         (containers, networks, volumes)
     });
     assert_eq!(left, (0, 0, 0), "(containers, networks, volumes) left");
+}
+
+/// A topology on SQLite: the pool's replicas share one file; `backup` copies it through a
+/// running replica (SQLite's online backup) and `restore` puts it back.
+#[test]
+fn process_runtime_on_sqlite_backs_up_and_restores() {
+    let env = Env::new("process", "e2e-sqlite", "172.28", 25000).on_sqlite();
+    let _down = Down(&env);
+    env.ok(&["up", "--timeout", "120s"]);
+    let status = env.status();
+    let names: Vec<&str> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert!(!names.contains(&"postgres"), "{names:?}");
+    store_drill(&env);
 }
 
 #[test]

@@ -9,11 +9,17 @@ use futures_util::StreamExt;
 
 use super::DockerEngine;
 use crate::engine::{EngineError, Exec, ExecOutput, Result, INPUT};
-use crate::plan::Instance;
+use crate::plan::{Instance, Kind, BIN_DIR};
 
 impl DockerEngine {
     pub(super) async fn exec_in(&self, i: &Instance, exec: &Exec<'_>) -> Result<ExecOutput> {
         let mut argv = exec.argv.clone();
+        // The instance's own program is ours, at its path in the image.
+        if let Some(first) = argv.first_mut() {
+            if *first == i.binary && matches!(i.kind, Kind::Backend | Kind::Gateway | Kind::Edge) {
+                *first = format!("{BIN_DIR}/{}", i.binary);
+            }
+        }
         let mut uploaded = None;
         if let Some(bytes) = exec.input {
             let name = format!("devctl-input-{}", std::process::id());
@@ -33,7 +39,8 @@ impl DockerEngine {
     }
 
     async fn put_tmp(&self, i: &Instance, name: &str, bytes: &[u8]) -> Result<()> {
-        let tar = input_tar(name, bytes, i).map_err(|source| EngineError::Io {
+        let uid = super::spec::owner_uid(i, &self.image_user(&i.image).await);
+        let tar = input_tar(name, bytes, uid).map_err(|source| EngineError::Io {
             path: format!("/tmp/{name}").into(),
             source,
         })?;
@@ -99,9 +106,8 @@ impl DockerEngine {
     }
 }
 
-/// A tar of one private file owned by the instance's user.
-fn input_tar(name: &str, bytes: &[u8], i: &Instance) -> std::io::Result<Vec<u8>> {
-    let uid = super::spec::owner_uid(i, "");
+/// A tar of one private file owned by `uid` (the user the instance runs as).
+fn input_tar(name: &str, bytes: &[u8], uid: u64) -> std::io::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_size(bytes.len() as u64);

@@ -117,10 +117,21 @@ impl ProcessEngine {
                 why: "empty command".into(),
             });
         };
-        let program = tool(program).ok_or_else(|| EngineError::NoProgram {
-            instance: i.name.clone(),
-            why: format!("no `{program}` on this host"),
-        })?;
+        // The instance's own program runs with its environment (a backend's `backup-store`
+        // finds its store the way the server does); other tools come from the host.
+        let (program, base_env) = if *program == i.binary && i.kind != crate::plan::Kind::Database {
+            let own = self.program(i).map_err(|why| EngineError::NoProgram {
+                instance: i.name.clone(),
+                why,
+            })?;
+            (own, i.env.clone())
+        } else {
+            let found = tool(program).ok_or_else(|| EngineError::NoProgram {
+                instance: i.name.clone(),
+                why: format!("no `{program}` on this host"),
+            })?;
+            (found, Vec::new())
+        };
         let mut args = args.to_vec();
         let mut input_path = None;
         if let Some(bytes) = exec.input {
@@ -137,6 +148,7 @@ impl ProcessEngine {
         }
         let out = tokio::process::Command::new(&program)
             .args(&args)
+            .envs(base_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(exec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(std::process::Stdio::null())
             .output()
