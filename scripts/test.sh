@@ -12,6 +12,8 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 # The store tests start their own PostgreSQL servers (initdb, postgres, psql).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+# The registry test pushes our images to a real registry it starts on loopback.
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v st >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1 || missing+=(python3-pip)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then

@@ -17,6 +17,7 @@ pub mod gateway_toml;
 pub mod images;
 pub mod ops;
 pub mod plan;
+pub mod registry;
 pub mod state;
 pub mod status;
 pub mod summary;

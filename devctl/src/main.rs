@@ -179,6 +179,9 @@ enum Command {
         #[arg(long)]
         state: bool,
     },
+    /// Our images out of (and into) this engine: push to a registry, save, load.
+    #[command(subcommand)]
+    Images(ImagesCommand),
     /// Runs one process of the process runtime and restarts it when it fails (internal).
     #[command(hide = true)]
     Supervise {
@@ -202,6 +205,19 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImagesCommand {
+    /// Tag our images under REGISTRY[/PREFIX], push them (credentials from your Docker
+    /// config) and pin their digests in the state dir (`images.json`; `render` and `up` use
+    /// them).
+    #[command(after_help = "Example: devctl images push registry.example.com/insightserenity")]
+    Push { registry: String },
+    /// Write our images to an archive for a host without a registry.
+    Save { file: PathBuf },
+    /// Load an archive written by `images save` (or `docker save`).
+    Load { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -284,6 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Supervise { .. } => return Ok(()),
+        Command::Images(command) => return images(&ctx, &ui, command).await,
         _ => {}
     }
     let project = ctx.topology.project.clone();
@@ -398,7 +415,53 @@ async fn execute<E: Engine>(s: Session<E>, command: Command) -> anyhow::Result<(
         | Command::Certs { .. }
         | Command::Token { .. }
         | Command::Alerts { .. }
+        | Command::Images(_)
         | Command::Supervise { .. } => {}
+    }
+    Ok(())
+}
+
+async fn images(ctx: &Context, ui: &Ui, command: ImagesCommand) -> anyhow::Result<()> {
+    let plan = ctx.plan(RuntimeKind::Docker)?;
+    let engine = DockerEngine::connect(
+        &ctx.topology.project,
+        &ctx.topology.name,
+        ctx.state.clone(),
+        ctx.repo.clone(),
+    )
+    .await?;
+    let tags: Vec<String> = devctl::images::BINARIES
+        .iter()
+        .map(|b| format!("{}/{b}:{}", plan.project, plan.version))
+        .collect();
+    match command {
+        ImagesCommand::Push { registry } => {
+            let target = devctl::registry::Target::parse(&registry)?;
+            engine.ensure_ours(&plan, ui).await?;
+            let pins = engine.push_images(&tags, &target, ui).await?;
+            ctx.state.set_pins(&pins)?;
+            ui.done(&format!(
+                "{} images pushed to {registry}; digests pinned in {}",
+                pins.images.len(),
+                ctx.state.pins_path().display()
+            ));
+        }
+        ImagesCommand::Save { file } => {
+            engine.ensure_ours(&plan, ui).await?;
+            let size = engine.save_images(&tags, &file).await?;
+            ui.done(&format!(
+                "{} images saved to {} ({:.1} MB)",
+                tags.len(),
+                file.display(),
+                size as f64 / 1e6
+            ));
+        }
+        ImagesCommand::Load { file } => {
+            for line in engine.load_images(&file).await? {
+                ui.step(&line);
+            }
+            ui.done(&format!("loaded {}", file.display()));
+        }
     }
     Ok(())
 }
@@ -446,14 +509,33 @@ fn render(ctx: &Context, out: &Path, runtime: Option<Runtime>) -> anyhow::Result
         .issue(&plan, &ctx.topology.tls.ca_common_name, Reissue::Changed)
         .context("issuing certificates")?;
     let written = devctl::state::render_to(out, &plan, &certs)?;
+    // What each instance runs: our images by the digest `images push` pinned, when pinned.
+    let pins = ctx.state.pins()?;
+    let images: std::collections::BTreeMap<&str, &str> = plan
+        .instances
+        .iter()
+        .map(|i| (i.name.as_str(), pins.get(&i.image).unwrap_or(&i.image)))
+        .collect();
+    devctl::state::write_atomic(
+        &out.join("images.json"),
+        &serde_json::to_vec_pretty(&images)?,
+        false,
+    )?;
+    if pins.images.is_empty() {
+        ui_note("images.json names our images by tag: `devctl images push REGISTRY` pins them by digest");
+    }
     println!(
         "wrote {} files for {} instances to {} (CA: {})",
-        written.len(),
+        written.len() + 1,
         plan.instances.len(),
         out.display(),
         ctx.state.ca_path().display()
     );
     Ok(())
+}
+
+fn ui_note(text: &str) {
+    eprintln!("note: {text}");
 }
 
 fn certs(ctx: &Context, trust: bool, kind: RuntimeKind) -> anyhow::Result<()> {

@@ -171,6 +171,8 @@ pub enum EngineError {
     Task(#[from] tokio::task::JoinError),
     #[error("no logs for {0:?}: no such instance has run")]
     NoLogs(String),
+    #[error("{0}")]
+    Registry(String),
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -229,6 +229,29 @@ impl StateDir {
         Ok(())
     }
 
+    /// `images.json`: the digests `devctl images push` pinned.
+    pub fn pins_path(&self) -> PathBuf {
+        self.root.join("images.json")
+    }
+
+    /// The pinned digests (none when nothing was pushed).
+    pub fn pins(&self) -> Result<crate::registry::Pins, StateError> {
+        let path = self.pins_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                path,
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    pub fn set_pins(&self, pins: &crate::registry::Pins) -> Result<(), StateError> {
+        let path = self.pins_path();
+        write_atomic(&path, &to_json(&path, pins)?, false)
+    }
+
     pub fn secrets_path(&self) -> PathBuf {
         self.root.join("secrets.json")
     }

@@ -60,17 +60,20 @@ fn usage_errors_exit_2_and_failures_exit_1_with_one_line_and_a_hint() {
 fn render_writes_production_artifacts() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("out");
-    let out = devctl(
-        &dir.path().join("state"),
-        &[
-            "--topology",
-            "topology/production.toml",
-            "render",
-            "--out",
-            out_dir.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let render = || {
+        devctl(
+            &dir.path().join("state"),
+            &[
+                "--topology",
+                "topology/production.toml",
+                "render",
+                "--out",
+                out_dir.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let out = render();
     assert!(
         out.status.success(),
         "{}",
@@ -92,6 +95,27 @@ fn render_writes_production_artifacts() {
     }
     let targets = std::fs::read_to_string(out_dir.join("prometheus/targets/gateway.json")).unwrap();
     assert!(targets.contains("10.0.1.11:9900"));
+    // Production's database is external: no postgres instance; the backends name it.
+    assert!(!out_dir.join("postgres").exists());
+    // What each instance runs: by tag until `images push` pins digests, then by digest.
+    let images: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("images.json")).unwrap()).unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        images["admin-3"],
+        format!("insightserenity/admin-server:{version}")
+    );
+    let pinned = "registry.example.com/is/admin-server@sha256:0123";
+    std::fs::write(
+        dir.path().join("state/images.json"),
+        format!(r#"{{"images": {{"insightserenity/admin-server:{version}": "{pinned}"}}}}"#),
+    )
+    .unwrap();
+    assert!(render().status.success());
+    let images: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("images.json")).unwrap()).unwrap();
+    assert_eq!(images["admin-3"], pinned);
+    assert_eq!(images["prometheus"], "prom/prometheus:v2.53.0");
 }
 
 /// What CI runs on the committed compose file: docker-compose must accept it.

@@ -150,10 +150,27 @@ impl DockerEngine {
         Ok(true)
     }
 
-    /// Our three images from the checkout's release binaries.
+    /// Our three images from the checkout's release binaries (or by digest when pinned and
+    /// missing).
+    /// Our images, built (or pulled by digest) when missing or stale.
+    pub async fn ensure_ours(&self, plan: &Plan, ui: &Ui) -> Result<()> {
+        self.ensure_our_images(plan, ui).await
+    }
+
     async fn ensure_our_images(&self, plan: &Plan, ui: &Ui) -> Result<()> {
+        let pins = self.state.pins()?;
         for binary in images::BINARIES {
             let tag = format!("{}/{binary}:{}", plan.project, plan.version);
+            // An image pushed from here and missing now comes back by its digest: the same
+            // bytes, not a rebuild.
+            if let Some(pinned) = pins.get(&tag) {
+                if self.image_id(&tag).await.is_none() {
+                    match self.pull_pinned(&tag, pinned, ui).await {
+                        Ok(()) => continue,
+                        Err(e) => ui.warn(&format!("{e}; building {tag} instead")),
+                    }
+                }
+            }
             let path = self
                 .repo
                 .as_ref()
@@ -258,7 +275,7 @@ impl DockerEngine {
                 .await??;
                 if self.build_image(&tag, host.name, context).await? {
                     ui.done(&format!(
-                        "image {tag} built from the host's {} ({image} is not available here)",
+                        "image {tag} built from the host's {} (for {image})",
                         host.package
                     ));
                 }
@@ -306,6 +323,12 @@ impl DockerEngine {
                 None => None,
             };
             if let Some(tag) = built {
+                if mode == PrepareMode::Build {
+                    ui.step(&format!(
+                        "{}: {} is not available here ({why}); running {tag}, built from the host's programs",
+                        i.name, i.image
+                    ));
+                }
                 prepared.images.insert(i.name.clone(), tag);
                 continue;
             }

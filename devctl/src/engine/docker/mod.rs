@@ -27,6 +27,7 @@ use crate::ui::Ui;
 mod exec;
 mod images;
 mod logs;
+mod registry;
 pub mod spec;
 
 pub use images::LABEL_IMAGE;

@@ -767,3 +767,5 @@ fn process_runtime_end_to_end() {
     flow(&env, false);
     broken_state_dir(&env);
 }
+
+mod registry;
