@@ -160,6 +160,7 @@ pub fn build(input: &Input<'_>) -> Config {
             interface: None,
             track_penalty: g.track_penalty,
         }),
+        dns: Default::default(),
     }
 }
 

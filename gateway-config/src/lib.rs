@@ -15,9 +15,11 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod access;
+mod discover;
 mod policy;
 mod units;
 pub use access::{allowed, AccessRule, Addresses};
+pub use discover::{DiscoverConfig, DnsConfig};
 pub use policy::{
     CacheConfig, ClientIpConfig, HstsConfig, LimitsConfig, PolicyConfig, RateLimitConfig,
     RateLimitSetting, RouteCacheConfig, SecurityHeadersConfig, StickyConfig,
@@ -80,6 +82,9 @@ pub struct Config {
     /// The VRRP-style pair holding the VIP; applied at start (a reload keeps the running HA).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaConfig>,
+    /// Resolvers for upstreams that `discover` their servers.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub dns: DnsConfig,
 }
 
 /// How the master holds the VIP.
@@ -324,7 +329,12 @@ pub struct UpstreamConfig {
     /// Pin clients to a server with a signed cookie (WebSocket sessions included).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sticky: Option<StickyConfig>,
+    /// Fixed servers (may be empty when `discover` finds them).
+    #[serde(default)]
     pub servers: Vec<ServerConfig>,
+    /// Servers found by DNS, beside the fixed ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discover: Option<DiscoverConfig>,
 }
 
 fn yes() -> bool {
@@ -474,6 +484,7 @@ impl UpstreamConfig {
             health_check: None,
             sticky: None,
             servers,
+            discover: None,
         }
     }
 }
@@ -732,9 +743,13 @@ impl UpstreamConfig {
                 "upstream name {name:?}: use letters, digits, '-' and '_'"
             )));
         }
-        if self.servers.iter().all(|s| s.backup) {
+        if let Some(discover) = &self.discover {
+            discover
+                .check()
+                .map_err(|e| invalid(format!("upstream {name}: {e}")))?;
+        } else if self.servers.iter().all(|s| s.backup) {
             return Err(invalid(format!(
-                "upstream {name}: needs at least one server that is not a backup"
+                "upstream {name}: needs at least one server that is not a backup (or discover)"
             )));
         }
         let mut addrs = BTreeSet::new();

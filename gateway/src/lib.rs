@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod discover;
 pub mod forward;
 pub mod ha;
 pub mod health_check;

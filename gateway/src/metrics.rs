@@ -32,6 +32,10 @@ pub struct GatewayMetrics {
     pub cache_bytes: IntGauge,
     pub websockets: IntGauge,
     pub ha: crate::ha::node::HaMetrics,
+    /// `discover` lookups by upstream and result (`unchanged`, `changed`, `error`).
+    pub dns_resolutions: IntCounterVec,
+    /// Servers each discovering upstream has from DNS now.
+    pub discovered_servers: IntGaugeVec,
 }
 
 impl GatewayMetrics {
@@ -104,6 +108,20 @@ impl GatewayMetrics {
                 "Configuration reloads, by result.",
             ),
             &["result"],
+        )?;
+        let dns_resolutions = IntCounterVec::new(
+            Opts::new(
+                "gateway_dns_resolutions_total",
+                "DNS lookups of discovering upstreams, by result (unchanged, changed, error: the last good set stays).",
+            ),
+            &["upstream", "result"],
+        )?;
+        let discovered_servers = IntGaugeVec::new(
+            Opts::new(
+                "gateway_discovered_servers",
+                "Servers a discovering upstream has from DNS.",
+            ),
+            &["upstream"],
         )?;
         let last_reload_success = IntGauge::new(
             "gateway_config_last_reload_success_timestamp_seconds",
@@ -215,6 +233,8 @@ impl GatewayMetrics {
             Box::new(tls_handshakes.clone()),
             Box::new(tls_handshake_errors.clone()),
             Box::new(reloads.clone()),
+            Box::new(dns_resolutions.clone()),
+            Box::new(discovered_servers.clone()),
             Box::new(last_reload_success.clone()),
             Box::new(connections.clone()),
             Box::new(worker_connections.clone()),
@@ -233,6 +253,8 @@ impl GatewayMetrics {
             tls_handshakes,
             tls_handshake_errors,
             reloads,
+            dns_resolutions,
+            discovered_servers,
             last_reload_success,
             connections,
             worker_connections,

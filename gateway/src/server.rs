@@ -65,6 +65,12 @@ pub struct Gateway {
     pub metrics: GatewayMetrics,
     pub lifecycle: Lifecycle,
     config_path: PathBuf,
+    /// The config as the file says (the snapshot's adds the servers DNS found).
+    file_config: Mutex<crate::config::Config>,
+    /// What `discover` found last, by upstream.
+    discovered: Mutex<crate::discover::Found>,
+    /// Whether the DNS discovery task runs (started once, by the first config that needs it).
+    discovering: std::sync::atomic::AtomicBool,
     reload_lock: tokio::sync::Mutex<()>,
     listeners: Mutex<HashMap<(ListenerKind, SocketAddr), ListenerHandle>>,
     health: Mutex<Option<HealthChecks>>,
@@ -142,6 +148,8 @@ impl Gateway {
             _ => (None, None),
         };
         let bound = bind_all(&config, &HashMap::new(), vip_filter(&vip_bind))?;
+        let file_config = config.clone();
+        let discovers = config.upstreams.values().any(|u| u.discover.is_some());
         let snapshot = Snapshot::build(config, None, &metrics)?;
         metrics.reloads.with_label_values(&["success"]).inc();
         metrics.last_reload_success.set(unix_now());
@@ -150,6 +158,9 @@ impl Gateway {
             metrics,
             lifecycle: Lifecycle::new(),
             config_path: config_path.to_owned(),
+            file_config: Mutex::new(file_config),
+            discovered: Mutex::new(Default::default()),
+            discovering: std::sync::atomic::AtomicBool::new(false),
             reload_lock: tokio::sync::Mutex::new(()),
             listeners: Mutex::new(HashMap::new()),
             health: Mutex::new(None),
@@ -161,6 +172,9 @@ impl Gateway {
             workers,
         });
         tokio::spawn(forget_idle_clients(Arc::downgrade(&gateway)));
+        if discovers {
+            gateway.start_discovery();
+        }
         gateway.commit_listeners(bound);
         gateway.restart_health_checks();
         let ha_config = gateway.snapshot.load().config.ha.clone();
@@ -242,8 +256,44 @@ impl Gateway {
         result
     }
 
+    /// The config as the file says.
+    pub fn file_config(&self) -> crate::config::Config {
+        lock(&self.file_config).clone()
+    }
+
+    /// What DNS found last for each discovering upstream.
+    pub fn discovered(&self) -> crate::discover::Found {
+        lock(&self.discovered).clone()
+    }
+
+    /// Swaps in the servers DNS found for the `changed` upstreams, like a reload of the same
+    /// file (listeners and everything else stay).
+    pub async fn apply_discovered(
+        self: &Arc<Self>,
+        changed: crate::discover::Found,
+    ) -> Result<(), String> {
+        let _serialized = self.reload_lock.lock().await;
+        let mut found = self.discovered();
+        found.extend(changed);
+        let config = crate::discover::effective(&self.file_config(), &found);
+        let previous = self.snapshot.load_full();
+        let snapshot =
+            Snapshot::build(config, Some(&previous), &self.metrics).map_err(|e| e.to_string())?;
+        for (name, addrs) in &found {
+            self.metrics
+                .discovered_servers
+                .with_label_values(&[name.as_str()])
+                .set(i64::try_from(addrs.len()).unwrap_or(i64::MAX));
+        }
+        *lock(&self.discovered) = found;
+        self.snapshot.store(Arc::new(snapshot));
+        self.restart_health_checks();
+        Ok(())
+    }
+
     fn try_reload(self: &Arc<Self>) -> Result<(), String> {
-        let config = crate::config::load(&self.config_path).map_err(|e| e.to_string())?;
+        let file = crate::config::load(&self.config_path).map_err(|e| e.to_string())?;
+        let config = crate::discover::effective(&file, &self.discovered());
         if config.admin.listen != self.snapshot.load().config.admin.listen {
             tracing::warn!("admin.listen changes take effect at the next restart");
         }
@@ -254,10 +304,25 @@ impl Gateway {
         let previous = self.snapshot.load_full();
         let snapshot =
             Snapshot::build(config, Some(&previous), &self.metrics).map_err(|e| e.to_string())?;
+        let discovers = file.upstreams.values().any(|u| u.discover.is_some());
+        *lock(&self.file_config) = file;
         self.snapshot.store(Arc::new(snapshot));
         self.commit_listeners(bound);
         self.restart_health_checks();
+        if discovers {
+            self.start_discovery();
+        }
         Ok(())
+    }
+
+    /// Starts the DNS discovery task unless it runs.
+    fn start_discovery(self: &Arc<Self>) {
+        if !self
+            .discovering
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            tokio::spawn(crate::discover::run(Arc::downgrade(self)));
+        }
     }
 
     fn restart_health_checks(&self) {
