@@ -27,20 +27,23 @@ if ((${#missing[@]})); then
   fi
 fi
 
-# The schemathesis tests (admin-server, customer-services) fuzz each backend from its OpenAPI
-# document; they need schemathesis (PyPI) on PATH as `st`.
-if ! command -v st >/dev/null 2>&1; then
-  pip=$(command -v pip3 || command -v pip || true)
+# PyPI tools the tests run: schemathesis (`st`: the backends fuzzed from their OpenAPI
+# documents) and kubernetes-validate (the rendered Kubernetes manifests against the published
+# schemas).
+pip=$(command -v pip3 || command -v pip || true)
+for spec in st:schemathesis kubernetes-validate:kubernetes-validate; do
+  cmd=${spec%%:*} pkg=${spec#*:}
+  command -v "$cmd" >/dev/null 2>&1 && continue
   if [ -n "$pip" ]; then
     # Debian's own Python refuses system-wide pip installs (PEP 668) unless told otherwise.
-    "$pip" install --quiet --disable-pip-version-check schemathesis 2>/dev/null \
-      || "$pip" install --quiet --disable-pip-version-check --break-system-packages schemathesis \
-      || echo "note: pip could not install schemathesis; its tests will say so" >&2
+    "$pip" install --quiet --disable-pip-version-check "$pkg" 2>/dev/null \
+      || "$pip" install --quiet --disable-pip-version-check --break-system-packages "$pkg" \
+      || echo "note: pip could not install $pkg; its tests will say so" >&2
     hash -r
   else
-    echo "note: no pip (apt-get install python3-pip), cannot install schemathesis; its tests will say so" >&2
+    echo "note: no pip (apt-get install python3-pip), cannot install $pkg; its tests will say so" >&2
   fi
-fi
+done
 
 # devctl's end-to-end tests run the static release binaries in FROM-scratch images; build them
 # here, once, so no test waits on a cold LTO build (devctl skips it when they are up to date).

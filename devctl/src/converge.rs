@@ -192,23 +192,15 @@ pub fn diff(desired: &[Desired<'_>], current: &[Current], stopped: Stopped) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Plan, PlanOptions, RuntimeKind, Secrets};
+    use crate::plan::{Plan, PlanOptions, RuntimeKind};
     use crate::topology::Topology;
 
     const DEV: &str = include_str!("../../topology/dev.toml");
 
     fn plan(scale: &[(&str, usize)]) -> Plan {
         let options = PlanOptions {
-            runtime: RuntimeKind::Docker,
             scale: scale.iter().map(|(p, n)| (p.to_string(), *n)).collect(),
-            secrets: Secrets {
-                ha: "h".repeat(32),
-                sticky: "s".repeat(32),
-                database: "d".repeat(24),
-                jwks: r#"{"keys":[]}"#.into(),
-            },
-            state_dir: "/state".into(),
-            version: "0.1.0".into(),
+            ..crate::plan::test_options(RuntimeKind::Docker)
         };
         Plan::build(&Topology::parse(DEV).unwrap(), &options).unwrap()
     }

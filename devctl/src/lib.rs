@@ -15,6 +15,7 @@ pub mod converge;
 pub mod engine;
 pub mod gateway_toml;
 pub mod images;
+pub mod kube;
 pub mod ops;
 pub mod plan;
 pub mod registry;

@@ -204,7 +204,16 @@ enum Command {
     Render {
         #[arg(long)]
         out: PathBuf,
+        /// `files`: each instance's files; `kubernetes`: a kustomize base and overlays.
+        #[arg(long, value_enum, default_value = "files")]
+        target: RenderTarget,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RenderTarget {
+    Files,
+    Kubernetes,
 }
 
 #[derive(Debug, Subcommand)]
@@ -275,7 +284,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let kind = pick_runtime(cli.runtime, &ctx);
     match cli.command {
         Command::Compose { out } => return compose(&ctx, out.as_deref()),
-        Command::Render { out } => return render(&ctx, &out, cli.runtime),
+        Command::Render {
+            out,
+            target: RenderTarget::Files,
+        } => return render(&ctx, &out, cli.runtime),
+        Command::Render {
+            out,
+            target: RenderTarget::Kubernetes,
+        } => return render_kubernetes(&ctx, &out),
         Command::Certs { trust } => return certs(&ctx, trust, kind),
         Command::Alerts { json } => {
             let plan = ctx.plan(kind)?;
@@ -530,6 +546,46 @@ fn render(ctx: &Context, out: &Path, runtime: Option<Runtime>) -> anyhow::Result
         plan.instances.len(),
         out.display(),
         ctx.state.ca_path().display()
+    );
+    Ok(())
+}
+
+fn render_kubernetes(ctx: &Context, out: &Path) -> anyhow::Result<()> {
+    let plan = ctx.plan(RuntimeKind::Docker)?;
+    // The plan's leaves plus one per pool for its StatefulSet's pods.
+    let mut with_pods = plan.clone();
+    with_pods
+        .certificates
+        .extend(devctl::kube::certificates(&ctx.topology));
+    let certs = ctx
+        .state
+        .issue(
+            &with_pods,
+            &ctx.topology.tls.ca_common_name,
+            Reissue::Changed,
+        )
+        .context("issuing certificates")?;
+    let pins = ctx.state.pins()?;
+    let files = devctl::kube::render(&devctl::kube::Input {
+        topology: &ctx.topology,
+        plan: &plan,
+        certs: &certs,
+        pins: &pins,
+    })?;
+    for (rel, text) in &files {
+        // Secrets hold private keys: readable by the owner only.
+        let private = rel.contains("/secret-");
+        devctl::state::write_atomic(&out.join(rel), text.as_bytes(), private)?;
+    }
+    if pins.images.is_empty() {
+        ui_note("our images are named by tag: `devctl images push REGISTRY` pins them by digest in the production overlay");
+    }
+    println!(
+        "wrote {} files to {} (kubectl apply -k {}/overlays/production); before applying: label the edge nodes ({}=gateway-N) and create the `database` Secret (keys password, ca.crt)",
+        files.len(),
+        out.display(),
+        out.display(),
+        devctl::kube::GATEWAY_NODE_LABEL
     );
     Ok(())
 }

@@ -40,6 +40,28 @@ impl Yaml {
         Yaml::Seq(items.into_iter().map(|s| Yaml::Str(s.into())).collect())
     }
 
+    /// A JSON value as YAML (what serde gives for typed objects such as Kubernetes'); nulls
+    /// are left out, numbers that are not integers are kept as their text.
+    pub fn from_json(value: &serde_json::Value) -> Yaml {
+        use serde_json::Value;
+        match value {
+            Value::Object(map) => Yaml::Map(
+                map.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), Yaml::from_json(v)))
+                    .collect(),
+            ),
+            Value::Array(items) => Yaml::Seq(items.iter().map(Yaml::from_json).collect()),
+            Value::String(s) => Yaml::Str(s.clone()),
+            Value::Bool(b) => Yaml::Bool(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Yaml::Int(i),
+                None => Yaml::Str(n.to_string()),
+            },
+            Value::Null => Yaml::Str(String::new()),
+        }
+    }
+
     fn is_empty_collection(&self) -> bool {
         matches!(self, Yaml::Map(m) if m.is_empty()) || matches!(self, Yaml::Seq(s) if s.is_empty())
     }

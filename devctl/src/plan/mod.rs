@@ -499,5 +499,22 @@ pub(crate) fn leaf(name: &str, sans: Vec<String>) -> CertSpec {
     }
 }
 
+/// Options with fixed test secrets (for tests across the crate).
+#[cfg(test)]
+pub(crate) fn test_options(runtime: RuntimeKind) -> PlanOptions {
+    PlanOptions {
+        runtime,
+        scale: BTreeMap::new(),
+        secrets: Secrets {
+            ha: "test-ha-secret-of-32-bytes-xxxxxx".into(),
+            sticky: "test-sticky-secret-of-32-bytes-xx".into(),
+            database: "test-database-password".into(),
+            jwks: r#"{"keys":[]}"#.into(),
+        },
+        state_dir: PathBuf::from("/state"),
+        version: "0.1.0".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -4,18 +4,7 @@ const DEV: &str = include_str!("../../../topology/dev.toml");
 const PRODUCTION: &str = include_str!("../../../topology/production.toml");
 
 fn options(runtime: RuntimeKind) -> PlanOptions {
-    PlanOptions {
-        runtime,
-        scale: BTreeMap::new(),
-        secrets: Secrets {
-            ha: "test-ha-secret-of-32-bytes-xxxxxx".into(),
-            sticky: "test-sticky-secret-of-32-bytes-xx".into(),
-            database: "test-database-password".into(),
-            jwks: r#"{"keys":[]}"#.into(),
-        },
-        state_dir: PathBuf::from("/state"),
-        version: "0.1.0".into(),
-    }
+    test_options(runtime)
 }
 
 fn plan(text: &str, runtime: RuntimeKind) -> Plan {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 mod cli;
 mod e2e;
+mod kube;
 mod observability_files;
 
 /// The checkout's root.
