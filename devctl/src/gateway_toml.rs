@@ -32,7 +32,8 @@ pub struct Input<'a> {
     pub upstreams: &'a [Upstream<'a>],
     pub vip: Ipv4Addr,
     /// Where the edge's connections come from (trusted for PROXY v2).
-    pub edge_source: Ipv4Addr,
+    /// Where the edge forwarder's connections come from (None: no edge).
+    pub edge_source: Option<Ipv4Addr>,
     pub secrets: &'a Secrets,
 }
 
@@ -112,7 +113,7 @@ pub fn build(input: &Input<'_>) -> Config {
         http: Some(HttpConfig {
             listen: vec![socket(listen_ip, net.port(g.http_port))],
             // Redirects name the port clients use: the edge's.
-            https_port: t.edge.https_port,
+            https_port: t.edge.as_ref().map_or(g.https_port, |e| e.https_port),
             acme_challenge_dir: None,
         }),
         upstream_tls: UpstreamTlsConfig {
@@ -124,11 +125,15 @@ pub fn build(input: &Input<'_>) -> Config {
         routes,
         // Only the edge forwarder may vouch for client addresses (PROXY v2).
         client_ip: ClientIpConfig {
-            trusted_proxies: vec![Cidr {
-                addr: input.edge_source.into(),
-                prefix: 32,
-            }],
-            proxy_protocol: t.edge.proxy_protocol,
+            trusted_proxies: input
+                .edge_source
+                .map(|addr| Cidr {
+                    addr: addr.into(),
+                    prefix: 32,
+                })
+                .into_iter()
+                .collect(),
+            proxy_protocol: t.edge.as_ref().is_some_and(|e| e.proxy_protocol),
         },
         limits: LimitsConfig {
             max_connections_per_ip: t.defaults.max_connections_per_ip,

@@ -7,7 +7,9 @@ use super::{Builder, Kind, Part, Publish, CONFIG_DIR};
 
 pub(crate) fn build(b: &Builder<'_>, vip: Ipv4Addr) -> Part {
     let t = b.t;
-    let e = &t.edge;
+    let Some(e) = &t.edge else {
+        return Part::default();
+    };
     let gw_https = b.net.port(t.gateways.https_port);
     let gw_http = b.net.port(t.gateways.http_port);
     let listen = b.listen_ip(e.publish_address);

@@ -35,11 +35,13 @@ pub(crate) fn build(
         .collect();
     // The edge's connections come from its own address in a container, from 127.0.0.1 on
     // loopback (the kernel picks the primary loopback address as the source).
-    let edge_source = if docker {
-        b.net.addr(t.edge.address)
-    } else {
-        Ipv4Addr::LOCALHOST
-    };
+    let edge_source = t.edge.as_ref().map(|e| {
+        if docker {
+            b.net.addr(e.address)
+        } else {
+            Ipv4Addr::LOCALHOST
+        }
+    });
     let interface_mode = docker && g.vip_mode == VipMode::Interface;
     let mut part = Part::default();
     part.certificates

@@ -36,7 +36,7 @@ fn alertmanager(b: &Builder<'_>) -> Option<super::Instance> {
         "alertmanager.yml",
         FileSource::Text(alertmanager_yml(am.webhook.as_deref())),
     )];
-    i.publish = b.publish(b.t.edge.publish_address, am.publish_port, am.port);
+    i.publish = b.publish(b.t.publish_address(), am.publish_port, am.port);
     Some(i)
 }
 
@@ -130,7 +130,7 @@ fn prometheus(b: &Builder<'_>) -> Part {
     ];
     i.config_dir = dir;
     i.files = files;
-    i.publish = b.publish(b.t.edge.publish_address, prom.publish_port, prom.port);
+    i.publish = b.publish(b.t.publish_address(), prom.publish_port, prom.port);
     Part {
         instances: vec![i],
         certificates: vec![leaf(
@@ -190,6 +190,6 @@ fn grafana(b: &Builder<'_>) -> super::Instance {
     ];
     i.config_dir = dir;
     i.files = files;
-    i.publish = b.publish(b.t.edge.publish_address, graf.publish_port, graf.port);
+    i.publish = b.publish(b.t.publish_address(), graf.publish_port, graf.port);
     i
 }

@@ -61,10 +61,10 @@ fn check(t: &Topology, pools: &BTreeMap<String, usize>) -> Result<(), PlanError>
             .collect();
         others.extend([
             ("the VIP".to_string(), t.gateways.vip),
-            ("the edge".to_string(), t.edge.address),
             ("prometheus".to_string(), t.prometheus.address),
             ("grafana".to_string(), t.grafana.address),
         ]);
+        others.extend(t.edge.iter().map(|e| ("the edge".to_string(), e.address)));
         others.extend(
             t.alertmanager
                 .iter()

@@ -204,7 +204,7 @@ pub(crate) fn build(b: &Builder<'_>) -> Part {
         i.user = Some(format!("{POSTGRES_UID}:{POSTGRES_UID}"));
         i.volume = Some((format!("{}-{name}-data", b.prefix()), PGDATA.into()));
     }
-    i.publish = b.publish(b.t.edge.publish_address, store.publish_port, store.port);
+    i.publish = b.publish(b.t.publish_address(), store.publish_port, store.port);
     Part {
         certificates: vec![leaf(
             name,

@@ -41,7 +41,7 @@ pub(crate) fn prometheus_targets(instances: &[Instance], admin_port: u16) -> Vec
 /// Where the host reaches the edge, Prometheus, Grafana and each gateway's admin port.
 pub(crate) fn endpoints(b: &Builder<'_>, gateway_admin: Vec<(String, String)>) -> Endpoints {
     let t = b.t;
-    let publish_ip = t.edge.publish_address;
+    let publish_ip = t.publish_address();
     let host_of = |port: u16, addr: Ipv4Addr, publish: u16| {
         if b.docker() && publish != 0 {
             format!("{publish_ip}:{publish}")
@@ -56,8 +56,22 @@ pub(crate) fn endpoints(b: &Builder<'_>, gateway_admin: Vec<(String, String)>) -
     };
     let (prom, graf) = (&t.prometheus, &t.grafana);
     Endpoints {
-        https: format!("https://{edge_host}:{}", t.edge.https_port),
-        http: format!("http://{edge_host}:{}", t.edge.http_port),
+        https: match &t.edge {
+            Some(e) => format!("https://{edge_host}:{}", e.https_port),
+            None => format!(
+                "https://{}:{}",
+                b.net.addr(t.gateways.vip),
+                b.net.port(t.gateways.https_port)
+            ),
+        },
+        http: match &t.edge {
+            Some(e) => format!("http://{edge_host}:{}", e.http_port),
+            None => format!(
+                "http://{}:{}",
+                b.net.addr(t.gateways.vip),
+                b.net.port(t.gateways.http_port)
+            ),
+        },
         prometheus: format!(
             "http://{}",
             host_of(prom.port, prom.address, prom.publish_port)

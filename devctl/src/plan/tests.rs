@@ -227,7 +227,8 @@ fn rendered_gateway_configs_are_valid_gateway_configs() {
                 .map(|s| s.weight)
                 .collect();
             assert_eq!(weights, vec![100, 100, 100, 75, 75]);
-            assert!(parsed.client_ip.proxy_protocol);
+            // PROXY v2 from the edge where there is one; production has none (DNS → VIP).
+            assert_eq!(parsed.client_ip.proxy_protocol, topology == DEV);
             // The topology's five routes and its three sealed internal paths.
             assert_eq!(parsed.routes.len(), 8);
             // The API routes are checked at the edge, for the right audience.
@@ -316,13 +317,15 @@ fn gateway_config_details() {
             PRODUCTION,
             RuntimeKind::Docker,
             "gateway-1",
-            &[
-                "trusted_proxies = [\"10.0.1.5/32\"]",
-                "https_port = 443",
-                "vip = \"10.0.1.100/16\"",
-            ],
+            &["https_port = 443", "vip = \"10.0.1.100/16\""],
         ),
     ];
+    // No edge in production: nobody may vouch for client addresses, and no edge instance.
+    let production = plan(PRODUCTION, RuntimeKind::Docker);
+    assert!(production.instance("edge").is_none());
+    let config = text(production.instance("gateway-1").unwrap(), "gateway.toml");
+    assert!(!config.contains("trusted_proxies"), "{config}");
+    assert_eq!(production.endpoints.https, "https://10.0.1.100:443");
     for (topology, runtime, name, needles) in cases {
         let p = plan(topology, *runtime);
         let config = text(p.instance(name).unwrap(), "gateway.toml");

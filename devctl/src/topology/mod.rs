@@ -52,7 +52,9 @@ pub struct Topology {
     /// fixed address and the VIP).
     pub dynamic_range: Ipv4Net,
     pub gateways: Gateways,
-    pub edge: Edge,
+    /// The TCP forwarder in front of the VIP, for hosts that cannot reach the VIP (a laptop's
+    /// Docker network). Production leaves it out: its public name points at the VIP.
+    pub edge: Option<Edge>,
     pub tls: Tls,
     pub pools: Vec<Pool>,
     pub routes: Vec<Route>,
@@ -347,6 +349,13 @@ impl Topology {
         (0..instances)
             .filter_map(|i| Topology::nth(pool.first_address, i))
             .collect()
+    }
+
+    /// Host address ports are published on: the edge's, else 127.0.0.1.
+    pub fn publish_address(&self) -> Ipv4Addr {
+        self.edge
+            .as_ref()
+            .map_or(Ipv4Addr::LOCALHOST, |e| e.publish_address)
     }
 
     pub fn gateway_addresses(&self) -> Vec<Ipv4Addr> {

@@ -60,7 +60,9 @@ impl Topology {
             fixed.push((format!("gateway-{}", i + 1), addr));
         }
         fixed.push(("the VIP".into(), g.vip));
-        fixed.push(("the edge".into(), self.edge.address));
+        if let Some(edge) = &self.edge {
+            fixed.push(("the edge".into(), edge.address));
+        }
         fixed.push(("prometheus".into(), self.prometheus.address));
         fixed.push(("grafana".into(), self.grafana.address));
         if let Some(am) = &self.alertmanager {
