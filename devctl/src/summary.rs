@@ -41,6 +41,12 @@ pub fn text(status: &Status, plan: &Plan) -> String {
         Some(g) => out.push_str(&line("grafana", g)),
         None => out.push_str(&line("grafana", "unavailable")),
     }
+    if let Some(db) = status.endpoints.get("postgres") {
+        out.push_str(&line(
+            "postgres",
+            &format!("{db} (password: secrets.json `database` in the state dir)"),
+        ));
+    }
     out.push_str(&line("CA", &status.ca));
     out.push_str(&format!(
         "\n  every /api/v1 call needs a token: devctl token --role admin|operator|support|viewer, or --client NAME\n  curl --cacert {} -H \"Authorization: Bearer $(devctl token --role viewer)\" {}/api/v1/admin/stats\n  trust the CA system-wide: devctl certs --trust\n",

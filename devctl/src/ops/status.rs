@@ -66,7 +66,12 @@ impl<E: Engine> Session<E> {
         let (holder, vip) = match plan {
             Some(plan) => {
                 let e = &plan.endpoints;
-                if running.contains("edge") {
+                // Through the edge, or straight to the VIP where there is no edge.
+                let reachable = match plan.instance("edge") {
+                    Some(_) => running.contains("edge"),
+                    None => plan.gateways().any(|g| running.contains(g.name.as_str())),
+                };
+                if reachable {
                     endpoints.insert("https".into(), e.https.clone());
                     endpoints.insert("http".into(), e.http.clone());
                 }
@@ -74,6 +79,7 @@ impl<E: Engine> Session<E> {
                     ("prometheus", Some(&e.prometheus)),
                     ("grafana", Some(&e.grafana)),
                     ("alertmanager", e.alertmanager.as_ref()),
+                    ("postgres", e.database.as_ref()),
                 ] {
                     if let (true, Some(url)) = (running.contains(name), url) {
                         endpoints.insert(name.to_string(), url.clone());
