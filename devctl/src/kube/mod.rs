@@ -18,6 +18,7 @@ use crate::topology::Topology;
 use crate::yaml::Yaml;
 
 mod objects;
+mod observers;
 mod prometheus;
 
 pub use objects::{Object, CONFIG_DIR, GATEWAY_NODE_LABEL};

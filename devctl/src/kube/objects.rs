@@ -344,6 +344,7 @@ pub(super) fn build(input: &Input<'_>) -> Result<Vec<Object>, KubeError> {
     }
     out.extend(gateways(input)?);
     out.extend(super::prometheus::build(input)?);
+    out.extend(super::observers::build(input)?);
     out.extend(network_policies(input));
     Ok(out)
 }
@@ -680,6 +681,39 @@ fn network_policies(input: &Input<'_>) -> Vec<Object> {
                     from: Some(from),
                     ports: Some(vec![NetworkPolicyPort {
                         port: Some(IntOrString::Int(i32::from(pool.port))),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    }]),
+                }]),
+                ..Default::default()
+            }),
+        }));
+    }
+    // Alertmanager hears from Prometheus; Grafana from the namespace (an ingress or
+    // `kubectl port-forward` in front).
+    let prometheus_pods = NetworkPolicyPeer {
+        pod_selector: Some(selector("prometheus")),
+        ..Default::default()
+    };
+    let namespace_pods = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector::default()),
+        ..Default::default()
+    };
+    for i in &input.plan.instances {
+        let from = match i.kind {
+            Kind::Alertmanager => prometheus_pods.clone(),
+            Kind::Grafana => namespace_pods.clone(),
+            _ => continue,
+        };
+        out.push(Object::NetworkPolicy(NetworkPolicy {
+            metadata: meta(&format!("{}-ingress", i.name), &i.name, ns),
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(selector(&i.name)),
+                policy_types: Some(vec!["Ingress".into()]),
+                ingress: Some(vec![NetworkPolicyIngressRule {
+                    from: Some(vec![from]),
+                    ports: Some(vec![NetworkPolicyPort {
+                        port: Some(IntOrString::Int(i32::from(i.port))),
                         protocol: Some("TCP".into()),
                         ..Default::default()
                     }]),

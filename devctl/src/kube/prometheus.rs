@@ -104,7 +104,7 @@ pub fn config(input: &Input<'_>) -> String {
             Yaml::strs([format!("localhost:{}", input.topology.prometheus.port)]),
         )]),
     ));
-    Yaml::map()
+    let mut doc = Yaml::map()
         .with(
             "global",
             Yaml::map()
@@ -117,8 +117,28 @@ pub fn config(input: &Input<'_>) -> String {
             "rule_files",
             Yaml::strs([format!("{CONFIG_DIR}/rules/*.yml")]),
         )
-        .with("scrape_configs", Yaml::Seq(jobs))
-        .render()
+        .with("scrape_configs", Yaml::Seq(jobs));
+    if let Some(alerting) = alerting(input) {
+        doc.insert("alerting", alerting);
+    }
+    doc.render()
+}
+
+/// Alerts go to the in-cluster Alertmanager when the topology has one.
+fn alerting(input: &Input<'_>) -> Option<Yaml> {
+    let am = input.topology.alertmanager.as_ref()?;
+    let target = format!(
+        "alertmanager.{}.svc.cluster.local:{}",
+        input.namespace(),
+        am.port
+    );
+    Some(Yaml::map().with(
+        "alertmanagers",
+        Yaml::Seq(vec![Yaml::map().with(
+            "static_configs",
+            Yaml::Seq(vec![Yaml::map().with("targets", Yaml::strs([target]))]),
+        )]),
+    ))
 }
 
 fn to_value<T: serde::Serialize>(name: &str, v: &T) -> Result<serde_json::Value, KubeError> {

@@ -131,6 +131,13 @@ fn network_policies_let_only_the_gateways_and_prometheus_reach_backends() {
     assert!(from
         .iter()
         .any(|p| p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "prometheus"));
+    // Prometheus may still send alerts.
+    let am = find(&objects, "NetworkPolicy", "alertmanager-ingress");
+    assert_eq!(
+        am["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "prometheus"
+    );
+    assert_eq!(am["spec"]["ingress"][0]["ports"][0]["port"], 9093);
 }
 
 #[test]
@@ -163,4 +170,36 @@ fn images_are_pinned_by_digest_when_pushed() {
         "{production}"
     );
     assert!(files.iter().any(|(p, _)| p == "base/kustomization.yaml"));
+}
+
+#[test]
+fn alertmanager_and_grafana_run_beside_prometheus_and_find_it_by_service() {
+    let objects = objects_of(Pins::default());
+    for (name, uid) in [("alertmanager", 65534), ("grafana", 472)] {
+        let d = find(&objects, "Deployment", name);
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsUser"], uid, "{name}");
+        let c = &pod["containers"][0];
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert!(c["readinessProbe"]["httpGet"]["path"].is_string());
+        find(&objects, "Service", name);
+    }
+    let datasource = find(&objects, "ConfigMap", "grafana-config")["data"]
+        ["provisioning_datasources_prometheus.yml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        datasource.contains("http://prometheus.insightserenity.svc.cluster.local:9090"),
+        "{datasource}"
+    );
+    let prometheus = find(&objects, "ConfigMap", "prometheus-config")["data"]["prometheus.yml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        prometheus.contains("alertmanager.insightserenity.svc.cluster.local:9093"),
+        "{prometheus}"
+    );
+    assert!(prometheus.contains("kubernetes_sd_configs"));
 }
