@@ -308,7 +308,64 @@ pub(super) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-fn empty_dir(name: &str) -> Volume {
+/// A Service in front of `app`'s pods on `port` (named `port_name`); headless for a
+/// StatefulSet, whose pods the gateways find one by one.
+pub(super) fn service(
+    app: &str,
+    namespace: &str,
+    port_name: &str,
+    port: u16,
+    headless: bool,
+) -> Service {
+    Service {
+        metadata: meta(app, app, namespace),
+        spec: Some(ServiceSpec {
+            cluster_ip: headless.then(|| "None".into()),
+            selector: selector(app).match_labels,
+            ports: Some(vec![ServicePort {
+                name: Some(port_name.into()),
+                port: i32::from(port),
+                target_port: Some(IntOrString::String(port_name.into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A container port with its name (what probes, Services and scrapes refer to).
+pub(super) fn named_port(name: &str, port: u16) -> Vec<ContainerPort> {
+    vec![ContainerPort {
+        name: Some(name.into()),
+        container_port: i32::from(port),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }]
+}
+
+/// A one-replica Deployment of `app` running `pod`.
+pub(super) fn single(app: &str, namespace: &str, pod: PodSpec) -> Deployment {
+    Deployment {
+        metadata: meta(app, app, namespace),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: selector(app),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(app, namespace)),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub(super) fn empty_dir(name: &str) -> Volume {
     Volume {
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
@@ -437,12 +494,7 @@ fn backend(input: &Input<'_>, pool: &str) -> Result<Vec<Object>, KubeError> {
         image: Some(image_of(input, first)),
         image_pull_policy: Some("IfNotPresent".into()),
         env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some("https".into()),
-            container_port: i32::from(topo.port),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: Some(named_port("https", topo.port)),
         liveness_probe: Some(http_probe("/health", topo.port, true, 10)),
         readiness_probe: Some(http_probe("/ready", topo.port, true, 2)),
         resources: Some(resources("250m", "128Mi", "1", "512Mi")),
@@ -475,22 +527,7 @@ fn backend(input: &Input<'_>, pool: &str) -> Result<Vec<Object>, KubeError> {
         }),
         ..Default::default()
     };
-    let service = Service {
-        metadata: meta(pool, pool, ns),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some("None".into()),
-            selector: selector(pool).match_labels,
-            ports: Some(vec![ServicePort {
-                name: Some("https".into()),
-                port: i32::from(topo.port),
-                target_port: Some(IntOrString::String("https".into())),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let service = service(pool, ns, "https", topo.port, true);
     let pdb = PodDisruptionBudget {
         metadata: meta(pool, pool, ns),
         spec: Some(PodDisruptionBudgetSpec {

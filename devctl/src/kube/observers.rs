@@ -5,17 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, VolumeMount};
 
 use super::objects::{
-    config_files, container_security, http_probe, labels, meta, pod_security, resources, selector,
-    Object,
+    config_files, container_security, http_probe, named_port, pod_security, resources, service,
+    single, Object,
 };
 use super::{Input, KubeError};
 use crate::plan::{Instance, Kind};
@@ -56,11 +50,7 @@ fn workload(input: &Input<'_>, i: &Instance, shape: Shape<'_>) -> Result<Vec<Obj
             read_only: Some(false),
             ..Default::default()
         });
-        volumes.push(Volume {
-            name: vol,
-            empty_dir: Some(Default::default()),
-            ..Default::default()
-        });
+        volumes.push(super::objects::empty_dir(&vol));
     }
     let env: Vec<EnvVar> = i
         .env
@@ -90,12 +80,7 @@ fn workload(input: &Input<'_>, i: &Instance, shape: Shape<'_>) -> Result<Vec<Obj
         image_pull_policy: Some("IfNotPresent".into()),
         args: (!args.is_empty()).then_some(args),
         env: (!env.is_empty()).then_some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: i32::from(i.port),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: Some(named_port("http", i.port)),
         liveness_probe: Some(http_probe(shape.health, i.port, false, 10)),
         readiness_probe: Some(http_probe(shape.ready, i.port, false, 5)),
         resources: Some(resources("100m", "128Mi", "500m", "512Mi")),
@@ -103,43 +88,18 @@ fn workload(input: &Input<'_>, i: &Instance, shape: Shape<'_>) -> Result<Vec<Obj
         volume_mounts: Some(mounts),
         ..Default::default()
     };
-    let deployment = Deployment {
-        metadata: meta(name, name, ns),
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            selector: selector(name),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(name, ns)),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    security_context: Some(pod_security(Some(shape.uid))),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    ..Default::default()
-                }),
-            },
+    let deployment = single(
+        name,
+        ns,
+        PodSpec {
+            automount_service_account_token: Some(false),
+            security_context: Some(pod_security(Some(shape.uid))),
+            containers: vec![container],
+            volumes: Some(volumes),
             ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let service = Service {
-        metadata: meta(name, name, ns),
-        spec: Some(ServiceSpec {
-            selector: selector(name).match_labels,
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: i32::from(i.port),
-                target_port: Some(IntOrString::String("http".into())),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+        },
+    );
+    let service = service(name, ns, "http", i.port, false);
     Ok(vec![
         Object::ConfigMap(config_map),
         Object::Secret(secret),

@@ -4,18 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, PodSpec, PodTemplateSpec, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Volume,
-};
+use k8s_openapi::api::core::v1::{Container, PodSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::objects::{
-    config_files, container_security, http_probe, labels, meta, mount, pod_security, resources,
-    selector, Object, CONFIG_DIR,
+    config_files, container_security, empty_dir, http_probe, meta, mount, named_port, pod_security,
+    resources, service, single, Object, CONFIG_DIR,
 };
 use super::{service_fqdn, Input, KubeError};
 use crate::plan::Kind;
@@ -193,12 +187,7 @@ pub(super) fn build(input: &Input<'_>) -> Result<Vec<Object>, KubeError> {
             "--storage.tsdb.retention.time=15d".into(),
             format!("--web.listen-address=0.0.0.0:{port}"),
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: i32::from(port),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: Some(named_port("http", port)),
         liveness_probe: Some(http_probe("/-/healthy", port, false, 10)),
         readiness_probe: Some(http_probe("/-/ready", port, false, 5)),
         resources: Some(resources("250m", "512Mi", "1", "2Gi")),
@@ -209,50 +198,18 @@ pub(super) fn build(input: &Input<'_>) -> Result<Vec<Object>, KubeError> {
         ]),
         ..Default::default()
     };
-    let deployment = Deployment {
-        metadata: meta(NAME, NAME, ns),
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            selector: selector(NAME),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(NAME, ns)),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(NAME.into()),
-                    security_context: Some(pod_security(Some(65534))),
-                    containers: vec![container],
-                    volumes: Some(vec![
-                        volume,
-                        Volume {
-                            name: "data".into(),
-                            empty_dir: Some(Default::default()),
-                            ..Default::default()
-                        },
-                    ]),
-                    ..Default::default()
-                }),
-            },
+    let deployment = single(
+        NAME,
+        ns,
+        PodSpec {
+            service_account_name: Some(NAME.into()),
+            security_context: Some(pod_security(Some(65534))),
+            containers: vec![container],
+            volumes: Some(vec![volume, empty_dir("data")]),
             ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let service = Service {
-        metadata: meta(NAME, NAME, ns),
-        spec: Some(ServiceSpec {
-            selector: selector(NAME).match_labels,
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: i32::from(port),
-                target_port: Some(IntOrString::String("http".into())),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+        },
+    );
+    let service = service(NAME, ns, "http", port, false);
     Ok(vec![
         Object::Other(
             "ServiceAccount".into(),
