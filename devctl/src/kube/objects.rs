@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::{
     EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, Namespace,
     ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, Secret,
-    SecretProjection, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount, VolumeProjection,
+    SecretKeySelector, SecretProjection, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -30,6 +30,8 @@ use crate::plan::{FileSource, Instance, Kind};
 pub const CONFIG_DIR: &str = "/etc/insightserenity";
 const LABEL_APP: &str = "app.kubernetes.io/name";
 const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
+/// The Secret holding each pool's database URL (key: the pool).
+pub const DATABASE_URL_SECRET: &str = "database-url";
 /// The node label that places gateway-N on its edge node.
 pub const GATEWAY_NODE_LABEL: &str = "insightserenity.com/gateway";
 
@@ -399,6 +401,26 @@ pub(super) fn build(input: &Input<'_>) -> Result<Vec<Object>, KubeError> {
     for pool in &input.topology.pools {
         out.extend(backend(input, &pool.name)?);
     }
+    // Each pool's database URL, as the topology names it (no password: that is the
+    // `database` Secret's).
+    let urls: BTreeMap<String, String> = input
+        .plan
+        .instances
+        .iter()
+        .filter(|i| i.kind == Kind::Backend)
+        .filter_map(|i| {
+            let url = i.env.iter().find(|(k, _)| k == "DATABASE_URL")?;
+            Some((i.role.clone(), url.1.clone()))
+        })
+        .collect();
+    if !urls.is_empty() {
+        out.push(Object::Secret(Secret {
+            metadata: meta(DATABASE_URL_SECRET, "database", ns),
+            string_data: Some(urls),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        }));
+    }
     out.extend(gateways(input)?);
     out.extend(super::prometheus::build(input)?);
     out.extend(super::observers::build(input)?);
@@ -431,10 +453,25 @@ fn backend(input: &Input<'_>, pool: &str) -> Result<Vec<Object>, KubeError> {
         .env
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "HOST" | "INSTANCE_ID" | "DATA_DIR"))
-        .map(|(k, v)| EnvVar {
-            name: k.clone(),
-            value: Some(v.clone()),
-            ..Default::default()
+        .map(|(k, v)| match k.as_str() {
+            // The database's address is a Secret's (the operator may put credentials in it).
+            "DATABASE_URL" => EnvVar {
+                name: k.clone(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: DATABASE_URL_SECRET.into(),
+                        key: pool.into(),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            _ => EnvVar {
+                name: k.clone(),
+                value: Some(v.clone()),
+                ..Default::default()
+            },
         })
         .collect();
     env.push(EnvVar {

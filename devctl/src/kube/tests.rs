@@ -72,8 +72,10 @@ fn backends_are_statefulsets_with_probes_limits_and_a_locked_down_context() {
         assert_eq!(sc["capabilities"]["drop"][0], "ALL");
         let env = c["env"].as_array().unwrap();
         let url = env.iter().find(|e| e["name"] == "DATABASE_URL").unwrap();
+        assert_eq!(url["valueFrom"]["secretKeyRef"]["name"], "database-url");
+        assert_eq!(url["valueFrom"]["secretKeyRef"]["key"], pool);
         assert_eq!(
-            url["value"],
+            find(&objects, "Secret", "database-url")["stringData"][pool],
             format!("postgres://insightserenity@db.internal.insightserenity.com:5432/{pool}")
         );
         assert!(env.iter().any(|e| e["name"] == "DATABASE_PASSWORD_FILE"));
