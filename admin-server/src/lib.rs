@@ -79,27 +79,13 @@ pub async fn build(ctx: AppContext) -> Result<Router, BootError> {
 
 /// The store `--database-url` names (default: [`DB_FILE`] in `--data-dir`).
 async fn open_store(ctx: &AppContext) -> Result<UserStore, BootError> {
-    use service_kit::store::{Database, StoreMetrics};
-    let args = &ctx.database;
-    let database = Database::parse(args).map_err(BootError::Config)?;
-    let runtime = |e: &dyn std::fmt::Display| BootError::Runtime(e.to_string());
-    match database.sqlite_path(&ctx.data_dir, DB_FILE) {
-        Some(path) => {
-            let metrics = StoreMetrics::register(ctx.metrics.registry(), "sqlite")
-                .map_err(|e| runtime(&e))?;
-            UserStore::open_sqlite(&path, metrics).map_err(|e| runtime(&e))
-        }
-        None => {
-            let Database::Postgres(settings) = database else {
-                return Err(BootError::Config("unsupported --database-url".into()));
-            };
-            let metrics = StoreMetrics::register(ctx.metrics.registry(), "postgres")
-                .map_err(|e| runtime(&e))?;
-            UserStore::open_postgres(&settings, metrics)
-                .await
-                .map_err(|e| runtime(&e))
-        }
-    }
+    use service_kit::store::StoreTarget;
+    let (target, metrics) = service_kit::boot::store_target(ctx)?;
+    let opened = match target {
+        StoreTarget::Sqlite(path) => UserStore::open_sqlite(&path, metrics),
+        StoreTarget::Postgres(settings) => UserStore::open_postgres(&settings, metrics).await,
+    };
+    opened.map_err(|e| BootError::Runtime(e.to_string()))
 }
 
 /// The admin API routes (without the auth layer: [`build`] adds it).

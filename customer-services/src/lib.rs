@@ -69,27 +69,15 @@ pub type SharedState = Arc<AppState>;
 
 /// The store `--database-url` names (default: [`DB_FILE`] in `--data-dir`).
 async fn open_store(ctx: &AppContext) -> Result<ConsultationStore, BootError> {
-    use service_kit::store::{Database, StoreMetrics};
-    let args = &ctx.database;
-    let database = Database::parse(args).map_err(BootError::Config)?;
-    let runtime = |e: &dyn std::fmt::Display| BootError::Runtime(e.to_string());
-    match database.sqlite_path(&ctx.data_dir, DB_FILE) {
-        Some(path) => {
-            let metrics = StoreMetrics::register(ctx.metrics.registry(), "sqlite")
-                .map_err(|e| runtime(&e))?;
-            ConsultationStore::open_sqlite(&path, metrics).map_err(|e| runtime(&e))
+    use service_kit::store::StoreTarget;
+    let (target, metrics) = service_kit::boot::store_target(ctx)?;
+    let opened = match target {
+        StoreTarget::Sqlite(path) => ConsultationStore::open_sqlite(&path, metrics),
+        StoreTarget::Postgres(settings) => {
+            ConsultationStore::open_postgres(&settings, metrics).await
         }
-        None => {
-            let Database::Postgres(settings) = database else {
-                return Err(BootError::Config("unsupported --database-url".into()));
-            };
-            let metrics = StoreMetrics::register(ctx.metrics.registry(), "postgres")
-                .map_err(|e| runtime(&e))?;
-            ConsultationStore::open_postgres(&settings, metrics)
-                .await
-                .map_err(|e| runtime(&e))
-        }
-    }
+    };
+    opened.map_err(|e| BootError::Runtime(e.to_string()))
 }
 
 /// Opens the store, starts the change feed and returns the service's routes.

@@ -211,15 +211,30 @@ pub enum ServiceCommand {
     },
 }
 
+/// The store a service's flags name, with its metrics registered in the service's registry.
+#[cfg(feature = "sqlite")]
+pub fn store_target(
+    ctx: &AppContext,
+) -> Result<(crate::store::StoreTarget, crate::store::StoreMetrics), BootError> {
+    let target = crate::store::Database::parse(&ctx.database)
+        .map_err(BootError::Config)?
+        .target(&ctx.data_dir, ctx.info.store_file);
+    let metrics = crate::store::StoreMetrics::register(ctx.metrics.registry(), target.label())
+        .map_err(|e| BootError::Runtime(e.to_string()))?;
+    Ok((target, metrics))
+}
+
 /// The SQLite file this service's flags name, or why there is none.
 #[cfg(feature = "sqlite")]
 fn sqlite_file(info: &ServiceInfo, server: &ServerArgs) -> Result<std::path::PathBuf, String> {
-    let database = crate::store::Database::parse(&server.database_args())?;
-    database
-        .sqlite_path(&server.data_dir, info.store_file)
-        .ok_or_else(|| {
-            "the store is PostgreSQL: back it up with pg_dump (devctl backup does)".to_string()
-        })
+    match crate::store::Database::parse(&server.database_args())?
+        .target(&server.data_dir, info.store_file)
+    {
+        crate::store::StoreTarget::Sqlite(path) => Ok(path),
+        crate::store::StoreTarget::Postgres(_) => {
+            Err("the store is PostgreSQL: back it up with pg_dump (devctl backup does)".into())
+        }
+    }
 }
 
 #[cfg(feature = "sqlite")]

@@ -177,12 +177,30 @@ impl Database {
         Err("--database-url must start with sqlite:// or postgres://".into())
     }
 
-    /// The file a SQLite store opens: the URL's path, or `default_file` in `data_dir`.
-    pub fn sqlite_path(&self, data_dir: &std::path::Path, default_file: &str) -> Option<PathBuf> {
+    /// Where the store is: the SQLite file (the URL's path, or `default_file` in `data_dir`)
+    /// or the PostgreSQL server.
+    pub fn target(self, data_dir: &std::path::Path, default_file: &str) -> StoreTarget {
         match self {
-            Database::DefaultSqlite => Some(data_dir.join(default_file)),
-            Database::Sqlite(path) => Some(path.clone()),
-            Database::Postgres(_) => None,
+            Database::DefaultSqlite => StoreTarget::Sqlite(data_dir.join(default_file)),
+            Database::Sqlite(path) => StoreTarget::Sqlite(path),
+            Database::Postgres(settings) => StoreTarget::Postgres(settings),
+        }
+    }
+}
+
+/// A store to open: what each service's `open_sqlite` / `open_postgres` take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreTarget {
+    Sqlite(PathBuf),
+    Postgres(PgSettings),
+}
+
+impl StoreTarget {
+    /// The `store` label of its metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            StoreTarget::Sqlite(_) => "sqlite",
+            StoreTarget::Postgres(_) => "postgres",
         }
     }
 }

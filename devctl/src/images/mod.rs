@@ -218,6 +218,89 @@ pub fn shared_libraries(binary: &Path) -> Vec<(String, PathBuf)> {
     libs
 }
 
+/// An image's root filesystem under `rootfs/` of a context: files with their parent
+/// directories (added once), host executables with the libraries they link.
+pub(crate) struct RootFs {
+    pub(crate) c: Context,
+    /// Directories added, and files (`file:PATH`) so a shared library goes in once.
+    added: std::collections::BTreeSet<String>,
+}
+
+impl RootFs {
+    pub(crate) fn new() -> Result<RootFs, ImageError> {
+        let mut c = Context::new();
+        c.dir("rootfs/", 0o755).map_err(io_err)?;
+        Ok(RootFs {
+            c,
+            added: Default::default(),
+        })
+    }
+
+    fn parents(&mut self, path: &str) -> std::io::Result<()> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let mut acc = String::from("rootfs");
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            acc = format!("{acc}/{part}");
+            if self.added.insert(acc.clone()) {
+                self.c.dir(&format!("{acc}/"), 0o755)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `bytes` at `path` in the image (a path already added is kept).
+    pub(crate) fn bytes(&mut self, path: &str, bytes: &[u8], mode: u32) -> Result<(), ImageError> {
+        if !self.added.insert(format!("file:{path}")) {
+            return Ok(());
+        }
+        self.parents(path).map_err(io_err)?;
+        self.c
+            .file(&format!("rootfs{path}"), bytes, mode)
+            .map_err(io_err)
+    }
+
+    /// The host file `real` at `path` in the image.
+    pub(crate) fn host(&mut self, path: &str, real: &Path, mode: u32) -> Result<(), ImageError> {
+        let bytes = read(real)?;
+        self.bytes(path, &bytes, mode)
+    }
+
+    /// A host executable (or module) at `path` in the image, and every library it links at
+    /// its own path.
+    pub(crate) fn linked_as(&mut self, path: &str, real: &Path) -> Result<(), ImageError> {
+        self.host(path, real, 0o755)?;
+        for (lib, lib_real) in shared_libraries(real) {
+            self.host(&lib, &lib_real, 0o755)?;
+        }
+        Ok(())
+    }
+
+    /// A host executable at its own path, with its libraries.
+    pub(crate) fn linked(&mut self, path: &Path) -> Result<(), ImageError> {
+        self.linked_as(&path.to_string_lossy(), path)
+    }
+
+    /// Every regular file under a host directory, at the same paths.
+    pub(crate) fn tree(&mut self, dir: &Path) -> Result<(), ImageError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| ImageError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                self.tree(&path)?;
+            } else if meta.is_file() {
+                self.host(&path.to_string_lossy(), &path, 0o644)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An image of a program from the host (Debian's Prometheus or Alertmanager) with the
 /// libraries it links: installed as `/usr/bin/<name>`, run as the image user in `data_dir`.
 pub fn host_program_context(
@@ -226,45 +309,18 @@ pub fn host_program_context(
     data_dir: &str,
     extra_files: &[&str],
 ) -> Result<(Vec<u8>, String), ImageError> {
-    let bytes = read(binary)?;
     let (passwd, group) = passwd();
-    let mut c = Context::new();
-    let mut dirs = std::collections::BTreeSet::new();
-    let mut add_dirs = |c: &mut Context, path: &str| -> std::io::Result<()> {
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let mut acc = String::from("rootfs");
-        for part in &parts[..parts.len().saturating_sub(1)] {
-            acc = format!("{acc}/{part}");
-            if dirs.insert(acc.clone()) {
-                c.dir(&format!("{acc}/"), 0o755)?;
-            }
-        }
-        Ok(())
-    };
     let program = format!("/usr/bin/{name}");
-    c.dir("rootfs/", 0o755).map_err(io_err)?;
-    add_dirs(&mut c, "/etc/passwd").map_err(io_err)?;
-    c.file("rootfs/etc/passwd", passwd.as_bytes(), 0o644)
-        .map_err(io_err)?;
-    c.file("rootfs/etc/group", group.as_bytes(), 0o644)
-        .map_err(io_err)?;
-    add_dirs(&mut c, &program).map_err(io_err)?;
-    c.file(&format!("rootfs{program}"), &bytes, 0o755)
-        .map_err(io_err)?;
-    for (path, real) in shared_libraries(binary) {
-        let lib = read(&real)?;
-        add_dirs(&mut c, &path).map_err(io_err)?;
-        c.file(&format!("rootfs{path}"), &lib, 0o755)
-            .map_err(io_err)?;
-    }
+    let mut fs = RootFs::new()?;
+    fs.bytes("/etc/passwd", passwd.as_bytes(), 0o644)?;
+    fs.bytes("/etc/group", group.as_bytes(), 0o644)?;
+    fs.linked_as(&program, binary)?;
     // Files the program reads at run time (Debian's Alertmanager: its notification
     // templates), copied when the host has them.
     for path in extra_files.iter().filter(|p| Path::new(p).is_file()) {
-        let bytes = read(Path::new(path))?;
-        add_dirs(&mut c, path).map_err(io_err)?;
-        c.file(&format!("rootfs{path}"), &bytes, 0o644)
-            .map_err(io_err)?;
+        fs.host(path, Path::new(path), 0o644)?;
     }
+    let mut c = fs.c;
     c.dir("rootfs/tmp/", 0o1777).map_err(io_err)?;
     let data = data_dir.trim_matches('/');
     c.dir("owned/", 0o755).map_err(io_err)?;

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{io_err, read, shared_libraries, Context, ImageError};
+use super::{io_err, ImageError, RootFs};
 use crate::plan::POSTGRES_UID;
 
 /// The programs the image carries (devctl's provisioning, backup and restore use them).
@@ -36,72 +36,6 @@ fi
 exec postgres "$@"
 "#;
 
-/// Files under a root, with their parent directories added once.
-struct RootFs {
-    c: Context,
-    dirs: std::collections::BTreeSet<String>,
-}
-
-impl RootFs {
-    fn parents(&mut self, path: &str) -> std::io::Result<()> {
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let mut acc = String::from("rootfs");
-        for part in &parts[..parts.len().saturating_sub(1)] {
-            acc = format!("{acc}/{part}");
-            if self.dirs.insert(acc.clone()) {
-                self.c.dir(&format!("{acc}/"), 0o755)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn bytes(&mut self, path: &str, bytes: &[u8], mode: u32) -> Result<(), ImageError> {
-        if !self.dirs.insert(format!("file:{path}")) {
-            return Ok(());
-        }
-        self.parents(path).map_err(io_err)?;
-        self.c
-            .file(&format!("rootfs{path}"), bytes, mode)
-            .map_err(io_err)
-    }
-
-    /// A host file at the same path (`real`'s bytes under `path`).
-    fn host(&mut self, path: &str, real: &Path, mode: u32) -> Result<(), ImageError> {
-        let bytes = read(real)?;
-        self.bytes(path, &bytes, mode)
-    }
-
-    /// An executable or module and every library it links.
-    fn linked(&mut self, path: &Path) -> Result<(), ImageError> {
-        let text = path.to_string_lossy().into_owned();
-        self.host(&text, path, 0o755)?;
-        for (lib, real) in shared_libraries(path) {
-            self.host(&lib, &real, 0o755)?;
-        }
-        Ok(())
-    }
-
-    /// Every regular file under a host directory, at the same paths.
-    fn tree(&mut self, dir: &Path) -> Result<(), ImageError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| ImageError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if meta.is_dir() {
-                self.tree(&path)?;
-            } else if meta.is_file() {
-                self.host(&path.to_string_lossy(), &path, 0o644)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Where Debian keeps the version's share directory, from the bin directory
 /// (`/usr/lib/postgresql/15/bin` → `/usr/share/postgresql/15`).
 fn share_dir(bin: &Path) -> Option<PathBuf> {
@@ -116,11 +50,7 @@ pub fn context(bin: &Path) -> Result<(Vec<u8>, String), ImageError> {
         .map(|p| p.join("lib"))
         .ok_or_else(|| ImageError::Missing(bin.to_owned()))?;
     let share = share_dir(bin).ok_or_else(|| ImageError::Missing(bin.to_owned()))?;
-    let mut fs = RootFs {
-        c: Context::new(),
-        dirs: Default::default(),
-    };
-    fs.c.dir("rootfs/", 0o755).map_err(io_err)?;
+    let mut fs = RootFs::new()?;
     let uid = POSTGRES_UID;
     let passwd = format!(
         "root:x:0:0:root:/:/sbin/nologin\npostgres:x:{uid}:{uid}:PostgreSQL:/var/lib/postgresql:/bin/sh\n"
@@ -131,9 +61,8 @@ pub fn context(bin: &Path) -> Result<(Vec<u8>, String), ImageError> {
         format!("root:x:0:\npostgres:x:{uid}:\n").as_bytes(),
         0o644,
     )?;
-    fs.linked(&std::fs::canonicalize("/bin/sh").unwrap_or_else(|_| "/bin/sh".into()))?;
-    let sh = read(Path::new("/bin/sh"))?;
-    fs.bytes("/bin/sh", &sh, 0o755)?;
+    // initdb runs the server through /bin/sh (the host's dash).
+    fs.linked_as("/bin/sh", Path::new("/bin/sh"))?;
     for program in PROGRAMS {
         fs.linked(&bin.join(program))?;
     }

@@ -157,38 +157,22 @@ pub(super) fn config_files(
                 config_items.push(item);
             }
             source => {
+                // The instance's own leaf is `leaf` here (a StatefulSet's pods share one);
+                // another (the gateways' client certificate) keeps its name.
+                let leaf_of = |n: &str| {
+                    let name = if n == instance.name { leaf } else { n };
+                    input
+                        .certs
+                        .leaves
+                        .get(name)
+                        .ok_or_else(|| KubeError::Missing(format!("certificate {name}")))
+                };
                 let text = match source {
                     FileSource::CaCert => input.certs.ca.clone(),
-                    FileSource::Cert(_) | FileSource::Key(_) => {
-                        let l = input
-                            .certs
-                            .leaves
-                            .get(leaf)
-                            .ok_or_else(|| KubeError::Missing(format!("certificate {leaf}")))?;
-                        if matches!(source, FileSource::Cert(_)) {
-                            l.cert.clone()
-                        } else {
-                            l.key.clone()
-                        }
-                    }
+                    FileSource::Cert(n) => leaf_of(n)?.cert.clone(),
+                    FileSource::Key(n) => leaf_of(n)?.key.clone(),
                     FileSource::Secret(s) => s.clone(),
                     FileSource::Text(_) => String::new(),
-                };
-                // A leaf other than the instance's own (the gateways' client certificate).
-                let text = match source {
-                    FileSource::Cert(n) | FileSource::Key(n) if n != &instance.name => {
-                        let l = input
-                            .certs
-                            .leaves
-                            .get(n)
-                            .ok_or_else(|| KubeError::Missing(format!("certificate {n}")))?;
-                        if matches!(source, FileSource::Cert(_)) {
-                            l.cert.clone()
-                        } else {
-                            l.key.clone()
-                        }
-                    }
-                    _ => text,
                 };
                 secret.insert(key, text);
                 secret_items.push(item);

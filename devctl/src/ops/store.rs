@@ -67,9 +67,17 @@ impl<E: Engine> Session<E> {
     async fn checked(&self, instance: &Instance, exec: Exec<'_>) -> Result<ExecOutput, OpsError> {
         let out = self.engine.exec(instance, &exec).await?;
         if out.code != 0 {
+            // The program and its subcommand, if any (`psql`, `admin-server backup-store`).
+            let what: Vec<&str> = exec
+                .argv
+                .iter()
+                .take(2)
+                .map(String::as_str)
+                .take_while(|a| !a.starts_with('-'))
+                .collect();
             return Err(OpsError::Store(format!(
                 "{} on {} exited with {}: {}",
-                exec.argv.get(1).map_or("command", String::as_str),
+                what.join(" "),
                 instance.name,
                 out.code,
                 out.stderr.trim()
@@ -105,16 +113,7 @@ impl<E: Engine> Session<E> {
             env: vec![("PGPASSWORD".into(), password)],
             input,
         };
-        let out = self.engine.exec(instance, &exec).await?;
-        if out.code != 0 {
-            return Err(OpsError::Store(format!(
-                "{} exited with {}: {}",
-                args.first().copied().unwrap_or("?"),
-                out.code,
-                out.stderr.trim()
-            )));
-        }
-        Ok(out)
+        self.checked(instance, exec).await
     }
 
     /// Creates every pool's database that does not exist yet.
