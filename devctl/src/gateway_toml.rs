@@ -107,8 +107,10 @@ pub fn build(input: &Input<'_>) -> Config {
         },
         https: Some(HttpsConfig {
             listen: vec![socket(listen_ip, net.port(g.https_port))],
-            cert: path(&gw.config_dir, "tls/server.crt"),
-            key: path(&gw.config_dir, "tls/server.key"),
+            cert: Some(path(&gw.config_dir, "tls/server.crt")),
+            key: Some(path(&gw.config_dir, "tls/server.key")),
+            acme: None,
+            ocsp_stapling: true,
         }),
         http: Some(HttpConfig {
             listen: vec![socket(listen_ip, net.port(g.http_port))],

@@ -15,10 +15,12 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod access;
+mod acme;
 mod discover;
 mod policy;
 mod units;
 pub use access::{allowed, AccessRule, Addresses};
+pub use acme::{AcmeConfig, LETS_ENCRYPT};
 pub use discover::{DiscoverConfig, DnsConfig};
 pub use policy::{
     CacheConfig, ClientIpConfig, HstsConfig, LimitsConfig, PolicyConfig, RateLimitConfig,
@@ -183,9 +185,17 @@ pub struct AdminConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpsConfig {
     pub listen: Vec<SocketAddr>,
-    /// Certificate chain (PEM), re-read on every reload.
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// Certificate chain (PEM), re-read on every reload. Not with `acme`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Certificates from an ACME CA instead of `cert`/`key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeConfig>,
+    /// Staple OCSP responses when the certificate names a responder (NGINX `ssl_stapling`).
+    #[serde(default = "yes")]
+    pub ocsp_stapling: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -569,6 +579,22 @@ impl Config {
             if https.listen.is_empty() {
                 return Err(invalid("[https] listen must name at least one address"));
             }
+            match (&https.cert, &https.key, &https.acme) {
+                (Some(_), Some(_), None) => {}
+                (None, None, Some(acme)) => {
+                    acme.check()
+                        .map_err(|e| invalid(format!("[https.acme] {e}")))?;
+                    if self.http.is_none() {
+                        return Err(invalid(
+                            "[https.acme] needs an [http] listener (port 80) for HTTP-01 challenges",
+                        ));
+                    }
+                }
+                (_, _, Some(_)) => {
+                    return Err(invalid("[https] takes either cert + key or acme, not both"))
+                }
+                _ => return Err(invalid("[https] needs cert and key (or acme)")),
+            }
         }
         if let Some(http) = &self.http {
             if http.listen.is_empty() {
@@ -657,8 +683,7 @@ impl Config {
     pub fn referenced_files(&self) -> Vec<PathBuf> {
         let mut files = Vec::new();
         if let Some(https) = &self.https {
-            files.push(https.cert.clone());
-            files.push(https.key.clone());
+            files.extend(https.cert.iter().chain(&https.key).cloned());
         }
         let tls = &self.upstream_tls;
         files.extend(

@@ -42,7 +42,16 @@ async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
         )
             .into_response()
     } else {
-        Json(json!({"ready": true})).into_response()
+        let certificate = gw.snapshot.load().certs.current().map(|c| c.source);
+        let mut body = json!({"ready": true});
+        if let Some(source) = certificate {
+            body["certificate"] = json!(source.as_str());
+        }
+        if certificate == Some(crate::certs::CertSource::SelfSigned) {
+            body["warning"] =
+                json!("serving a self-signed stand-in until the ACME CA issues the certificate");
+        }
+        Json(body).into_response()
     }
 }
 

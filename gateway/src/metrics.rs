@@ -32,6 +32,8 @@ pub struct GatewayMetrics {
     pub cache_bytes: IntGauge,
     pub websockets: IntGauge,
     pub ha: crate::ha::node::HaMetrics,
+    pub acme: crate::certs::acme::AcmeMetrics,
+    pub ocsp: crate::certs::ocsp::OcspMetrics,
     /// `discover` lookups by upstream and result (`unchanged`, `changed`, `error`).
     pub dns_resolutions: IntCounterVec,
     /// Servers each discovering upstream has from DNS now.
@@ -241,7 +243,11 @@ impl GatewayMetrics {
         ] {
             registry.register(c)?;
         }
+        let acme = crate::certs::acme::AcmeMetrics::register(&registry)?;
+        let ocsp = crate::certs::ocsp::OcspMetrics::register(&registry)?;
         Ok(GatewayMetrics {
+            acme,
+            ocsp,
             registry,
             requests,
             duration,

@@ -34,7 +34,7 @@ pub fn https_location(host: &str, https_port: u16, path_and_query: &str) -> Opti
 }
 
 /// An ACME token is base64url: anything else cannot name a challenge file.
-fn valid_token(token: &str) -> bool {
+pub fn valid_token(token: &str) -> bool {
     !token.is_empty()
         && token.len() <= 256
         && token

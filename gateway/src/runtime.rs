@@ -11,10 +11,13 @@ use std::time::Duration;
 
 use prometheus::{Histogram, IntCounter};
 use rustls_pki_types::ServerName;
-use service_kit::tls::{self, ServerTlsFiles, TlsError};
+use service_kit::tls::{self, TlsError};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::{Config, HashKey, HealthCheckConfig, UpstreamConfig, UpstreamConfigExt};
+use crate::certs::{CertSource, Installed, ServerCerts};
+use crate::config::{
+    Config, HashKey, HealthCheckConfig, HttpsConfig, UpstreamConfig, UpstreamConfigExt,
+};
 use crate::metrics::{GatewayMetrics, CODE_CLASSES};
 use crate::policy::cache::ResponseCache;
 use crate::policy::headers::SecurityHeaders;
@@ -27,6 +30,8 @@ use crate::upstream::{Transport, UpstreamShared};
 pub enum BuildError {
     #[error("[https]: {0}")]
     ServerTls(TlsError),
+    #[error("[https]: {0}")]
+    Certificate(#[from] crate::certs::CertError),
     #[error("[upstream_tls]: {0}")]
     UpstreamTls(TlsError),
     #[error("upstream {upstream}: invalid server_name {name:?}")]
@@ -81,6 +86,8 @@ pub struct Snapshot {
     pub router: Router<RouteTarget>,
     pub upstreams: HashMap<String, Arc<UpstreamRuntime>>,
     pub tls_acceptor: Option<TlsAcceptor>,
+    /// The HTTPS certificate slot, shared by every snapshot (ACME and OCSP update it).
+    pub certs: Arc<ServerCerts>,
     /// For requests that match no route and for errors outside any route.
     pub unrouted: RouteMetrics,
     pub redirect_metrics: RouteMetrics,
@@ -97,16 +104,13 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         metrics: &GatewayMetrics,
     ) -> Result<Snapshot, BuildError> {
-        let tls_acceptor = match &config.https {
-            Some(https) => Some(TlsAcceptor::from(
-                tls::server_config(&ServerTlsFiles {
-                    cert: https.cert.clone(),
-                    key: https.key.clone(),
-                    client_ca: None,
-                })
-                .map_err(BuildError::ServerTls)?,
-            )),
-            None => None,
+        let certs = previous.map_or_else(Default::default, |p| p.certs.clone());
+        let (tls_acceptor, to_install) = match &config.https {
+            Some(https) => (
+                Some(acceptor(certs.clone())),
+                server_certificate(https, &certs)?,
+            ),
+            None => (None, None),
         };
         let connector = upstream_connector(&config)?;
         let verifiers = token_verifiers(&config)?;
@@ -120,6 +124,9 @@ impl Snapshot {
         }
 
         // Everything fallible is done; from here on shared state is updated.
+        if let Some(installed) = to_install {
+            certs.install(installed);
+        }
         let mut upstreams = HashMap::new();
         for (name, upstream) in &config.upstreams {
             let transport = transport(name, upstream, connector.clone())?;
@@ -216,10 +223,45 @@ impl Snapshot {
             router: Router::new(routes),
             upstreams,
             tls_acceptor,
+            certs,
             unrouted: RouteMetrics::new(metrics, "none"),
             redirect_metrics: RouteMetrics::new(metrics, "redirect"),
             config,
         })
+    }
+}
+
+/// The HTTPS acceptor: TLS 1.2 + 1.3, ALPN h2 then http/1.1, the certificate from the
+/// shared slot at each handshake.
+fn acceptor(certs: Arc<ServerCerts>) -> TlsAcceptor {
+    let mut config = rustls::ServerConfig::builder_with_protocol_versions(tls::PROTOCOL_VERSIONS)
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// What the slot should serve under this `[https]`, when that differs from what it serves:
+/// the files (re-read on every reload), or under ACME the stored certificate or a stand-in
+/// (kept as it is when the manager already serves one for these domains).
+fn server_certificate(
+    https: &HttpsConfig,
+    certs: &ServerCerts,
+) -> Result<Option<Installed>, BuildError> {
+    match (&https.cert, &https.key, &https.acme) {
+        (Some(cert), Some(key), _) => {
+            let chain = tls::load_certs(cert, "TLS certificate").map_err(BuildError::ServerTls)?;
+            let key = tls::load_key(key).map_err(BuildError::ServerTls)?;
+            let what = cert.display().to_string();
+            Ok(Some(Installed::new(chain, key, CertSource::Files, &what)?))
+        }
+        (_, _, Some(acme)) => match certs.current() {
+            Some(now) if now.source != CertSource::Files && now.covers(&acme.domains) => Ok(None),
+            _ => Ok(Some(crate::certs::acme::initial(acme)?)),
+        },
+        _ => Err(BuildError::ServerTls(TlsError::Config(
+            rustls::Error::General("no certificate: set cert and key, or acme".into()),
+        ))),
     }
 }
 

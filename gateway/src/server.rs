@@ -113,6 +113,34 @@ impl StartError {
     }
 }
 
+/// The gateway as the ACME manager sees it.
+struct AcmeHost(std::sync::Weak<Gateway>);
+
+impl crate::certs::acme::Host for AcmeHost {
+    fn wanted(&self) -> crate::certs::acme::Wanted {
+        use crate::certs::acme::Wanted;
+        let Some(gateway) = self.0.upgrade() else {
+            return Wanted::Stop;
+        };
+        if gateway.lifecycle.is_draining() {
+            return Wanted::Stop;
+        }
+        let snapshot = gateway.snapshot.load();
+        // In a pair the VIP holder orders (the CA's validation reaches it); before the HA
+        // node has started nobody does.
+        let may_order = snapshot.config.ha.is_none()
+            || gateway.ha().is_some_and(|node| lock(&node.status).vip_held);
+        match snapshot.config.https.as_ref().and_then(|h| h.acme.clone()) {
+            Some(config) => Wanted::On {
+                config,
+                certs: snapshot.certs.clone(),
+                may_order,
+            },
+            None => Wanted::Off,
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -172,6 +200,7 @@ impl Gateway {
             workers,
         });
         tokio::spawn(forget_idle_clients(Arc::downgrade(&gateway)));
+        gateway.start_certificates();
         if discovers {
             gateway.start_discovery();
         }
@@ -316,6 +345,39 @@ impl Gateway {
     }
 
     /// Starts the DNS discovery task unless it runs.
+    /// The ACME manager (idle unless `[https.acme]`) and the OCSP stapler.
+    fn start_certificates(self: &Arc<Self>) {
+        let certs = self.snapshot.load().certs.clone();
+        let node = self
+            .snapshot
+            .load()
+            .config
+            .ha
+            .as_ref()
+            .map_or_else(crate::certs::acme::node_name, |ha| ha.name.clone());
+        tokio::spawn(crate::certs::acme::run(
+            Arc::new(AcmeHost(Arc::downgrade(self))),
+            node,
+            self.metrics.acme.clone(),
+        ));
+        let weak = Arc::downgrade(self);
+        tokio::spawn(crate::certs::ocsp::run(
+            certs,
+            move || {
+                let gateway = weak.upgrade()?;
+                let snapshot = gateway.snapshot.load();
+                Some(
+                    snapshot
+                        .config
+                        .https
+                        .as_ref()
+                        .is_some_and(|h| h.ocsp_stapling),
+                )
+            },
+            self.metrics.ocsp.clone(),
+        ));
+    }
+
     fn start_discovery(self: &Arc<Self>) {
         if !self
             .discovering

@@ -51,7 +51,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parses and validates a config document: [`Config::parse`] and the checks that need the
 /// gateway's internals. What `gateway check` and every (re)load run.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
-    let config = Config::parse(text)?;
+    let mut config = Config::parse(text)?;
+    // Under ACME the [http] listeners answer HTTP-01 from the (shared) storage unless the
+    // file names another directory.
+    if let (Some(acme), Some(http)) = (
+        config.https.as_ref().and_then(|h| h.acme.as_ref()),
+        config.http.as_mut(),
+    ) {
+        if http.acme_challenge_dir.is_none() {
+            http.acme_challenge_dir = Some(acme.challenge_dir());
+        }
+    }
     for route in &config.routes {
         let normalized = crate::routing::normalize_path(&route.prefix)
             .map_err(|e| invalid(format!("route prefix {:?}: {e}", route.prefix)))?;

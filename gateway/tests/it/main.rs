@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod acme;
 mod discover;
 #[path = "../../fuzz/src/lib.rs"]
 mod fuzz_checks;
