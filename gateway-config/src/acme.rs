@@ -48,6 +48,8 @@ fn dns_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name.contains('.')
+        // An all-digit top label is an IP address, not a name.
+        && !name.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
