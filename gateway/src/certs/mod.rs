@@ -227,6 +227,15 @@ impl ServerCerts {
             return;
         }
         let mut key = (*now.key).clone();
+        tracing::info!(
+            bytes = response.as_ref().map_or(0, Vec::len),
+            "OCSP staple {}",
+            if response.is_some() {
+                "attached"
+            } else {
+                "removed"
+            }
+        );
         key.ocsp = response;
         now.key = Arc::new(key);
         self.current.store(Arc::new(Some(now)));

@@ -282,10 +282,12 @@ pub async fn fetch(url: &str, request: Vec<u8>) -> Result<Vec<u8>, OcspError> {
         let stream = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| fail(e.to_string()))?;
+        // Title-case header names: some responders (OpenSSL's among them) match them exactly.
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .title_case_headers(true)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         tokio::spawn(conn);
         let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
         let req = http::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
@@ -385,11 +387,11 @@ pub async fn run(
                         if due <= now {
                             match staple_once(&url, &leaf, issuer, now).await {
                                 Ok((der, checked)) => {
+                                    certs.staple(&leaf, Some(der));
                                     metrics.fetches.with_label_values(&["success"]).inc();
                                     metrics.this_update.set(checked.this_update);
                                     metrics.next_update.set(checked.next_update.unwrap_or(0));
                                     metrics.stapled.set(1);
-                                    certs.staple(&leaf, Some(der));
                                     retry.succeed();
                                     let next = refresh_at(&checked, now, 5);
                                     good = Some((leaf, checked));

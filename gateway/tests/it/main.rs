@@ -11,6 +11,7 @@ mod fuzz_checks;
 mod ha;
 mod ha_netns;
 mod hostile;
+mod ocsp;
 mod parsers;
 mod policies;
 mod proxy;
