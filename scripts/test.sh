@@ -15,7 +15,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 # The registry test pushes our images to a real registry it starts on loopback.
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 # The gateway's DNS discovery test asks a real DNS server (pebble's challenge test server).
+# ...and its ACME tests run pebble itself; the OCSP test uses openssl as responder and client.
 command -v pebble-challtestsrv >/dev/null 2>&1 || missing+=(pebble)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v st >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1 || missing+=(python3-pip)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then

@@ -6,9 +6,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use gateway_config::{
-    AdminConfig, AuthJwtConfig, Cidr, ClientIpConfig, Config, HaConfig, HttpConfig, HttpsConfig,
-    LimitsConfig, PolicyConfig, RateLimitSetting, RouteAuthJwt, RouteCacheConfig, RouteConfig,
-    RuntimeConfig, ServerConfig, StickyConfig, UpstreamConfig, UpstreamTlsConfig,
+    AcmeConfig, AdminConfig, AuthJwtConfig, Cidr, ClientIpConfig, Config, Dur, HaConfig,
+    HttpConfig, HttpsConfig, LimitsConfig, PolicyConfig, RateLimitSetting, RouteAuthJwt,
+    RouteCacheConfig, RouteConfig, RuntimeConfig, ServerConfig, StickyConfig, UpstreamConfig,
+    UpstreamTlsConfig,
 };
 
 use crate::plan::{GatewayView, Net, RuntimeKind, Secrets};
@@ -35,7 +36,12 @@ pub struct Input<'a> {
     /// Where the edge forwarder's connections come from (None: no edge).
     pub edge_source: Option<Ipv4Addr>,
     pub secrets: &'a Secrets,
+    /// The pair's shared ACME storage directory (used when the topology has `[tls] acme`).
+    pub acme_storage: &'a str,
 }
+
+/// Where a drill's ACME CA bundle goes in a gateway's config directory.
+pub const ACME_CA_FILE: &str = "tls/acme-ca.crt";
 
 fn path(dir: &str, rel: &str) -> PathBuf {
     PathBuf::from(format!("{}/{rel}", dir.trim_end_matches('/')))
@@ -105,12 +111,34 @@ pub fn build(input: &Input<'_>) -> Config {
         admin: AdminConfig {
             listen: socket(admin_ip, g.admin_port),
         },
-        https: Some(HttpsConfig {
-            listen: vec![socket(listen_ip, net.port(g.https_port))],
-            cert: Some(path(&gw.config_dir, "tls/server.crt")),
-            key: Some(path(&gw.config_dir, "tls/server.key")),
-            acme: None,
-            ocsp_stapling: true,
+        https: Some(match &t.tls.acme {
+            None => HttpsConfig {
+                listen: vec![socket(listen_ip, net.port(g.https_port))],
+                cert: Some(path(&gw.config_dir, "tls/server.crt")),
+                key: Some(path(&gw.config_dir, "tls/server.key")),
+                acme: None,
+                ocsp_stapling: true,
+            },
+            // The public names from the ACME CA, ordered by the VIP holder into storage both
+            // gateways share.
+            Some(acme) => HttpsConfig {
+                listen: vec![socket(listen_ip, net.port(g.https_port))],
+                cert: None,
+                key: None,
+                acme: Some(AcmeConfig {
+                    directory: acme.directory.clone(),
+                    contact: acme.contact.clone(),
+                    domains: t.tls.names.clone(),
+                    storage: PathBuf::from(input.acme_storage),
+                    ca: acme
+                        .ca_pem
+                        .as_ref()
+                        .map(|_| path(&gw.config_dir, ACME_CA_FILE)),
+                    retry_initial: Dur(std::time::Duration::from_secs(30)),
+                    retry_max: Dur(std::time::Duration::from_secs(3600)),
+                }),
+                ocsp_stapling: true,
+            },
         }),
         http: Some(HttpConfig {
             listen: vec![socket(listen_ip, net.port(g.http_port))],

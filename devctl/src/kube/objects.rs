@@ -9,10 +9,11 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapProjection, Container, ContainerPort,
     EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, Namespace,
-    ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, Secret,
-    SecretKeySelector, SecretProjection, SecretVolumeSource, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    Secret, SecretKeySelector, SecretProjection, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -25,6 +26,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{service_fqdn, Input, KubeError};
 use crate::plan::{FileSource, Instance, Kind};
+
+/// The gateway pair's shared ACME storage claim.
+const ACME_CLAIM: &str = "gateway-acme";
 
 /// Where every workload's files are mounted (the same path as in its container on Docker).
 pub const CONFIG_DIR: &str = "/etc/insightserenity";
@@ -45,6 +49,7 @@ pub enum Object {
     StatefulSet(StatefulSet),
     Deployment(Deployment),
     Pdb(PodDisruptionBudget),
+    Pvc(PersistentVolumeClaim),
     NetworkPolicy(NetworkPolicy),
     Other(String, String, serde_json::Value),
 }
@@ -59,6 +64,7 @@ impl Object {
             Object::StatefulSet(_) => "StatefulSet",
             Object::Deployment(_) => "Deployment",
             Object::Pdb(_) => "PodDisruptionBudget",
+            Object::Pvc(_) => "PersistentVolumeClaim",
             Object::NetworkPolicy(_) => "NetworkPolicy",
             Object::Other(kind, _, _) => kind,
         }
@@ -73,6 +79,7 @@ impl Object {
             Object::StatefulSet(o) => &o.metadata,
             Object::Deployment(o) => &o.metadata,
             Object::Pdb(o) => &o.metadata,
+            Object::Pvc(o) => &o.metadata,
             Object::NetworkPolicy(o) => &o.metadata,
             Object::Other(..) => return None,
         })
@@ -95,6 +102,7 @@ impl Object {
             Object::StatefulSet(o) => serde_json::to_value(o).map_err(err),
             Object::Deployment(o) => serde_json::to_value(o).map_err(err),
             Object::Pdb(o) => serde_json::to_value(o).map_err(err),
+            Object::Pvc(o) => serde_json::to_value(o).map_err(err),
             Object::NetworkPolicy(o) => serde_json::to_value(o).map_err(err),
             Object::Other(_, _, v) => Ok(v.clone()),
         }
@@ -590,6 +598,9 @@ fn gateway_toml(input: &Input<'_>, text: &str, name: &str) -> Result<String, Kub
             max_conns: topo.max_conns,
         });
     }
+    if let Some(acme) = config.https.as_mut().and_then(|h| h.acme.as_mut()) {
+        acme.storage = "/data/acme".into();
+    }
     toml::to_string(&config).map_err(|e| KubeError::GatewayConfig(name.into(), e.to_string()))
 }
 
@@ -598,6 +609,26 @@ fn gateway_toml(input: &Input<'_>, text: &str, name: &str) -> Result<String, Kub
 fn gateways(input: &Input<'_>) -> Result<Vec<Object>, KubeError> {
     let ns = input.namespace();
     let mut out = Vec::new();
+    // Under `[tls] acme` the pair shares one ACME storage (account, certificate, challenges,
+    // order lease): a ReadWriteMany claim both gateway pods mount.
+    let acme = input.topology.tls.acme.is_some();
+    if acme {
+        out.push(Object::Pvc(PersistentVolumeClaim {
+            metadata: meta(ACME_CLAIM, "gateway", ns),
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteMany".into()]),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_string(),
+                        Quantity("64Mi".into()),
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+    }
     for g in input.plan.gateways() {
         let text = g
             .files
@@ -623,12 +654,28 @@ fn gateways(input: &Input<'_>) -> Result<Vec<Object>, KubeError> {
             readiness_probe: Some(http_probe("/-/ready", admin, false, 2)),
             resources: Some(resources("500m", "128Mi", "2", "512Mi")),
             security_context: Some(container_security(true, &["NET_ADMIN", "NET_RAW"])),
-            volume_mounts: Some(vec![
-                mount("config", CONFIG_DIR, true),
-                mount("tmp", "/tmp", false),
-            ]),
+            volume_mounts: Some(
+                [
+                    mount("config", CONFIG_DIR, true),
+                    mount("tmp", "/tmp", false),
+                ]
+                .into_iter()
+                .chain(acme.then(|| mount("acme", "/data/acme", false)))
+                .collect(),
+            ),
             ..Default::default()
         };
+        let mut volumes = vec![volume, empty_dir("tmp")];
+        if acme {
+            volumes.push(Volume {
+                name: "acme".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: ACME_CLAIM.into(),
+                    read_only: Some(false),
+                }),
+                ..Default::default()
+            });
+        }
         let mut template_labels = labels("gateway", ns);
         template_labels.insert("insightserenity.com/instance".into(), g.name.clone());
         let deployment = Deployment {
@@ -676,7 +723,7 @@ fn gateways(input: &Input<'_>) -> Result<Vec<Object>, KubeError> {
                         termination_grace_period_seconds: Some(40),
                         security_context: Some(pod_security(None)),
                         containers: vec![container],
-                        volumes: Some(vec![volume, empty_dir("tmp")]),
+                        volumes: Some(volumes),
                         ..Default::default()
                     }),
                 },

@@ -115,7 +115,28 @@ fn gateways_run_on_their_edge_nodes_with_only_the_capabilities_the_vip_needs() {
             Some("admin.insightserenity.svc.cluster.local")
         );
         assert!(parsed.ha.is_some(), "the same [ha] as on VMs");
+        // The public certificate from Let's Encrypt, ordered into the pair's shared claim.
+        let acme = parsed.https.as_ref().unwrap().acme.as_ref().unwrap();
+        assert_eq!(acme.directory, gateway_config::LETS_ENCRYPT);
+        assert_eq!(acme.domains, ["api.insightserenity.com"]);
+        assert_eq!(acme.storage, std::path::Path::new("/data/acme"));
+        let mounts = &pod["containers"][0]["volumeMounts"];
+        assert!(mounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == "/data/acme"));
+        assert!(pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["persistentVolumeClaim"]["claimName"] == "gateway-acme"));
     }
+    let claim = find(&objects, "PersistentVolumeClaim", "gateway-acme");
+    assert_eq!(
+        claim["spec"]["accessModes"],
+        serde_json::json!(["ReadWriteMany"])
+    );
 }
 
 #[test]

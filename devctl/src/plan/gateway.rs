@@ -47,6 +47,8 @@ pub(crate) fn build(
     part.certificates
         .push(leaf("gateway-client", vec!["gateway-client".into()]));
     let mut admin = Vec::new();
+    // One ACME storage for the pair: a volume both containers mount, or one host directory.
+    let acme_storage = b.data_dir("gateway-acme", "/data/acme");
     for (i, address) in addresses.iter().copied().enumerate() {
         let name = format!("gateway-{}", i + 1);
         let dir = b.config_dir(&name, CONFIG_DIR);
@@ -70,6 +72,7 @@ pub(crate) fn build(
             vip,
             edge_source,
             secrets: &b.options.secrets,
+            acme_storage: &acme_storage,
         });
         part.certificates.push(leaf(
             &name,
@@ -111,6 +114,16 @@ pub(crate) fn build(
                 FileSource::Text(b.options.secrets.jwks.clone()),
             ),
         ];
+        if let Some(acme) = &t.tls.acme {
+            if let Some(pem) = &acme.ca_pem {
+                inst.files.push(PlannedFile::fixed(
+                    gateway_toml::ACME_CA_FILE,
+                    FileSource::Text(pem.clone()),
+                ));
+            }
+            // The image's /data belongs to the gateway's user; a new volume copies that.
+            inst.volume = docker.then(|| (format!("{}-gateway-acme", b.prefix()), "/data".into()));
+        }
         inst.healthcheck = Some(vec!["healthcheck".into(), "--config".into(), config_path]);
         if interface_mode {
             inst.cap_add = vec!["NET_ADMIN".into(), "NET_RAW".into()];

@@ -167,6 +167,27 @@ pub struct Tls {
     /// Public names every gateway certificate carries (and every leaf, for convenience).
     pub names: Vec<String>,
     pub ca_common_name: String,
+    /// The public names' certificate from an ACME CA (the gateways order it for `names`)
+    /// instead of devctl's CA. Absent: devctl's CA issues everything.
+    #[serde(default)]
+    pub acme: Option<TlsAcme>,
+}
+
+/// `[tls] acme = { directory, contact, ca }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsAcme {
+    /// The CA's directory URL (Let's Encrypt: `gateway_config::LETS_ENCRYPT`).
+    pub directory: String,
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// A PEM bundle to trust for the directory's TLS (a local test CA in drills), relative
+    /// to the topology file.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The bundle's text, read when the topology file is loaded.
+    #[serde(skip)]
+    pub ca_pem: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,13 +336,23 @@ impl Topology {
             path: path.to_owned(),
             source,
         })?;
-        Topology::parse(&text).map_err(|e| match e {
+        let mut topology = Topology::parse(&text).map_err(|e| match e {
             TopologyError::Parse { message, .. } => TopologyError::Parse {
                 path: path.to_owned(),
                 message,
             },
             other => other,
-        })
+        })?;
+        if let Some(acme) = &mut topology.tls.acme {
+            if let Some(ca) = &acme.ca {
+                let ca = path.parent().unwrap_or(Path::new(".")).join(ca);
+                acme.ca_pem = Some(
+                    std::fs::read_to_string(&ca)
+                        .map_err(|source| TopologyError::Read { path: ca, source })?,
+                );
+            }
+        }
+        Ok(topology)
     }
 
     pub fn parse(text: &str) -> Result<Topology, TopologyError> {

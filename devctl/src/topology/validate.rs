@@ -221,6 +221,20 @@ impl Topology {
         if self.tls.names.is_empty() {
             return Err(invalid("tls.names must name at least one host"));
         }
+        if let Some(acme) = &self.tls.acme {
+            let config = gateway_config::AcmeConfig {
+                directory: acme.directory.clone(),
+                contact: acme.contact.clone(),
+                domains: self.tls.names.clone(),
+                storage: "/data/acme".into(),
+                ca: None,
+                retry_initial: gateway_config::Dur(std::time::Duration::from_secs(30)),
+                retry_max: gateway_config::Dur(std::time::Duration::from_secs(3600)),
+            };
+            config
+                .check()
+                .map_err(|e| invalid(format!("tls.acme: {e}")))?;
+        }
         Ok(())
     }
 }
