@@ -113,6 +113,16 @@ impl StartError {
     }
 }
 
+impl proxy::Host for Gateway {
+    fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
+    }
+
+    fn draining(&self) -> watch::Receiver<bool> {
+        self.lifecycle.subscribe()
+    }
+}
+
 /// The gateway as the ACME manager sees it.
 struct AcmeHost(std::sync::Weak<Gateway>);
 
@@ -813,7 +823,7 @@ where
         // move that showed as the top symbol of the h2 profile. A box moves a pointer.
         Box::pin(async move {
             let response = match client.scheme {
-                Scheme::Https => proxy::handle(&gateway, &snapshot, req, client).await,
+                Scheme::Https => proxy::handle(&*gateway, &snapshot, req, client).await,
                 Scheme::Http => match &snapshot.config.http {
                     Some(http) => {
                         let started = std::time::Instant::now();

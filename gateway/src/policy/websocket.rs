@@ -27,6 +27,49 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     connection_upgrade && websocket
 }
 
+/// What a tunnel watches besides its two sockets.
+pub struct Tunnel {
+    pub idle: Duration,
+    /// Flips when the upstream server leaves the config.
+    pub removed: watch::Receiver<bool>,
+    /// Flips when the gateway drains.
+    pub draining: watch::Receiver<bool>,
+    /// Open tunnels (`gateway_websocket_tunnels`).
+    pub open: prometheus::IntGauge,
+    /// For the log line at close.
+    pub server: String,
+}
+
+impl Tunnel {
+    /// After the server's 101: waits for both sides' upgrades, then pumps in its own task
+    /// until an end. `hold` (the balancer's peer guard) lives as long as the tunnel, so the
+    /// server counts the tunnel as an active connection.
+    pub fn spawn<H: Send + 'static>(
+        self,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        hold: H,
+    ) {
+        tokio::spawn(async move {
+            let _hold = hold;
+            let (Ok(client_io), Ok(upstream_io)) = (client.await, upstream.await) else {
+                return;
+            };
+            self.open.inc();
+            let end = pump(
+                client_io,
+                upstream_io,
+                self.idle,
+                self.removed,
+                self.draining,
+            )
+            .await;
+            self.open.dec();
+            tracing::info!(server = %self.server, ?end, "websocket closed");
+        });
+    }
+}
+
 /// Why a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TunnelEnd {

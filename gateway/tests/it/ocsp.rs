@@ -132,7 +132,23 @@ fn pki(dir: &Path, port: u16) {
     .unwrap();
 }
 
-fn responder(dir: &Path, port: u16) -> Child {
+/// The responder process, killed on drop (also when the test fails).
+struct Responder(Child);
+
+impl Responder {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn responder(dir: &Path, port: u16) -> Responder {
     // Ready when it says so: a probe connection would stall it (it serves one connection
     // at a time and waits on an empty one).
     let log = dir.join("responder.log");
@@ -153,7 +169,7 @@ fn responder(dir: &Path, port: u16) -> Child {
         assert!(Instant::now() < deadline, "openssl ocsp did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
+    Responder(child)
 }
 
 /// What `openssl s_client -status` says about the staple.
@@ -269,8 +285,7 @@ async fn staples_the_responders_answer_and_survives_the_responder_going_away() {
 
     let ca = dir.join("ca.crt");
     let with_responder = handshake_median(https, &ca, 30).await;
-    let _ = ocsp.kill();
-    let _ = ocsp.wait();
+    ocsp.stop();
     let without_responder = handshake_median(https, &ca, 30).await;
     println!(
         "median handshake: {with_responder:?} with the responder, {without_responder:?} without"

@@ -19,14 +19,17 @@ use service_kit::ApiError;
 
 use crate::balance::{Attempt, Outcome};
 use crate::config::{any_contains, HashKey};
-use crate::metrics::TryOutcome;
+use crate::metrics::{GatewayMetrics, TryOutcome};
 use crate::policy::cache::{self, CachedResponse, ResponseCache};
 use crate::policy::rate_limit::Decision;
 use crate::policy::{client_ip, websocket, Refusal, RouteCache};
 use crate::routing::normalize_path;
 use crate::runtime::{RouteTarget, Snapshot};
-use crate::server::Gateway;
 use crate::upstream::{BodyHold, RequestBody, UpstreamBody};
+
+mod retry;
+use retry::{Next, RetryPolicy, TryFailure};
+use tokio::sync::watch;
 
 pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
@@ -122,9 +125,27 @@ struct UpstreamTrace {
     tries: u32,
 }
 
+/// What the request path needs from the running gateway (`server::Gateway`), so this module
+/// does not depend on the server's.
+pub trait Host {
+    fn metrics(&self) -> &GatewayMetrics;
+    /// Flips to true when the gateway drains (WebSocket tunnels then close with 1001).
+    fn draining(&self) -> watch::Receiver<bool>;
+}
+
+/// One request's context, shared by the policies and the upstream tries.
+struct Ctx<'a, H> {
+    host: &'a H,
+    snapshot: &'a Snapshot,
+    client: ClientConn,
+    client_ip: IpAddr,
+    id: &'a RequestId,
+    trace: UpstreamTrace,
+}
+
 /// Serves one proxied request against `snapshot`.
-pub async fn handle(
-    gateway: &Gateway,
+pub async fn handle<H: Host>(
+    host: &H,
     snapshot: &Snapshot,
     req: Request<Incoming>,
     client: ClientConn,
@@ -151,14 +172,19 @@ pub async fn handle(
         match check_head(snapshot, &req).and_then(|()| route(snapshot, &req)) {
             Err(err) => (error_response(&err, &id), None),
             Ok((target, path)) => {
-                let response = match apply_policies(
-                    gateway, snapshot, target, req, &path, client, client_ip, &id, &mut trace,
-                )
-                .await
-                {
+                let mut ctx = Ctx {
+                    host,
+                    snapshot,
+                    client,
+                    client_ip,
+                    id: &id,
+                    trace,
+                };
+                let response = match apply_policies(&mut ctx, target, req, &path).await {
                     Ok(response) => response,
                     Err(err) => error_response(&err, &id),
                 };
+                trace = ctx.trace;
                 (response, Some(target))
             }
         };
@@ -302,17 +328,13 @@ fn rate_limit_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, reset
 
 /// Rate limit, body size, cache and WebSocket handling around [`forward`].
 #[allow(clippy::too_many_arguments)]
-async fn apply_policies(
-    gateway: &Gateway,
-    snapshot: &Snapshot,
+async fn apply_policies<H: Host>(
+    ctx: &mut Ctx<'_, H>,
     target: &RouteTarget,
     req: Request<Incoming>,
     path: &str,
-    client: ClientConn,
-    client_ip: IpAddr,
-    id: &RequestId,
-    trace: &mut UpstreamTrace,
 ) -> Result<Response<ResponseBody>, ApiError> {
+    let (snapshot, client_ip, id) = (ctx.snapshot, ctx.client_ip, ctx.id);
     let policy = &target.policy;
     match policy.admit(client_ip) {
         Ok(()) => {}
@@ -394,8 +416,8 @@ async fn apply_policies(
     };
     if let (Some(cache), Some(key)) = (&snapshot.cache, &cache_key) {
         if let Some(hit) = cache.get(key) {
-            gateway
-                .metrics
+            ctx.host
+                .metrics()
                 .cache_requests
                 .with_label_values(&["hit"])
                 .inc();
@@ -413,12 +435,12 @@ async fn apply_policies(
         }
     }
 
-    let mut response = forward(gateway, target, req, path, client, client_ip, id, trace).await?;
+    let mut response = forward(ctx, target, req, path).await?;
 
     if let (Some(cache), Some(key), Some(route_cache)) = (&snapshot.cache, cache_key, policy.cache)
     {
-        gateway
-            .metrics
+        ctx.host
+            .metrics()
             .cache_requests
             .with_label_values(&["miss"])
             .inc();
@@ -491,31 +513,28 @@ async fn store_if_cacheable(
     ))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    gateway: &Gateway,
+/// Sends the request to the route's upstream: picks servers, checks out connections, applies
+/// the retry rules (`retry`), and hands a 101 to a WebSocket tunnel.
+async fn forward<H: Host>(
+    ctx: &mut Ctx<'_, H>,
     target: &RouteTarget,
     req: Request<Incoming>,
     path: &str,
-    client: ClientConn,
-    client_ip: IpAddr,
-    id: &RequestId,
-    trace: &mut UpstreamTrace,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let upstream = &target.upstream;
+    let id = ctx.id;
     let (mut parts, body) = req.into_parts();
     let hold = parts.extensions.get::<BodyHold>().cloned();
     let websocket =
         parts.version == Version::HTTP_11 && websocket::is_websocket_upgrade(&parts.headers);
-    let replayable = body.is_end_stream();
-    let mut body = if replayable { None } else { Some(body) };
+    let whole_body = body.is_end_stream();
+    let mut body = if whole_body { None } else { Some(body) };
     let mut exceeded = None;
-    let idempotent = is_idempotent(&parts.method);
     let uri = upstream_uri(&parts.uri, path)?;
     let key = upstream
         .hash_key
         .as_ref()
-        .and_then(|k| hash_key(k, &parts.headers, client_ip));
+        .and_then(|k| hash_key(k, &parts.headers, ctx.client_ip));
     let sticky = upstream
         .sticky
         .as_ref()
@@ -524,31 +543,31 @@ async fn forward(
     // The client's header map becomes the upstream one. It is moved into the last try that
     // can happen and cloned only for tries a retry could follow.
     let mut headers = std::mem::take(&mut parts.headers);
-    upstream_headers(&mut headers, &parts.uri, client, client_ip, id);
+    upstream_headers(&mut headers, &parts.uri, ctx.client, ctx.client_ip, id);
     if websocket {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     let mut headers = Some(headers);
 
-    let max_tries = upstream
-        .tries
-        .unwrap_or_else(|| upstream.shared.default_tries())
-        .max(1);
-    let deadline = upstream.next_upstream_timeout.map(|t| Instant::now() + t);
+    let policy = RetryPolicy {
+        max_tries: upstream
+            .tries
+            .unwrap_or_else(|| upstream.shared.default_tries())
+            .max(1),
+        deadline: upstream.next_upstream_timeout.map(|t| Instant::now() + t),
+        replayable: is_idempotent(&parts.method) && whole_body,
+    };
     let mut attempt = Attempt::new();
     let mut last_error = None;
 
-    while (trace.tries as usize) < max_tries {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
+    while policy.may_start(ctx.trace.tries as usize, Instant::now()) {
         let Some((mut peer, server)) =
             upstream
                 .shared
                 .select(&mut attempt, key.as_deref(), pin.as_deref())
         else {
-            if trace.tries == 0 {
+            if ctx.trace.tries == 0 {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no_live_upstream",
@@ -557,12 +576,13 @@ async fn forward(
             }
             break;
         };
-        if trace.tries > 0 {
+        if ctx.trace.tries > 0 {
             upstream.retries.inc();
         }
-        trace.tries += 1;
-        if trace.logged {
-            trace.server = Some(server.key.clone());
+        ctx.trace.tries += 1;
+        let tries = ctx.trace.tries as usize;
+        if ctx.trace.logged {
+            ctx.trace.server = Some(server.key.clone());
         }
 
         let checkout = if websocket {
@@ -590,11 +610,14 @@ async fn forward(
                     },
                 );
                 last_error = Some(bad_gateway("could not connect to an upstream server"));
-                continue;
+                match policy.after(TryFailure::Connect, tries, Instant::now()) {
+                    Next::Retry => continue,
+                    Next::Stop | Next::Deliver => break,
+                }
             }
         };
 
-        let try_body = if replayable {
+        let try_body = if whole_body {
             RequestBody::Empty
         } else {
             match body.take() {
@@ -604,12 +627,11 @@ async fn forward(
                     exceeded = Some(flag);
                     limited
                 }
+                // Streamed once already: it cannot go again.
                 None => break,
             }
         };
-        // A replayable request may go again after this try fails: keep the headers for it.
-        let may_replay = idempotent && replayable && (trace.tries as usize) < max_tries;
-        let try_headers = if may_replay {
+        let try_headers = if policy.keep_copy(tries) {
             headers.clone()
         } else {
             headers.take()
@@ -637,7 +659,7 @@ async fn forward(
                 "the request body is malformed or was cut short",
             ));
         }
-        match sent {
+        let failure = match sent {
             Err(_) => {
                 peer.set_outcome(Outcome::Failure);
                 server.count(TryOutcome::Timeout);
@@ -647,9 +669,7 @@ async fn forward(
                     "upstream_timeout",
                     "the upstream server did not answer in time",
                 ));
-                if !(idempotent && replayable) {
-                    break;
-                }
+                TryFailure::Timeout
             }
             Ok(Err(unsent)) => {
                 peer.set_outcome(Outcome::Failure);
@@ -657,26 +677,23 @@ async fn forward(
                 tracing::warn!(request_id = %id, server = %server.key, error = %unsent.error, "upstream request failed");
                 last_error = Some(bad_gateway("the upstream server failed to answer"));
                 match unsent.request {
-                    // Nothing reached the server: any request may go to the next one.
+                    // Nothing reached the server: the request goes on as it is.
                     Some(request) => {
                         let (head, unsent_body) = request.into_parts();
                         headers = Some(head.headers);
                         body = unsent_body.into_stream();
+                        TryFailure::NotSent
                     }
-                    None if idempotent && replayable => {}
-                    None => break,
+                    None => TryFailure::SentThenFailed,
                 }
             }
-            Ok(Ok(mut response)) => {
+            Ok(Ok(response)) => {
                 let status = response.status();
-                trace.status = Some(status.as_u16());
-                let next_upstream = matches!(status.as_u16(), 502..=504);
-                if next_upstream {
+                ctx.trace.status = Some(status.as_u16());
+                if matches!(status.as_u16(), 502..=504) {
                     peer.set_outcome(Outcome::Failure);
                     server.count(TryOutcome::Http5xx);
-                    let more = (trace.tries as usize) < max_tries
-                        && deadline.is_none_or(|d| Instant::now() < d);
-                    if idempotent && replayable && more {
+                    if policy.after(TryFailure::BadStatus, tries, Instant::now()) == Next::Retry {
                         last_error = Some(bad_gateway(&format!(
                             "upstream servers answered {}",
                             status.as_u16()
@@ -689,43 +706,34 @@ async fn forward(
                 let set_cookie = sticky
                     .filter(|_| pin.as_deref() != Some(server.key.as_str()))
                     .and_then(|s| HeaderValue::from_str(&s.set_cookie(&server.key)).ok());
-
-                if websocket && status == StatusCode::SWITCHING_PROTOCOLS {
+                let (mut head, incoming) = if websocket && status == StatusCode::SWITCHING_PROTOCOLS
+                {
+                    let mut response = response;
                     let upstream_upgrade = hyper::upgrade::on(&mut response);
                     let client_upgrade = hyper::upgrade::on(Request::from_parts(
                         std::mem::replace(&mut parts, Request::new(()).into_parts().0),
                         (),
                     ));
-                    let removed = server.removed();
-                    let draining = gateway.draining();
-                    let idle = target.policy.websocket_idle;
-                    let gauge = gateway.metrics.websockets.clone();
-                    let server_key = server.key.clone();
-                    tokio::spawn(async move {
-                        let _peer = peer;
-                        let (Ok(client_io), Ok(upstream_io)) =
-                            (client_upgrade.await, upstream_upgrade.await)
-                        else {
-                            return;
-                        };
-                        gauge.inc();
-                        let end =
-                            websocket::pump(client_io, upstream_io, idle, removed, draining).await;
-                        gauge.dec();
-                        tracing::info!(server = %server_key, ?end, "websocket closed");
-                    });
+                    websocket::Tunnel {
+                        idle: target.policy.websocket_idle,
+                        removed: server.removed(),
+                        draining: ctx.host.draining(),
+                        open: ctx.host.metrics().websockets.clone(),
+                        server: server.key.clone(),
+                    }
+                    .spawn(client_upgrade, upstream_upgrade, peer);
                     let (mut head, _) = response.into_parts();
+                    head.headers.insert(request_id::HEADER, id.header_value());
                     if let Some(cookie) = set_cookie {
                         head.headers.append(header::SET_COOKIE, cookie);
                     }
-                    head.headers.insert(request_id::HEADER, id.header_value());
                     return Ok(Response::from_parts(
                         head,
                         Either::Right(Full::new(Bytes::new())),
                     ));
-                }
-
-                let (mut head, incoming) = response.into_parts();
+                } else {
+                    response.into_parts()
+                };
                 strip_hop_by_hop(&mut head.headers);
                 head.headers.insert(request_id::HEADER, id.header_value());
                 if let Some(cookie) = set_cookie {
@@ -740,6 +748,10 @@ async fn forward(
                 );
                 return Ok(Response::from_parts(head, Either::Left(body)));
             }
+        };
+        match policy.after(failure, tries, Instant::now()) {
+            Next::Retry => {}
+            Next::Stop | Next::Deliver => break,
         }
     }
     Err(last_error.unwrap_or_else(|| bad_gateway("no upstream server could take the request")))
