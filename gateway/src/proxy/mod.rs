@@ -194,12 +194,7 @@ pub async fn handle<H: Host>(
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     // Streamed bodies of unknown length log 0: the line is written at response head time.
-    let bytes = response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let bytes = content_length(response.headers()).unwrap_or(0);
     match target {
         Some(target) => target.metrics.observe(status, elapsed),
         None => snapshot.unrouted.observe(status, elapsed),
@@ -391,11 +386,7 @@ async fn apply_policies<H: Host>(
         }
     }
 
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = content_length(req.headers());
     if declared.is_some_and(|n| n > policy.max_body) {
         if let Some(hold) = req.extensions().get::<BodyHold>().cloned() {
             hold.keep(req.into_body());
@@ -456,6 +447,14 @@ async fn apply_policies<H: Host>(
     Ok(response)
 }
 
+/// The `Content-Length` a message declares, if it is a number.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 fn too_large(max: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -475,11 +474,7 @@ async fn store_if_cacheable(
     let Some(ttl) = cache::ttl_for(response.status(), response.headers(), route_cache.ttl) else {
         return Ok(response);
     };
-    let length = response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let length = content_length(response.headers());
     if length.is_none_or(|n| n > route_cache.max_object) {
         return Ok(response);
     }
