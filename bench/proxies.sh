@@ -60,8 +60,8 @@ HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 # The origin: one NGINX worker, 5 plain + 5 TLS ports, `200 ok` to everything.
 plain_ports=() tls_ports=()
 next=28101
-for _ in $(seq $BACKENDS); do free_port p $next; plain_ports+=("$p"); next=$((p + 1)); done
-for _ in $(seq $BACKENDS); do free_port p $next; tls_ports+=("$p"); next=$((p + 1)); done
+for _ in $(seq $BACKENDS); do free_port bp $next; plain_ports+=("$bp"); next=$((bp + 1)); done
+for _ in $(seq $BACKENDS); do free_port bp $next; tls_ports+=("$bp"); next=$((bp + 1)); done
 mkdir -p "$work/origin/tmp"
 {
   echo "worker_processes 1; pid $work/origin/nginx.pid; error_log $work/origin/error.log warn;"
@@ -108,7 +108,7 @@ write_gateway() { # $1 = plain|tls
     printf '[https]\nlisten = ["127.0.0.1:%s"]\ncert = "%s"\nkey = "%s"\n' "$GW_PORT" "$certs/server.crt" "$certs/server.key"
     [ "$1" = tls ] && printf '[upstream_tls]\nca = "%s"\n' "$certs/ca.crt"
     printf '[upstreams.origin]\nalgorithm = "least_conn"\nkeepalive = 256\nkeepalive_timeout = "60s"\n'
-    [ "$1" = tls ] && printf 'server_name = "localhost"\n'
+    if [ "$1" = tls ]; then printf 'server_name = "localhost"\n'; else printf 'tls = false\n'; fi
     printf 'connect_timeout = "2s"\nread_timeout = "30s"\nservers = [%s]\n' "${servers%, }"
     printf '[[routes]]\nprefix = "/"\nupstream = "origin"\n'
   } >"$work/gateway.toml"
@@ -126,7 +126,7 @@ write_haproxy() { # $1 = plain|tls
   local i=0 p server_opts="" h
   [ "$1" = tls ] && server_opts=" ssl verify required ca-file $certs/ca.crt sni str(localhost) alpn http/1.1"
   {
-    printf 'global\n  nbthread %s\n  maxconn 200000\n' "$WORKERS"
+    printf 'global\n  nbthread %s\n  maxconn 8000\n' "$WORKERS"
     printf 'defaults\n  mode http\n  timeout connect 2s\n  timeout client 75s\n  timeout server 30s\n'
     printf '  timeout http-keep-alive 75s\n  option http-keep-alive\n  http-reuse always\n'
     printf 'frontend fe\n  bind 127.0.0.1:%s ssl crt %s alpn h2,http/1.1\n' "$HAP_PORT" "$certs/haproxy.pem"
