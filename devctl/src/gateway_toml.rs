@@ -6,10 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use gateway_config::{
-    AcmeConfig, AdminConfig, AuthJwtConfig, Cidr, ClientIpConfig, Config, Dur, HaConfig,
-    HttpConfig, HttpsConfig, LimitsConfig, PolicyConfig, RateLimitSetting, RouteAuthJwt,
-    RouteCacheConfig, RouteConfig, RuntimeConfig, ServerConfig, StickyConfig, UpstreamConfig,
-    UpstreamTlsConfig,
+    AcmeConfig, AdminConfig, AuthJwtConfig, Cidr, ClientIpConfig, Config, HaConfig, HttpConfig,
+    HttpsConfig, LimitsConfig, PolicyConfig, RateLimitSetting, RouteAuthJwt, RouteCacheConfig,
+    RouteConfig, RuntimeConfig, ServerConfig, StickyConfig, UpstreamConfig, UpstreamTlsConfig,
 };
 
 use crate::plan::{GatewayView, Net, RuntimeKind, Secrets};
@@ -126,16 +125,16 @@ pub fn build(input: &Input<'_>) -> Config {
                 cert: None,
                 key: None,
                 acme: Some(AcmeConfig {
-                    directory: acme.directory.clone(),
-                    contact: acme.contact.clone(),
-                    domains: t.tls.names.clone(),
-                    storage: PathBuf::from(input.acme_storage),
                     ca: acme
                         .ca_pem
                         .as_ref()
                         .map(|_| path(&gw.config_dir, ACME_CA_FILE)),
-                    retry_initial: Dur(std::time::Duration::from_secs(30)),
-                    retry_max: Dur(std::time::Duration::from_secs(3600)),
+                    ..AcmeConfig::new(
+                        acme.directory.clone(),
+                        acme.contact.clone(),
+                        t.tls.names.clone(),
+                        PathBuf::from(input.acme_storage),
+                    )
                 }),
                 ocsp_stapling: true,
             },

@@ -62,6 +62,24 @@ fn dns_name(name: &str) -> bool {
 }
 
 impl AcmeConfig {
+    /// A config with the default retry settings and no extra CA.
+    pub fn new(
+        directory: String,
+        contact: Vec<String>,
+        domains: Vec<String>,
+        storage: PathBuf,
+    ) -> AcmeConfig {
+        AcmeConfig {
+            directory,
+            contact,
+            domains,
+            storage,
+            ca: None,
+            retry_initial: default_retry_initial(),
+            retry_max: default_retry_max(),
+        }
+    }
+
     /// Why it is unusable, if it is.
     pub fn check(&self) -> Result<(), String> {
         if !self.directory.starts_with("https://") {
@@ -109,15 +127,12 @@ mod tests {
     use super::*;
 
     fn config() -> AcmeConfig {
-        AcmeConfig {
-            directory: LETS_ENCRYPT.into(),
-            contact: vec!["mailto:ops@insightserenity.com".into()],
-            domains: vec!["api.insightserenity.com".into()],
-            storage: "/var/lib/gateway/acme".into(),
-            ca: None,
-            retry_initial: default_retry_initial(),
-            retry_max: default_retry_max(),
-        }
+        AcmeConfig::new(
+            LETS_ENCRYPT.into(),
+            vec!["mailto:ops@insightserenity.com".into()],
+            vec!["api.insightserenity.com".into()],
+            "/var/lib/gateway/acme".into(),
+        )
     }
 
     #[test]

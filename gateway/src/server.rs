@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
+use crate::certs::unix_now;
 use crate::config::{any_contains, Config};
 use crate::ha::node::{HaNode, VipSpec};
 use crate::ha::vip::BindVip;
@@ -526,12 +527,6 @@ async fn forget_idle_clients(gateway: std::sync::Weak<Gateway>) {
         }
         gateway.metrics.rate_limit_clients.set(tracked as i64);
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn wanted_listeners(config: &Config) -> Vec<(ListenerKind, SocketAddr)> {

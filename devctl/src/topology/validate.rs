@@ -222,18 +222,14 @@ impl Topology {
             return Err(invalid("tls.names must name at least one host"));
         }
         if let Some(acme) = &self.tls.acme {
-            let config = gateway_config::AcmeConfig {
-                directory: acme.directory.clone(),
-                contact: acme.contact.clone(),
-                domains: self.tls.names.clone(),
-                storage: "/data/acme".into(),
-                ca: None,
-                retry_initial: gateway_config::Dur(std::time::Duration::from_secs(30)),
-                retry_max: gateway_config::Dur(std::time::Duration::from_secs(3600)),
-            };
-            config
-                .check()
-                .map_err(|e| invalid(format!("tls.acme: {e}")))?;
+            gateway_config::AcmeConfig::new(
+                acme.directory.clone(),
+                acme.contact.clone(),
+                self.tls.names.clone(),
+                "/data/acme".into(),
+            )
+            .check()
+            .map_err(|e| invalid(format!("tls.acme: {e}")))?;
         }
         Ok(())
     }

@@ -20,7 +20,7 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 use super::renewal::{self, Backoff, Due, Served};
 use super::storage::{PendingOrder, Storage, StorageError};
-use super::{CertSource, Installed, ServerCerts};
+use super::{unix_now, CertSource, Installed, ServerCerts};
 
 /// How long a lease lasts without renewal; the holder renews every `LEASE_TTL / 5`.
 const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -103,12 +103,6 @@ impl AcmeMetrics {
     }
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 fn unix_now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -145,17 +139,29 @@ pub fn node_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// The certificate to serve when `[https.acme]` starts: the stored one if it is usable and
-/// names the domains, else a self-signed stand-in.
-pub fn initial(config: &AcmeConfig) -> Result<Installed, super::CertError> {
-    if let Ok(storage) = Storage::open(&config.storage) {
-        match storage.certificate() {
-            Ok(Some(stored)) if stored.covers(&config.domains) && stored.not_after > unix_now() => {
-                return Ok(stored)
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "ignoring the stored ACME certificate"),
+/// The stored certificate, if it is usable here: it parses, names exactly the configured
+/// domains and has not expired.
+fn usable_stored(storage: &Storage, config: &AcmeConfig) -> Option<Installed> {
+    match storage.certificate() {
+        Ok(Some(stored)) if stored.covers(&config.domains) && stored.not_after > unix_now() => {
+            Some(stored)
         }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring the stored ACME certificate");
+            None
+        }
+    }
+}
+
+/// The certificate to serve when `[https.acme]` starts: the stored one if it is usable,
+/// else a self-signed stand-in.
+pub fn initial(config: &AcmeConfig) -> Result<Installed, super::CertError> {
+    if let Some(stored) = Storage::open(&config.storage)
+        .ok()
+        .and_then(|storage| usable_stored(&storage, config))
+    {
+        return Ok(stored);
     }
     tracing::warn!(
         domains = ?config.domains,
@@ -164,40 +170,84 @@ pub fn initial(config: &AcmeConfig) -> Result<Installed, super::CertError> {
     Installed::self_signed(&config.domains)
 }
 
-/// Runs until the host has no ACME config any more.
+/// Runs until the host says stop: one look every `POLL`.
 pub async fn run(host: Arc<dyn Host>, node: String, metrics: AcmeMetrics) {
-    let mut backoff: Option<(Backoff, AcmeConfig)> = None;
-    let mut retry_at: i64 = 0;
-    let mut seen_mtime = None;
+    let mut manager = Manager {
+        node,
+        metrics,
+        storage: None,
+        seen_mtime: None,
+        backoff: None,
+        retry_at: 0,
+    };
     loop {
-        let (config, certs, may_order) = match host.wanted() {
+        match host.wanted() {
             Wanted::Stop => return,
-            Wanted::Off => {
-                tokio::time::sleep(POLL).await;
-                continue;
-            }
+            Wanted::Off => {}
             Wanted::On {
                 config,
                 certs,
                 may_order,
-            } => (config, certs, may_order),
-        };
-        let storage = match Storage::open(&config.storage) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "ACME storage unusable");
-                tokio::time::sleep(POLL).await;
-                continue;
-            }
+            } => manager.step(&config, &certs, may_order).await,
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The manager's memory between looks.
+struct Manager {
+    node: String,
+    metrics: AcmeMetrics,
+    /// Opened once per storage directory (again when a reload names another).
+    storage: Option<Storage>,
+    /// The stored certificate's mtime when last looked at.
+    seen_mtime: Option<std::time::SystemTime>,
+    /// Failures so far, for the retry settings it was made with.
+    backoff: Option<(Backoff, (Duration, Duration))>,
+    /// No order before this unix time (after a failure).
+    retry_at: i64,
+}
+
+impl Manager {
+    fn storage(&mut self, config: &AcmeConfig) -> Option<Storage> {
+        if self
+            .storage
+            .as_ref()
+            .is_none_or(|s| s.dir() != config.storage)
+        {
+            self.storage = Storage::open(&config.storage)
+                .map_err(|e| tracing::error!(error = %e, "ACME storage unusable"))
+                .ok();
+            self.seen_mtime = None;
+        }
+        self.storage.clone()
+    }
+
+    fn backoff(&mut self, config: &AcmeConfig) -> &mut Backoff {
+        let settings = (config.retry_initial.0, config.retry_max.0);
+        let backoff = self
+            .backoff
+            .take()
+            .filter(|(_, made_with)| *made_with == settings)
+            .unwrap_or_else(|| (Backoff::new(settings.0, settings.1), settings));
+        &mut self.backoff.insert(backoff).0
+    }
+
+    /// One look: adopt what the storage holds, and order if due and allowed.
+    async fn step(&mut self, config: &AcmeConfig, certs: &ServerCerts, may_order: bool) {
+        let Some(storage) = self.storage(config) else {
+            return;
         };
         // A certificate the peer (or an earlier run) stored.
         let mtime = storage.certificate_mtime();
-        if mtime != seen_mtime {
-            seen_mtime = mtime;
-            adopt_stored(&storage, &config, &certs);
+        if mtime != self.seen_mtime {
+            self.seen_mtime = mtime;
+            if let Some(stored) = usable_stored(&storage, config) {
+                certs.install(stored);
+            }
         }
         let current = certs.current();
-        metrics.self_signed.set(i64::from(
+        self.metrics.self_signed.set(i64::from(
             current
                 .as_ref()
                 .is_some_and(|c| c.source == CertSource::SelfSigned),
@@ -209,89 +259,54 @@ pub async fn run(host: Arc<dyn Host>, node: String, metrics: AcmeMetrics) {
             covers_domains: c.covers(&config.domains),
         });
         let now = unix_now();
-        match renewal::due(served.as_ref(), now, None) {
-            Due::At(_) => {
-                tokio::time::sleep(POLL).await;
-                continue;
+        let Due::Now(reason) = renewal::due(served.as_ref(), now, None) else {
+            return;
+        };
+        if now < self.retry_at || !may_order {
+            return;
+        }
+        match storage.try_lease(&self.node, unix_now_ms(), LEASE_TTL.as_millis() as i64) {
+            Ok(Ok(())) => {}
+            Ok(Err(holder)) => {
+                tracing::debug!(%holder, "the peer is ordering; waiting for its certificate");
+                return;
             }
-            Due::Now(_) if now < retry_at || !may_order => {
-                tokio::time::sleep(POLL).await;
-                continue;
-            }
-            Due::Now(reason) => {
-                match storage.try_lease(&node, unix_now_ms(), LEASE_TTL.as_millis() as i64) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(holder)) => {
-                        tracing::debug!(%holder, "the peer is ordering; waiting for its certificate");
-                        tokio::time::sleep(POLL).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot take the ACME order lease");
-                        tokio::time::sleep(POLL).await;
-                        continue;
-                    }
-                }
-                tracing::info!(domains = ?config.domains, reason, "ordering a certificate");
-                metrics.last_attempt.set(unix_now());
-                let result = ordering(&storage, &config, &node).await;
-                if let Err(e) = storage.release_lease(&node) {
-                    tracing::warn!(error = %e, "cannot release the ACME order lease");
-                }
-                let policy = match &mut backoff {
-                    Some((b, c))
-                        if c.retry_initial == config.retry_initial
-                            && c.retry_max == config.retry_max =>
-                    {
-                        b
-                    }
-                    slot => {
-                        &mut slot
-                            .insert((
-                                Backoff::new(config.retry_initial.0, config.retry_max.0),
-                                config.clone(),
-                            ))
-                            .0
-                    }
-                };
-                match result {
-                    Ok(installed) => {
-                        policy.succeed();
-                        metrics.orders.with_label_values(&["success"]).inc();
-                        metrics.last_success.set(unix_now());
-                        metrics.consecutive_failures.set(0);
-                        seen_mtime = storage.certificate_mtime();
-                        certs.install(installed);
-                        retry_at = 0;
-                    }
-                    Err(e) => {
-                        let wait = policy.fail();
-                        metrics.orders.with_label_values(&["error"]).inc();
-                        metrics
-                            .consecutive_failures
-                            .set(i64::from(policy.failures()));
-                        retry_at = unix_now() + wait.as_secs().max(1) as i64;
-                        tracing::error!(
-                            error = %e,
-                            retry_in = ?wait,
-                            serving = current.as_ref().map_or("nothing", |c| c.source.as_str()),
-                            "ACME order failed; the served certificate stays"
-                        );
-                    }
-                }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take the ACME order lease");
+                return;
             }
         }
-    }
-}
-
-/// Installs the stored certificate when it is usable and better than nothing.
-fn adopt_stored(storage: &Storage, config: &AcmeConfig, certs: &ServerCerts) {
-    match storage.certificate() {
-        Ok(Some(stored)) if stored.covers(&config.domains) && stored.not_after > unix_now() => {
-            certs.install(stored);
+        tracing::info!(domains = ?config.domains, reason, "ordering a certificate");
+        self.metrics.last_attempt.set(unix_now());
+        let result = ordering(&storage, config, &self.node).await;
+        if let Err(e) = storage.release_lease(&self.node) {
+            tracing::warn!(error = %e, "cannot release the ACME order lease");
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "ignoring the stored ACME certificate"),
+        match result {
+            Ok(installed) => {
+                self.backoff(config).succeed();
+                self.metrics.orders.with_label_values(&["success"]).inc();
+                self.metrics.last_success.set(unix_now());
+                self.metrics.consecutive_failures.set(0);
+                self.seen_mtime = storage.certificate_mtime();
+                self.retry_at = 0;
+                certs.install(installed);
+            }
+            Err(e) => {
+                let backoff = self.backoff(config);
+                let wait = backoff.fail();
+                let failures = backoff.failures();
+                self.metrics.orders.with_label_values(&["error"]).inc();
+                self.metrics.consecutive_failures.set(i64::from(failures));
+                self.retry_at = unix_now() + wait.as_secs().max(1) as i64;
+                tracing::error!(
+                    error = %e,
+                    retry_in = ?wait,
+                    serving = current.as_ref().map_or("nothing", |c| c.source.as_str()),
+                    "ACME order failed; the served certificate stays"
+                );
+            }
+        }
     }
 }
 

@@ -20,6 +20,13 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
 
+/// Unix time in seconds (0 if the clock is before 1970).
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Where the installed certificate came from (`/-/ready`, logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertSource {

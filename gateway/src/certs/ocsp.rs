@@ -8,7 +8,7 @@
 //! `fetch` and `run` are the I/O.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
@@ -26,7 +26,7 @@ use x509_ocsp::{
     TbsRequest,
 };
 
-use super::ServerCerts;
+use super::{unix_now, ServerCerts};
 
 const SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
 const OCSP_BASIC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.1");
@@ -352,12 +352,6 @@ impl OcspMetrics {
         registry.register(Box::new(metrics.stapled.clone()))?;
         Ok(metrics)
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Keeps the served certificate stapled while `enabled()` says so (`None`: the gateway is

@@ -16,25 +16,10 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use service_kit::client::{self, Target};
 use service_kit::testkit::{ServerProcess, TestPki};
 
-use crate::util::{servers, Backend, Fixture, GATEWAY};
+use crate::util::dns::Dns;
+use crate::util::{free_tcp_port, free_udp_port, servers, Backend, Fixture, GATEWAY};
 
 const DOMAIN: &str = "api.acme.test";
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port(ip: &str) -> u16 {
-    std::net::UdpSocket::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn wait_port(addr: SocketAddr, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -47,17 +32,22 @@ fn wait_port(addr: SocketAddr, what: &str) {
 /// Pebble and its DNS server; killed on drop.
 struct Ca {
     pebble: Option<Child>,
-    dns: Child,
+    dns: Dns,
+    listen: SocketAddr,
     directory: String,
     management: SocketAddr,
     pki_client: Arc<rustls::ClientConfig>,
     config: PathBuf,
     env: Vec<(&'static str, String)>,
-    dns_addr: SocketAddr,
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 impl Ca {
-    /// `validity`: lifetime of the certificates issued; `http_port`: where HTTP-01 is checked.
+    /// `validity`: lifetime of the certificates issued; `http_port`: where HTTP-01 is
+    /// checked; `answer`: the address DOMAIN resolves to; `running`: start pebble now.
     async fn start(
         pki: &TestPki,
         dir: &Path,
@@ -68,34 +58,10 @@ impl Ca {
         running: bool,
     ) -> Option<Ca> {
         service_kit::prereq::tool("pebble", "apt-get install pebble")?;
-        let challtestsrv =
-            service_kit::prereq::tool("pebble-challtestsrv", "apt-get install pebble")?;
-        let dns_addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port("127.0.0.1"))
-            .parse()
-            .unwrap();
-        let dns_mgmt: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
-            .parse()
-            .unwrap();
-        let dns = Command::new(challtestsrv)
-            .args([
-                "-dns01",
-                &dns_addr.to_string(),
-                "-management",
-                &dns_mgmt.to_string(),
-            ])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-defaultIPv4", "", "-defaultIPv6", ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_port(dns_mgmt, "challtestsrv");
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
-            .parse()
-            .unwrap();
-        let management: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
-            .parse()
-            .unwrap();
+        let dns = Dns::start()?;
+        dns.set_a(DOMAIN, &[answer]).await;
+        let listen = loopback(free_tcp_port("127.0.0.1"));
+        let management = loopback(free_tcp_port("127.0.0.1"));
         let config = dir.join("pebble.json");
         std::fs::write(
             &config,
@@ -105,7 +71,7 @@ impl Ca {
                 "certificate": pki.server_cert,
                 "privateKey": pki.server_key,
                 "httpPort": http_port,
-                "tlsPort": free_port("127.0.0.1"),
+                "tlsPort": free_tcp_port("127.0.0.1"),
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": false,
                 "certificateValidityPeriod": validity.as_secs(),
@@ -116,14 +82,13 @@ impl Ca {
         let mut ca = Ca {
             pebble: None,
             dns,
+            listen,
             directory: format!("https://localhost:{}/dir", listen.port()),
             management,
             pki_client: pki.client(),
             config,
             env,
-            dns_addr,
         };
-        ca.add_a(dns_mgmt, answer).await;
         if running {
             ca.start_pebble();
         }
@@ -135,7 +100,7 @@ impl Ca {
         cmd.arg("-config")
             .arg(&self.config)
             .arg("-dnsserver")
-            .arg(self.dns_addr.to_string())
+            .arg(self.dns.dns.to_string())
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -143,33 +108,7 @@ impl Ca {
             cmd.env(k, v);
         }
         self.pebble = Some(cmd.spawn().unwrap());
-        let port: u16 = self
-            .directory
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .trim_end_matches("/dir")
-            .parse()
-            .unwrap();
-        wait_port(format!("127.0.0.1:{port}").parse().unwrap(), "pebble");
-    }
-
-    async fn add_a(&self, mgmt: SocketAddr, ip: &str) {
-        let target = Target::from_url(&format!("http://{mgmt}"), None)
-            .await
-            .unwrap();
-        let r = client::connect(&target)
-            .await
-            .unwrap()
-            .request(
-                http::Method::POST,
-                "/add-a",
-                &[],
-                format!(r#"{{"host":"{DOMAIN}.","addresses":["{ip}"]}}"#),
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.status, StatusCode::OK);
+        wait_port(self.listen, "pebble");
     }
 
     /// Pebble's root (changes with every pebble start).
@@ -202,8 +141,6 @@ impl Ca {
 impl Drop for Ca {
     fn drop(&mut self) {
         self.stop_pebble();
-        let _ = self.dns.kill();
-        let _ = self.dns.wait();
     }
 }
 
@@ -297,7 +234,7 @@ retry_max = "8s"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issues_renews_under_load_and_keeps_serving_while_the_ca_is_down() {
     let fx = Fixture::new();
-    let http_port = free_port("127.0.0.1");
+    let http_port = free_tcp_port("127.0.0.1");
     let Some(mut ca) = Ca::start(
         &fx.pki,
         fx.dir.path(),
@@ -411,6 +348,7 @@ upstream = "app"
         || gw.output().join("\n"),
     )
     .await;
+    // A second of load on the new certificate, then the count.
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::SeqCst);
     for l in load {
@@ -453,7 +391,7 @@ upstream = "app"
 async fn a_pair_orders_once_and_an_order_survives_the_masters_death() {
     const VIP: &str = "127.0.2.100";
     let fx = Fixture::new();
-    let http_port = free_port(VIP);
+    let http_port = free_tcp_port(VIP);
     let Some(mut ca) = Ca::start(
         &fx.pki,
         fx.dir.path(),
@@ -471,7 +409,7 @@ async fn a_pair_orders_once_and_an_order_survives_the_masters_death() {
     };
     let backend = Backend::start("app-1", &fx.pki).await;
     let storage = fx.path("shared-acme");
-    let https_port = free_port(VIP);
+    let https_port = free_tcp_port(VIP);
     let ha_ports = [free_udp_port("127.0.2.10"), free_udp_port("127.0.2.11")];
     let acme = acme_section(&ca, &fx, &storage);
     let start = |node: usize| {
@@ -642,7 +580,18 @@ upstream = "app"
         metric(&text, "gateway_acme_last_attempt_timestamp_seconds"),
         0.0
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // gateway-1 preempts back: the certificate through the VIP is then gateway-1's.
+    until(
+        "gateway-1 to take the VIP back",
+        Duration::from_secs(20),
+        async || {
+            admin_text(g1_admin, "/-/ha")
+                .await
+                .contains(r#""state":"master""#)
+                .then_some(())
+        },
+    )
+    .await;
     let after = until(
         "the VIP served again",
         Duration::from_secs(20),

@@ -2,98 +2,16 @@
 //! the A records): servers join and leave the pool as the records change, under load with no
 //! failed request, and a DNS server that goes away keeps the last good set.
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
+use crate::util::dns::Dns;
 use crate::util::{Backend, Behaviour, Fixture};
 
 const NAME: &str = "admin.discover.test";
-
-/// A DNS server answering what its management API is told; killed on drop.
-struct Dns {
-    child: Child,
-    dns: SocketAddr,
-    management: SocketAddr,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
-}
-
-impl Dns {
-    fn start() -> Option<Dns> {
-        let program = service_kit::prereq::tool("pebble-challtestsrv", "apt-get install pebble")?;
-        let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let management: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(program)
-            .args([
-                "-dns01",
-                &dns.to_string(),
-                "-management",
-                &management.to_string(),
-            ])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-defaultIPv4", "", "-defaultIPv6", ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(management).is_err() {
-            assert!(Instant::now() < deadline, "challtestsrv did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Dns {
-            child,
-            dns,
-            management,
-        })
-    }
-
-    async fn post(&self, path: &str, body: String) {
-        use service_kit::client::{connect, Target};
-        let target = Target::from_url(&format!("http://{}", self.management), None)
-            .await
-            .unwrap();
-        let mut conn = connect(&target).await.unwrap();
-        let r = conn
-            .request(http::Method::POST, path, &[], body)
-            .await
-            .unwrap();
-        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
-    }
-
-    /// Replaces the A records of `NAME`.
-    async fn set(&self, ips: &[&str]) {
-        self.post("/clear-a", format!(r#"{{"host":"{NAME}."}}"#))
-            .await;
-        let list: Vec<String> = ips.iter().map(|ip| format!("\"{ip}\"")).collect();
-        self.post(
-            "/add-a",
-            format!(r#"{{"host":"{NAME}.","addresses":[{}]}}"#, list.join(",")),
-        )
-        .await;
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Dns {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 async fn wait_for(what: &str, pred: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -123,7 +41,7 @@ async fn servers_follow_dns_under_load_and_survive_the_dns_server_going_away() {
         let addr = format!("{ip}:{port}").parse().unwrap();
         backends.push(Backend::start_at(name, &fx.pki, addr, Behaviour::default()).await);
     }
-    dns.set(&["127.0.0.11", "127.0.0.12"]).await;
+    dns.set_a(NAME, &["127.0.0.11", "127.0.0.12"]).await;
 
     let body = format!(
         r#"
@@ -173,7 +91,7 @@ upstream = "pool"
     }
 
     // .11 leaves, .13 joins.
-    dns.set(&["127.0.0.12", "127.0.0.13"]).await;
+    dns.set_a(NAME, &["127.0.0.12", "127.0.0.13"]).await;
     wait_for("the added server to take traffic", || {
         backends[2].hits() > 20
     })

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::{servers, Backend, Fixture};
+use crate::util::{free_tcp_port, free_udp_port, servers, Backend, Fixture};
 use gateway::ha::{encode, Advert, AdvertKey, PeerName};
 use http::StatusCode;
 use service_kit::client::{self, Target};
@@ -14,22 +14,6 @@ use service_kit::testkit::ServerProcess;
 
 const VIP: &str = "127.0.1.100";
 const SECRET: &str = "ha-test-secret-0123456789";
-
-fn free_tcp_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port(ip: &str) -> u16 {
-    std::net::UdpSocket::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Pair {
     fx: Fixture,

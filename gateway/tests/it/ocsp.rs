@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 use service_kit::client::{self, Target};
 use service_kit::testkit::ServerProcess;
 
-use crate::util::{servers, Backend, Fixture, GATEWAY};
+use crate::util::{free_tcp_port, servers, Backend, Fixture, GATEWAY};
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs `openssl ARGS` (words split on spaces) in `dir`; its stdout.
+fn openssl(dir: &Path, args: &str) -> String {
+    let args: Vec<&str> = args.split_whitespace().collect();
     let out = Command::new("openssl")
         .current_dir(dir)
-        .args(args)
+        .args(&args)
         .output()
         .unwrap();
     assert!(
@@ -23,70 +25,24 @@ fn openssl(dir: &Path, args: &[&str]) {
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A CA, a leaf naming the responder at `port`, and the responder's index.
 fn pki(dir: &Path, port: u16) {
+    for key in ["ca.key", "leaf.key"] {
+        openssl(
+            dir,
+            &format!("ecparam -name prime256v1 -genkey -noout -out {key}"),
+        );
+    }
     openssl(
         dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "ca.key",
-        ],
+        "req -x509 -new -key ca.key -subj /CN=ocsp-test-ca -days 30 -out ca.crt",
     );
     openssl(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-subj",
-            "/CN=OCSP test CA",
-            "-days",
-            "30",
-            "-out",
-            "ca.crt",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "leaf.key",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "leaf.key",
-            "-subj",
-            "/CN=localhost",
-            "-out",
-            "leaf.csr",
-        ],
+        "req -new -key leaf.key -subj /CN=localhost -out leaf.csr",
     );
     std::fs::write(
         dir.join("ext.cnf"),
@@ -97,33 +53,13 @@ fn pki(dir: &Path, port: u16) {
     .unwrap();
     openssl(
         dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "30",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "leaf.crt",
-        ],
+        "x509 -req -in leaf.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
+         -extfile ext.cnf -out leaf.crt",
     );
     let leaf = std::fs::read_to_string(dir.join("leaf.crt")).unwrap();
     let ca = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
     std::fs::write(dir.join("chain.crt"), format!("{leaf}{ca}")).unwrap();
-    let serial = Command::new("openssl")
-        .current_dir(dir)
-        .args(["x509", "-in", "leaf.crt", "-noout", "-serial"])
-        .output()
-        .unwrap();
-    let serial = String::from_utf8(serial.stdout).unwrap();
+    let serial = openssl(dir, "x509 -in leaf.crt -noout -serial");
     let serial = serial.trim().trim_start_matches("serial=");
     std::fs::write(
         dir.join("index.txt"),
@@ -236,7 +172,7 @@ async fn staples_the_responders_answer_and_survives_the_responder_going_away() {
     let fx = Fixture::new();
     let dir = fx.path("ocsp");
     std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
+    let port = free_tcp_port("127.0.0.1");
     pki(&dir, port);
     let mut ocsp = responder(&dir, port);
     let backend = Backend::start("app-1", &fx.pki).await;

@@ -22,7 +22,27 @@ use service_kit::testkit::{ServerProcess, TestPki};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+pub mod dns;
+
 pub const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
+
+/// A TCP port free on `ip` now.
+pub fn free_tcp_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A UDP port free on `ip` now.
+pub fn free_udp_port(ip: &str) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,
