@@ -36,7 +36,23 @@ impl std::str::FromStr for Mapping {
     }
 }
 
+/// How long a client waits for the edge to reach a gateway before it is dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first try's bound; each retry doubles it, up to [`MAX_TRY`]. A SYN sent while the VIP
+/// moves (the old master's MAC is dead, the new one has not announced itself yet) is lost,
+/// and the kernel would retransmit it only after a second: a short first bound and a fresh
+/// SYN reach the new master within a few milliseconds of its gratuitous ARP.
+const FIRST_TRY: Duration = Duration::from_millis(50);
+const MAX_TRY: Duration = Duration::from_millis(800);
+/// Pause before another try after a refusal (the VIP is between holders, or a gateway is
+/// restarting its listeners).
+const REFUSED_PAUSE: Duration = Duration::from_millis(20);
+
+/// The bound of the connect try after one that timed out: doubled, up to [`MAX_TRY`].
+pub fn next_try(bound: Duration) -> Duration {
+    (bound * 2).min(MAX_TRY)
+}
 
 /// Binds every mapping, then relays until the process ends.
 pub async fn run(mappings: Vec<Mapping>, proxy_protocol: bool) -> std::io::Result<()> {
@@ -68,17 +84,43 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, proxy_protocol: 
     }
 }
 
+/// Connects to `target`, retrying lost SYNs and refusals within [`CONNECT_TIMEOUT`], so a
+/// client whose connection arrives while the VIP moves is served by the new master instead
+/// of failing: what the edge's users see of a failover is the detection time, not TCP's
+/// one-second SYN retransmission.
+async fn connect(target: SocketAddr) -> Result<TcpStream, std::io::Error> {
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let mut bound = FIRST_TRY;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {CONNECT_TIMEOUT:?}"),
+            ));
+        }
+        match tokio::time::timeout(bound.min(left), TcpStream::connect(target)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            // Refused (or unreachable) at once: try again shortly, until the deadline.
+            Ok(Err(e)) => {
+                if deadline.saturating_duration_since(tokio::time::Instant::now()) <= REFUSED_PAUSE
+                {
+                    return Err(e);
+                }
+                tokio::time::sleep(REFUSED_PAUSE).await;
+            }
+            // No answer: the SYN was lost; a fresh one, with more patience.
+            Err(_) => bound = next_try(bound),
+        }
+    }
+}
+
 async fn relay(mut client: TcpStream, peer: SocketAddr, target: SocketAddr, proxy_protocol: bool) {
     let _ = client.set_nodelay(true);
-    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let mut upstream = match connect(target).await {
+        Ok(s) => s,
+        Err(e) => {
             tracing::warn!(%peer, %target, error = %e, "forward: connect failed");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%peer, %target, "forward: connect timed out");
             return;
         }
     };
@@ -99,6 +141,18 @@ async fn relay(mut client: TcpStream, peer: SocketAddr, target: SocketAddr, prox
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_tries_double_up_to_a_cap() {
+        let mut bound = FIRST_TRY;
+        let mut seen = vec![bound];
+        for _ in 0..6 {
+            bound = next_try(bound);
+            seen.push(bound);
+        }
+        let ms: Vec<u128> = seen.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [50, 100, 200, 400, 800, 800, 800]);
+    }
 
     #[test]
     fn parses_mappings() {

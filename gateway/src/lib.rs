@@ -12,6 +12,7 @@ pub mod balance;
 pub mod certs;
 pub mod config;
 pub mod discover;
+pub mod drain;
 pub mod forward;
 pub mod ha;
 pub mod health_check;

@@ -20,7 +20,6 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use service_kit::health::Lifecycle;
 use service_kit::server::linger;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -75,7 +74,8 @@ pub struct Gateway {
     reload_lock: tokio::sync::Mutex<()>,
     listeners: Mutex<HashMap<(ListenerKind, SocketAddr), ListenerHandle>>,
     health: Mutex<Option<HealthChecks>>,
-    graceful: Mutex<Option<GracefulShutdown>>,
+    /// Client connections, and the signal that winds them down.
+    drain: crate::drain::Drain,
     conn_limiter: Arc<ConnLimiter>,
     ha: Mutex<Option<Arc<HaNode>>>,
     /// Bind mode: the VIP and whether this node holds it (listeners on it are bound only then).
@@ -203,7 +203,7 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(()),
             listeners: Mutex::new(HashMap::new()),
             health: Mutex::new(None),
-            graceful: Mutex::new(Some(GracefulShutdown::new())),
+            drain: crate::drain::Drain::default(),
             conn_limiter: Arc::new(ConnLimiter::default()),
             ha: Mutex::new(None),
             vip_bind,
@@ -427,24 +427,26 @@ impl Gateway {
         }
     }
 
-    /// Stops accepting, flips readiness and waits for in-flight requests (up to `timeout`).
+    /// The planned stop, make-before-break: readiness flips and every connection is told to
+    /// finish the request in hand and close (new ones are still accepted and served one
+    /// request each); a VIP holder hands the VIP over and keeps accepting until the peer has
+    /// it; then the listeners close and in-flight requests finish (up to `timeout`).
     pub async fn shutdown(&self, timeout: Duration) -> bool {
-        // Hand the VIP over first (priority-0 advert): the peer takes over after its skew.
         let ha = lock(&self.ha).take();
+        self.lifecycle.begin_drain();
+        self.drain.begin();
         if let Some(ha) = ha {
             ha.shutdown().await;
         }
-        self.lifecycle.begin_drain();
         for handle in lock(&self.listeners).values() {
             let _ = handle.stop.send(true);
         }
         *lock(&self.health) = None;
-        let graceful = lock(&self.graceful).take();
-        let Some(graceful) = graceful else {
-            return true;
-        };
-        tracing::info!("listeners closed; draining in-flight requests");
-        match tokio::time::timeout(timeout, graceful.shutdown()).await {
+        tracing::info!(
+            connections = self.drain.open(),
+            "listeners closed; draining in-flight requests"
+        );
+        match tokio::time::timeout(timeout, self.drain.finished()).await {
             Ok(()) => {
                 tracing::info!("drained cleanly");
                 true
@@ -575,9 +577,7 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Some(watcher) = lock(&gateway.graceful).as_ref().map(|g| g.watcher()) else {
-                        break;
-                    };
+                    let watcher = gateway.drain.watcher();
                     let _ = stream.set_nodelay(true);
                     gateway.dispatch(stream, peer, kind, watcher);
                 }
@@ -611,7 +611,7 @@ impl Gateway {
         stream: TcpStream,
         peer: SocketAddr,
         kind: ListenerKind,
-        watcher: hyper_util::server::graceful::Watcher,
+        watcher: crate::drain::Watcher,
     ) {
         let Some((index, worker)) = self
             .workers
@@ -677,7 +677,7 @@ async fn serve_client(
     stream: TcpStream,
     peer: SocketAddr,
     kind: ListenerKind,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: crate::drain::Watcher,
 ) {
     let snapshot = gateway.snapshot.load_full();
     let client_ip_config = &snapshot.config.client_ip;
@@ -796,7 +796,7 @@ async fn serve_http<S>(
     gateway: Arc<Gateway>,
     stream: S,
     client: ClientConn,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: crate::drain::Watcher,
 ) -> Option<linger::Returned<PrefixedIo<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -866,7 +866,7 @@ where
     let stream = read_preface(stream, limits.header_read_timeout.0).await?;
     let (io, returned) = linger::track(stream);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(conn).await {
+    if let Err(e) = watcher.watch(conn, |conn| conn.graceful_shutdown()).await {
         tracing::debug!(peer = %client.peer, error = %e, "client connection ended with an error");
     }
     linger::take_back(returned)

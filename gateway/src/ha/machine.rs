@@ -157,7 +157,10 @@ pub enum Input {
         /// Subtracted from the configured priority; the result is clamped to 1..=254.
         penalty: u8,
     },
-    /// Stop: a master hands over at once with a priority-0 advert.
+    /// Stop. A backup stops at once. A master hands over before it lets go: it sends a
+    /// priority-0 advert (one per interval) and keeps the VIP until the peer's advert says it
+    /// has taken over, or until [`Machine::handover_bound`] passes (the peer is gone too), so
+    /// there is no moment in which nobody answers on the VIP.
     Shutdown,
 }
 
@@ -227,7 +230,15 @@ enum Phase {
     Initialize,
     Stopped,
     Backup(Backup),
-    Master { advert_at: Instant },
+    Master {
+        advert_at: Instant,
+    },
+    /// Stopping as master: priority-0 adverts sent, VIP still held until `release_at` or
+    /// until the peer announces itself master.
+    Resigning {
+        advert_at: Instant,
+        release_at: Instant,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -293,7 +304,7 @@ impl Machine {
             Input::Advert(advert) => self.on_advert(now, advert, &mut out),
             Input::Tick => self.on_tick(now, &mut out),
             Input::Tracking { penalty } => self.on_tracking(now, penalty, &mut out),
-            Input::Shutdown => self.on_shutdown(&mut out),
+            Input::Shutdown => self.on_shutdown(now, &mut out),
         }
         out
     }
@@ -304,8 +315,20 @@ impl Machine {
             Phase::Initialize => State::Initialize,
             Phase::Stopped => State::Stopped,
             Phase::Backup(_) => State::Backup,
-            Phase::Master { .. } => State::Master,
+            // Still the VIP holder while it hands over.
+            Phase::Master { .. } | Phase::Resigning { .. } => State::Master,
         }
+    }
+
+    /// Whether a `Shutdown` is waiting for the peer to take over (the VIP is still held).
+    pub fn is_resigning(&self) -> bool {
+        matches!(self.phase, Phase::Resigning { .. })
+    }
+
+    /// The longest a stopping master keeps the VIP waiting for the peer to take over: three
+    /// priority-0 adverts plus the longest Skew_Time a backup could wait.
+    pub fn handover_bound(&self) -> Duration {
+        master_down_interval(MIN_PRIORITY, self.config.advert_interval)
     }
 
     /// Configured priority minus the tracking penalty, clamped to 1..=254: a penalized node
@@ -334,6 +357,10 @@ impl Machine {
         match &self.phase {
             Phase::Initialize | Phase::Stopped => None,
             Phase::Master { advert_at } => Some(*advert_at),
+            Phase::Resigning {
+                advert_at,
+                release_at,
+            } => Some((*advert_at).min(*release_at)),
             Phase::Backup(b) => match (b.preempting, self.config.preempt_delay) {
                 (Some(p), Some(delay)) => {
                     let preempt_at = later(p.since, delay);
@@ -406,6 +433,12 @@ impl Machine {
         };
         match &mut self.phase {
             Phase::Initialize | Phase::Stopped => {}
+            Phase::Resigning { .. } => {
+                // The peer advertises as master: it has taken over, let go now.
+                if advert.priority != 0 {
+                    self.release(out);
+                }
+            }
             Phase::Backup(b) => {
                 if advert.priority == 0 {
                     // The master is stopping: take over after Skew_Time only, so the best
@@ -477,6 +510,18 @@ impl Machine {
         let master_down = self.master_down_interval();
         match &mut self.phase {
             Phase::Initialize | Phase::Stopped => {}
+            Phase::Resigning {
+                advert_at,
+                release_at,
+            } => {
+                if now >= *release_at {
+                    self.release(out);
+                } else if now >= *advert_at {
+                    // Repeated, so one lost datagram does not stretch the handover.
+                    *advert_at = later(now, interval);
+                    out.push(Action::SendAdvert { priority: 0 });
+                }
+            }
             Phase::Master { advert_at } => {
                 if now >= *advert_at {
                     // Keep the cadence, but after a late tick restart from now rather than
@@ -529,7 +574,7 @@ impl Machine {
             return;
         }
         match &mut self.phase {
-            Phase::Initialize | Phase::Stopped => {}
+            Phase::Initialize | Phase::Stopped | Phase::Resigning { .. } => {}
             Phase::Master { advert_at } => {
                 // Tell the peer at once so a preempting backup can start taking over.
                 *advert_at = later(now, self.config.advert_interval);
@@ -550,20 +595,37 @@ impl Machine {
         }
     }
 
-    fn on_shutdown(&mut self, out: &mut Vec<Action>) {
+    fn on_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
         let from = self.state();
-        if from == State::Stopped {
-            return;
+        match self.phase {
+            Phase::Stopped | Phase::Resigning { .. } => {}
+            Phase::Master { .. } => {
+                self.phase = Phase::Resigning {
+                    advert_at: later(now, self.config.advert_interval),
+                    release_at: later(now, self.handover_bound()),
+                };
+                out.push(Action::SendAdvert { priority: 0 });
+            }
+            Phase::Initialize | Phase::Backup(_) => {
+                out.push(Action::Transition {
+                    from,
+                    to: State::Stopped,
+                    reason: Reason::Shutdown,
+                });
+                self.phase = Phase::Stopped;
+                self.master = Believed::Unknown;
+            }
         }
+    }
+
+    /// The end of a handover: the VIP goes.
+    fn release(&mut self, out: &mut Vec<Action>) {
         out.push(Action::Transition {
-            from,
+            from: State::Master,
             to: State::Stopped,
             reason: Reason::Shutdown,
         });
-        if from == State::Master {
-            out.push(Action::SendAdvert { priority: 0 });
-            out.push(Action::ReleaseVip);
-        }
+        out.push(Action::ReleaseVip);
         self.phase = Phase::Stopped;
         self.master = Believed::Unknown;
     }

@@ -78,6 +78,8 @@ pub struct HaNode {
     pub status: Arc<Mutex<HaStatus>>,
     commands: mpsc::UnboundedSender<Command>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// How long a handover may take (the machine's bound, plus a margin).
+    handover: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +235,10 @@ impl HaNode {
                 status,
                 commands,
                 thread: Mutex::new(Some(thread)),
+                handover: super::machine::master_down_interval(
+                    super::machine::MIN_PRIORITY,
+                    config.advert_interval.0,
+                ) + Duration::from_secs(1),
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -249,11 +255,12 @@ impl HaNode {
             .clone()
     }
 
-    /// Clean stop: a priority-0 advert so the peer takes over after its skew, VIP released.
+    /// Clean stop. As master: priority-0 adverts, and the VIP kept (so are the listeners)
+    /// until the peer announces it has taken over; returns once the VIP is released.
     pub async fn shutdown(&self) {
         let (done, wait) = oneshot::channel();
         if self.commands.send(Command::Shutdown(done)).is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+            let _ = tokio::time::timeout(self.handover, wait).await;
         }
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(thread) = thread {
@@ -291,7 +298,16 @@ impl Driver {
         let mut track = tokio::time::interval(Duration::from_millis(100));
         track.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut applied_penalty = 0u8;
+        // Set once a shutdown is asked for: answered when the machine has stopped (a master
+        // first hands over).
+        let mut stopping: Option<oneshot::Sender<()>> = None;
         loop {
+            if stopping.is_some() && self.machine.state() == State::Stopped {
+                if let Some(done) = stopping.take() {
+                    let _ = done.send(());
+                }
+                return;
+            }
             let deadline = self
                 .machine
                 .next_deadline()
@@ -323,7 +339,7 @@ impl Driver {
                         self.apply(actions).await;
                     }
                 }
-                command = commands.recv() => match command {
+                command = commands.recv(), if stopping.is_none() => match command {
                     Some(Command::DropAdverts(drop)) => {
                         tracing::warn!(drop, "HA test hook: dropping adverts");
                         self.drop_adverts = drop;
@@ -332,8 +348,7 @@ impl Driver {
                         self.drop_adverts = false;
                         let actions = self.machine.handle(Instant::now(), Input::Shutdown);
                         self.apply(actions).await;
-                        let _ = done.send(());
-                        return;
+                        stopping = Some(done);
                     }
                     None => return,
                 },

@@ -6,6 +6,7 @@
 
 mod acme;
 mod discover;
+mod forward;
 #[path = "../../fuzz/src/lib.rs"]
 mod fuzz_checks;
 mod ha;

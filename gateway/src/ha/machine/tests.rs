@@ -456,11 +456,34 @@ fn own_adverts_looped_back_are_ignored() {
 fn shutdown_hands_over_and_restart_works() {
     let t0 = Instant::now();
     let (mut m, became) = started_master(config("a", 1, 100), t0);
+    // A master keeps the VIP while it hands over: a priority-0 advert, repeated each
+    // interval, until the peer announces itself.
     assert_eq!(
         m.handle(became, Input::Shutdown),
+        vec![Action::SendAdvert { priority: 0 }]
+    );
+    assert_eq!(m.state(), State::Master);
+    assert!(m.is_resigning());
+    assert!(m.handle(became, Input::Shutdown).is_empty(), "one handover");
+    assert_eq!(m.next_deadline(), Some(became + ms(100)));
+    assert_eq!(
+        m.handle(became + ms(100), Input::Tick),
+        vec![Action::SendAdvert { priority: 0 }]
+    );
+    assert!(
+        m.handle(became + ms(120), Input::Tracking { penalty: 10 })
+            .is_empty(),
+        "tracking does not interrupt a handover"
+    );
+    m.handle(became + ms(121), Input::Tracking { penalty: 0 });
+    assert!(
+        m.handle(became + ms(130), advert("b", 2, 0)).is_empty(),
+        "a peer that is stopping too has not taken over"
+    );
+    assert_eq!(
+        m.handle(became + ms(150), advert("b", 2, 50)),
         vec![
             transition(State::Master, State::Stopped, Reason::Shutdown),
-            Action::SendAdvert { priority: 0 },
             Action::ReleaseVip,
         ]
     );
@@ -669,16 +692,50 @@ fn tracking_without_peer_preemption_keeps_the_penalized_master() {
 }
 
 #[test]
-fn clean_shutdown_hands_over_after_skew() {
+fn clean_shutdown_hands_over_after_skew_with_no_moment_without_a_holder() {
     let t0 = Instant::now();
     let mut net = Net::new(config("a", 1, 150), config("b", 2, 100), t0);
     net.run_until(t0 + ms(1000));
+    let stop = net.now;
     net.input(0, Input::Shutdown);
-    assert_eq!(net.states(), [State::Stopped, State::Backup]);
-    assert_eq!(
-        net.nodes[1].next_deadline(),
-        Some(t0 + ms(1000) + us(60_937))
-    );
+    assert_eq!(net.states(), [State::Master, State::Backup]);
+    assert_eq!(net.nodes[1].next_deadline(), Some(stop + us(60_937)));
     net.run_until(t0 + ms(1100));
-    assert_eq!(net.nodes[1].state(), State::Master);
+    assert_eq!(net.states(), [State::Stopped, State::Master]);
+    let at = |node: usize, wanted: Action| {
+        net.log
+            .iter()
+            .position(|(t, n, a)| *t >= stop && *n == node && *a == wanted)
+            .map(|i| (net.log[i].0, i))
+            .expect("action logged")
+    };
+    let (acquired, acquire_index) = at(1, Action::AcquireVip);
+    let (released, release_index) = at(0, Action::ReleaseVip);
+    // Both in the same instant (zero-latency delivery): a lets go when b's first advert as
+    // master arrives, which b sends as it takes the VIP.
+    assert_eq!(acquired, stop + us(60_937));
+    assert_eq!(released, acquired);
+    assert!(release_index > acquire_index - 3, "same exchange");
+}
+
+#[test]
+fn a_stopping_master_with_nobody_to_take_over_lets_go_after_the_bound() {
+    let t0 = Instant::now();
+    let (mut m, became) = started_master(config("a", 1, 100), t0);
+    assert_eq!(m.handover_bound(), us(399_609));
+    m.handle(became, Input::Shutdown);
+    let mut sent = 1;
+    let mut released = None;
+    while let Some(t) = m.next_deadline() {
+        for action in m.handle(t, Input::Tick) {
+            match action {
+                Action::SendAdvert { priority: 0 } => sent += 1,
+                Action::ReleaseVip => released = Some(t),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(released, Some(became + us(399_609)));
+    assert_eq!(sent, 4, "at 0, 100, 200 and 300 ms");
+    assert_eq!(m.state(), State::Stopped);
 }
