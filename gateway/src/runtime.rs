@@ -231,13 +231,44 @@ impl Snapshot {
     }
 }
 
+/// Session resumption state, one per process so that reloads (which build a new acceptor)
+/// keep it: a stateless ticket encrypter whose key rotates every 6 hours (the previous key
+/// still decrypts), and a cache for TLS 1.2 clients that resume by session id.
+struct Resumption {
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+    cache: Arc<dyn rustls::server::StoresServerSessions>,
+}
+
+/// Sessions the id cache keeps (about 0.5 KB each).
+const SESSION_CACHE: usize = 16_384;
+
+fn resumption() -> &'static Resumption {
+    static RESUMPTION: std::sync::OnceLock<Resumption> = std::sync::OnceLock::new();
+    RESUMPTION.get_or_init(|| Resumption {
+        ticketer: match rustls::crypto::aws_lc_rs::Ticketer::new() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS session tickets are off (no randomness for a ticket key)");
+                None
+            }
+        },
+        cache: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE),
+    })
+}
+
 /// The HTTPS acceptor: TLS 1.2 + 1.3, ALPN h2 then http/1.1, the certificate from the
-/// shared slot at each handshake.
+/// shared slot at each handshake, and resumption (tickets, or a session id) so a returning
+/// client skips the full handshake, across reloads too.
 fn acceptor(certs: Arc<ServerCerts>) -> TlsAcceptor {
     let mut config = rustls::ServerConfig::builder_with_protocol_versions(tls::PROTOCOL_VERSIONS)
         .with_no_client_auth()
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let resumption = resumption();
+    config.session_storage = resumption.cache.clone();
+    if let Some(ticketer) = &resumption.ticketer {
+        config.ticketer = ticketer.clone();
+    }
     TlsAcceptor::from(Arc::new(config))
 }
 

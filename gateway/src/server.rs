@@ -436,6 +436,17 @@ impl Gateway {
         self.lifecycle.begin_drain();
         self.drain.begin();
         if let Some(ha) = ha {
+            if lock(&ha.status).vip_held {
+                // Connections finish here before the VIP moves: once the peer announces the
+                // VIP, a connection still open here has its packets delivered to the peer,
+                // which resets it. New connections keep being served, one request each.
+                let quiet = async {
+                    while self.drain.open() > 0 {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                };
+                let _ = tokio::time::timeout(HANDOVER_QUIET.min(timeout), quiet).await;
+            }
             ha.shutdown().await;
         }
         for handle in lock(&self.listeners).values() {
@@ -473,6 +484,10 @@ impl Gateway {
             .collect()
     }
 }
+
+/// How long a stopping VIP holder waits for its open connections to finish before it hands
+/// the VIP over (long-lived ones, such as WebSocket tunnels, are cut after the handover).
+const HANDOVER_QUIET: Duration = Duration::from_secs(1);
 
 /// Bind mode: follows the HA node's VIP flag, binding the VIP listeners on acquire (retrying
 /// while the old master still holds the port) and closing them on release.

@@ -387,7 +387,10 @@ impl ServerConns {
                 });
             }
         }
-        let sender = transport.connect(self.addr).await?;
+        // Boxed: the dial (TCP, TLS handshake, HTTP handshake, timer) is the largest future
+        // on the request path, and inline it would make every request's future carry its
+        // size, cache hit or not (the h2 server moves that future into a task per stream).
+        let sender = Box::pin(transport.connect(self.addr)).await?;
         Ok(Checkout {
             sender,
             reused: false,

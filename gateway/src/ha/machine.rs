@@ -19,6 +19,9 @@ pub const MIN_ADVERT_INTERVAL: Duration = Duration::from_millis(1);
 pub const MAX_ADVERT_INTERVAL: Duration = Duration::from_millis(u16::MAX as u64);
 /// Longest preempt delay; anything longer is almost certainly a unit mistake.
 pub const MAX_PREEMPT_DELAY: Duration = Duration::from_secs(3600);
+/// How long a stopping master keeps the VIP after the peer's first advert as master: the
+/// peer's address change and gratuitous ARP take about a millisecond.
+pub const HANDOVER_GRACE: Duration = Duration::from_millis(20);
 /// Lowest configurable priority.
 pub const MIN_PRIORITY: u8 = 1;
 /// Highest configurable priority. 255 (RFC "address owner") is not used: neither gateway
@@ -433,10 +436,13 @@ impl Machine {
         };
         match &mut self.phase {
             Phase::Initialize | Phase::Stopped => {}
-            Phase::Resigning { .. } => {
-                // The peer advertises as master: it has taken over, let go now.
+            Phase::Resigning { release_at, .. } => {
+                // The peer advertises as master. It sends that advert just before it adds the
+                // VIP and announces it, so let go a moment later: a client's SYN in between
+                // still finds an address here instead of being dropped.
                 if advert.priority != 0 {
-                    self.release(out);
+                    let grace = HANDOVER_GRACE.min(self.config.advert_interval);
+                    *release_at = (*release_at).min(later(now, grace));
                 }
             }
             Phase::Backup(b) => {

@@ -435,8 +435,16 @@ async fn apply_policies<H: Host>(
             .cache_requests
             .with_label_values(&["miss"])
             .inc();
-        response =
-            store_if_cacheable(cache, key, route_cache, response, target.read_timeout).await?;
+        // Boxed: cached routes are the rare case; their buffering future stays off the
+        // common request's.
+        response = Box::pin(store_if_cacheable(
+            cache,
+            key,
+            route_cache,
+            response,
+            target.read_timeout,
+        ))
+        .await?;
         response
             .headers_mut()
             .insert("x-cache", HeaderValue::from_static("MISS"));
@@ -582,9 +590,7 @@ async fn forward<H: Host>(
 
         let checkout = if websocket {
             // An upgraded connection is never pooled: dial a fresh one.
-            upstream
-                .transport
-                .connect(server.addr)
+            Box::pin(upstream.transport.connect(server.addr))
                 .await
                 .map(crate::upstream::Checkout::fresh)
         } else {

@@ -231,3 +231,80 @@ fn interface_mode_moves_the_vip_and_the_client_follows() {
     assert!(gw2.wait_for_output("VIP acquired", Duration::from_secs(1)));
     let _ = gw1.wait_exit(Duration::from_secs(5));
 }
+
+/// A planned stop of the master (SIGTERM) while clients keep opening connections to the VIP:
+/// the master lets its connections finish, hands over, and keeps accepting until the peer
+/// announces the VIP, so no request fails.
+#[test]
+fn a_planned_stop_hands_the_vip_over_without_a_failed_request() {
+    if !service_kit::prereq::require(can_run(), "run as root with iproute2 installed") {
+        return;
+    }
+    let net = Net::build();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw1 = start(&net, dir.path(), 1);
+    let _gw2 = start(&net, dir.path(), 2);
+    who_answers(&net.ns("c"), "gateway-1", Duration::from_secs(5));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pollers: Vec<_> = (0..4)
+        .map(|_| {
+            let (ns, stop) = (net.ns("c"), stop.clone());
+            std::thread::spawn(move || {
+                in_netns(&ns, move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async move {
+                        let (mut ok, mut failed) = (0u32, Vec::new());
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            // A fresh connection per request.
+                            match service_kit::client::get(
+                                "http://10.77.0.100:8080/api/x",
+                                None,
+                                Duration::from_secs(2),
+                            )
+                            .await
+                            {
+                                Ok(_) => ok += 1,
+                                Err(e) => failed.push(e.to_string()),
+                            }
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        (ok, failed)
+                    })
+                })
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &gw1.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        gw1.wait_exit(Duration::from_secs(10)).is_some(),
+        "gateway-1 exits"
+    );
+    eprintln!(
+        "gateway-1 drained and handed over in {:?}",
+        stopped.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for p in pollers {
+        let (o, f) = p.join().unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    eprintln!(
+        "planned stop: {ok} requests served, {} failed",
+        failed.len()
+    );
+    assert!(ok > 100, "the clients kept going: {ok}");
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    who_answers(&net.ns("c"), "gateway-2", Duration::from_millis(500));
+}

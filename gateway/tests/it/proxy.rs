@@ -832,3 +832,68 @@ async fn both_runtime_models_serve_and_reuse_upstream_connections() {
         );
     }
 }
+
+/// A returning client resumes its TLS session (TLS 1.3 tickets, TLS 1.2 tickets) instead of
+/// a full handshake, also after a reload, which builds a new acceptor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume_across_connections_and_reloads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = Fixture::new();
+    let b = Backend::start("resume-1", &fx.pki).await;
+    let gw = fx.start_gateway(&format!(
+        "[upstreams.pool]\nservers = [{}]\n{}",
+        servers(&[&b], ""),
+        route("/", "pool")
+    ));
+    // One GET per connection; the client reads to the end, so it sees TLS 1.3's tickets.
+    let handshake = |tls: Arc<rustls::ClientConfig>| {
+        let addr = gw.https;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(
+                    rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                    tcp,
+                )
+                .await
+                .unwrap();
+            let kind = stream.get_ref().1.handshake_kind();
+            stream
+                .write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            let _ = stream.read_to_end(&mut out).await;
+            assert!(
+                out.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
+            kind
+        }
+    };
+    use rustls::HandshakeKind::{Full, Resumed};
+    for (label, tls) in [
+        (
+            "TLS 1.3",
+            fx.pki.client_for_version(&rustls::version::TLS13),
+        ),
+        (
+            "TLS 1.2",
+            fx.pki.client_for_version(&rustls::version::TLS12),
+        ),
+    ] {
+        assert_eq!(handshake(tls.clone()).await, Some(Full), "{label}: first");
+        assert_eq!(
+            handshake(tls.clone()).await,
+            Some(Resumed),
+            "{label}: second"
+        );
+        assert_eq!(gw.reload().await.status, StatusCode::OK);
+        assert_eq!(
+            handshake(tls.clone()).await,
+            Some(Resumed),
+            "{label}: after a reload"
+        );
+    }
+}
