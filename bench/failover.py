@@ -55,6 +55,7 @@ class Poller:
     def __init__(self, token):
         self.token = token
         self.results = []
+        self.errors = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.ctx = ssl.create_default_context()
@@ -74,9 +75,9 @@ class Poller:
                          headers={"Authorization": f"Bearer {self.token}", "Connection": "close"})
             r = conn.getresponse()
             r.read()
-            return r.status == 200
-        except Exception:
-            return False
+            return True if r.status == 200 else f"HTTP {r.status}"
+        except Exception as e:  # what failed, for the summary
+            return type(e).__name__
         finally:
             conn.close()
 
@@ -87,7 +88,9 @@ class Poller:
             ok = self.one()
             end = time.monotonic()
             with self.lock:
-                self.results.append((start, end, ok))
+                self.results.append((start, end, ok is True))
+                if ok is not True:
+                    self.errors.append((start, end, ok))
             time.sleep(max(0.0, INTERVAL - (end - start)))
 
     def since(self, t):
@@ -107,6 +110,15 @@ class Poller:
     def failures_between(self, a, b):
         with self.lock:
             return sum(1 for s, e, ok in self.results if not ok and e >= a and s <= b)
+
+    def errors_between(self, a, b):
+        """Failure kinds (exception or status) in [a, b], with counts."""
+        kinds = {}
+        with self.lock:
+            for s, e, why in self.errors:
+                if e >= a and s <= b:
+                    kinds[why] = kinds.get(why, 0) + 1
+        return ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())) or "none"
 
     def count_between(self, a, b):
         with self.lock:
@@ -194,7 +206,9 @@ def main():
             pf = poller.failures_between(t2, time.monotonic())
             preempt_fail.append(pf)
             print(f"run {run:2}: kill -9 {master}: gap {gap * 1000 if gap else float('nan'):7.1f} ms"
-                  f" ({failed} failed requests); start + preemption back: {pf} failed", flush=True)
+                  f" ({failed} failed: {poller.errors_between(t, t + (gap or 10))}); "
+                  f"start + preemption back: {pf} failed ({poller.errors_between(t2, time.monotonic())})",
+                  flush=True)
 
         # Clean stop of the master, then start (preemption back).
         t = time.monotonic()
@@ -202,6 +216,7 @@ def main():
         wait_for("gateway-2 holds the VIP", lambda: holder(topology, state) == "gateway-2")
         time.sleep(2)
         stop_fail = poller.failures_between(t, time.monotonic())
+        stop_why = poller.errors_between(t, time.monotonic())
         stop_total = poller.count_between(t, time.monotonic())
         t = time.monotonic()
         devctl(topology, state, "start", "gateway-1")
@@ -209,6 +224,7 @@ def main():
         wait_for("gateway-1 holds the VIP", lambda: holder(topology, state) == "gateway-1")
         time.sleep(2)
         back_fail = poller.failures_between(t, time.monotonic())
+        back_why = poller.errors_between(t, time.monotonic())
         back_total = poller.count_between(t, time.monotonic())
 
         # Rolling replacement of both gateways.
@@ -219,6 +235,7 @@ def main():
         wait_for("gateway-1 holds the VIP", lambda: holder(topology, state) == "gateway-1")
         time.sleep(2)
         roll_fail = poller.failures_between(t, time.monotonic())
+        roll_why = poller.errors_between(t, time.monotonic())
         roll_total = poller.count_between(t, time.monotonic())
         poller.stop.set()
 
@@ -244,9 +261,9 @@ def main():
                   f"{statistics.median(ok) * 1000:.1f} ms, min {min(ok) * 1000:.1f} ms, "
                   f"max {max(ok) * 1000:.1f} ms, no recovery in {len(gaps) - len(ok)}")
         print(f"preemption back after each kill: {sum(preempt_fail)} failed requests in {RUNS} handovers")
-        print(f"clean stop of the master (SIGTERM): {stop_fail} failed of {stop_total}")
-        print(f"start and preemption back: {back_fail} failed of {back_total}")
-        print(f"rolling restart of both gateways: {roll_fail} failed of {roll_total}")
+        print(f"clean stop of the master (SIGTERM): {stop_fail} failed of {stop_total} ({stop_why})")
+        print(f"start and preemption back: {back_fail} failed of {back_total} ({back_why})")
+        print(f"rolling restart of both gateways: {roll_fail} failed of {roll_total} ({roll_why})")
         print(sat)
     finally:
         if os.environ.get("KEEP") != "1":

@@ -55,22 +55,32 @@ impl Drain {
 }
 
 impl Watcher {
-    /// Runs `conn` to its end, asking it to wind down once draining begins (at once when it
-    /// already has, after the first poll: by then the protocol is known and the first
-    /// request can still be served).
-    /// `wind_down` is the connection's graceful shutdown.
+    /// Whether draining had begun when this connection was accepted.
+    pub fn late(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Runs `conn` to its end, winding it down (`wind_down`, its graceful shutdown) once
+    /// draining begins. A connection accepted after that (`late`) is wound down once it has
+    /// answered a request (`answered` fires): winding an h2 connection down before its first
+    /// stream arrives would refuse that stream.
     pub async fn watch<C: Future>(
         mut self,
         conn: C,
         wind_down: impl FnOnce(Pin<&mut C>),
+        answered: &tokio::sync::Notify,
     ) -> C::Output {
         let mut conn = std::pin::pin!(conn);
         let mut wind_down = Some(wind_down);
+        let mut waiting_for_answer = self.late();
         loop {
             tokio::select! {
                 biased;
                 out = conn.as_mut() => return out,
-                _ = self.rx.wait_for(|draining| *draining), if wind_down.is_some() => {
+                () = answered.notified(), if waiting_for_answer => waiting_for_answer = false,
+                _ = self.rx.wait_for(|draining| *draining),
+                    if wind_down.is_some() && !waiting_for_answer =>
+                {
                     if let Some(f) = wind_down.take() {
                         f(conn.as_mut());
                     }
@@ -111,15 +121,27 @@ mod tests {
     #[tokio::test]
     async fn connections_are_asked_to_finish_also_when_they_arrive_after_the_signal() {
         let drain = Drain::default();
-        let early = tokio::spawn(drain.watcher().watch(Conn::default(), ask));
+        let answered = std::sync::Arc::new(tokio::sync::Notify::new());
+        let watcher = drain.watcher();
+        assert!(!watcher.late());
+        let a = answered.clone();
+        let early = tokio::spawn(async move { watcher.watch(Conn::default(), ask, &a).await });
         tokio::task::yield_now().await;
         assert_eq!(drain.open(), 1);
         drain.begin();
-        // Polled before the signal and when woken by it, then asked and polled to its end.
+        // Polled before the signal and when woken by it, then asked and polled to its end,
+        // without having answered anything.
         assert_eq!(early.await.unwrap(), 3);
-        // A late one is polled first (its protocol is read), then asked.
-        let late = drain.watcher().watch(Conn::default(), ask).await;
-        assert_eq!(late, 2);
+
+        // A late one is asked only once it has answered a request.
+        let watcher = drain.watcher();
+        assert!(watcher.late());
+        let a = answered.clone();
+        let late = tokio::spawn(async move { watcher.watch(Conn::default(), ask, &a).await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!late.is_finished(), "not asked before its first answer");
+        answered.notify_one();
+        assert!(late.await.unwrap() >= 2);
         assert_eq!(drain.open(), 0);
         tokio::time::timeout(std::time::Duration::from_secs(1), drain.finished())
             .await

@@ -39,19 +39,28 @@ impl std::str::FromStr for Mapping {
 /// How long a client waits for the edge to reach a gateway before it is dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The first try's bound; each retry doubles it, up to [`MAX_TRY`]. A SYN sent while the VIP
-/// moves (the old master's MAC is dead, the new one has not announced itself yet) is lost,
-/// and the kernel would retransmit it only after a second: a short first bound and a fresh
-/// SYN reach the new master within a few milliseconds of its gratuitous ARP.
+/// A try's bound while a failover may be under way. A SYN sent while the VIP moves (the old
+/// master's MAC is dead, the new one has not announced itself yet) is lost, and the kernel
+/// would retransmit it only after a second: a fresh SYN every 50 ms reaches the new master
+/// within 50 ms of its gratuitous ARP. The edge and the gateways share one L2 network, where
+/// an answer takes well under a millisecond.
 const FIRST_TRY: Duration = Duration::from_millis(50);
+/// How long tries keep that pace (a failover takes 3 advert intervals and a skew); after it,
+/// each try doubles its bound up to [`MAX_TRY`] (a slow gateway, not a moving VIP).
+const FAST_TRIES: Duration = Duration::from_secs(1);
 const MAX_TRY: Duration = Duration::from_millis(800);
 /// Pause before another try after a refusal (the VIP is between holders, or a gateway is
 /// restarting its listeners).
 const REFUSED_PAUSE: Duration = Duration::from_millis(20);
 
-/// The bound of the connect try after one that timed out: doubled, up to [`MAX_TRY`].
-pub fn next_try(bound: Duration) -> Duration {
-    (bound * 2).min(MAX_TRY)
+/// The bound of the connect try after one that timed out, `elapsed` after the first try
+/// began: [`FIRST_TRY`] for [`FAST_TRIES`], then doubled each time, up to [`MAX_TRY`].
+pub fn next_try(bound: Duration, elapsed: Duration) -> Duration {
+    if elapsed < FAST_TRIES {
+        FIRST_TRY
+    } else {
+        (bound * 2).min(MAX_TRY)
+    }
 }
 
 /// Binds every mapping, then relays until the process ends.
@@ -110,32 +119,117 @@ async fn connect(target: SocketAddr) -> Result<TcpStream, std::io::Error> {
                 tokio::time::sleep(REFUSED_PAUSE).await;
             }
             // No answer: the SYN was lost; a fresh one, with more patience.
-            Err(_) => bound = next_try(bound),
+            Err(_) => bound = next_try(bound, CONNECT_TIMEOUT - left),
         }
     }
 }
 
+/// Most client bytes kept for a replay: a TLS ClientHello is well under this.
+const REPLAY_LIMIT: usize = 16 * 1024;
+/// Connections tried for one client while its hello goes unanswered.
+const MAX_HELLO_TRIES: usize = 3;
+
+/// Whether the client's first bytes may be sent again to a new connection when the gateway
+/// closed the first without answering: only a TLS handshake record (0x16, version 3.x). A
+/// server answers a ClientHello before it can read any request, and the gateways accept no
+/// TLS 1.3 early data, so an unanswered hello means nothing was processed. Plain HTTP is
+/// never replayed (the request may have been acted on).
+pub fn replayable(first: &[u8]) -> bool {
+    first.len() >= 2 && first[0] == 0x16 && first[1] == 0x03
+}
+
+/// What became of a connection to the gateway before it answered.
+enum Hello {
+    /// It answered: relay the rest as it comes.
+    Answered(TcpStream),
+    /// It closed or reset without a byte back, and what the client sent may go again.
+    Unanswered,
+    /// Give up (client gone, or nothing safe to replay).
+    Done,
+}
+
 async fn relay(mut client: TcpStream, peer: SocketAddr, target: SocketAddr, proxy_protocol: bool) {
     let _ = client.set_nodelay(true);
-    let mut upstream = match connect(target).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(%peer, %target, error = %e, "forward: connect failed");
-            return;
-        }
-    };
-    let _ = upstream.set_nodelay(true);
-    if proxy_protocol {
+    let header = proxy_protocol.then(|| {
         let destination = client.local_addr().unwrap_or(target);
-        if upstream
-            .write_all(&proxy_protocol::encode(peer, destination))
-            .await
-            .is_err()
-        {
-            return;
+        proxy_protocol::encode(peer, destination)
+    });
+    // The client's bytes sent to the gateway before it answered, for a replay.
+    let mut sent = Vec::new();
+    for _ in 0..MAX_HELLO_TRIES {
+        let upstream = match connect(target).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, %target, error = %e, "forward: connect failed");
+                return;
+            }
+        };
+        match until_answered(&mut client, upstream, header.as_deref(), &mut sent).await {
+            Hello::Answered(mut upstream) => {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                return;
+            }
+            Hello::Unanswered => {
+                tracing::info!(%peer, %target, "forward: the gateway closed before answering the TLS hello; sending it again");
+            }
+            Hello::Done => return,
         }
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+/// Sends the PROXY header and what the client sent so far (`sent`, a replay), then relays
+/// the client's bytes, keeping them in `sent` while they may be replayed, until the gateway
+/// sends its first byte (passed on to the client).
+async fn until_answered(
+    client: &mut TcpStream,
+    mut upstream: TcpStream,
+    header: Option<&[u8]>,
+    sent: &mut Vec<u8>,
+) -> Hello {
+    use tokio::io::AsyncReadExt;
+    let _ = upstream.set_nodelay(true);
+    let mut keep = sent.is_empty() || replayable(sent);
+    let unanswered = |keep: bool| if keep { Hello::Unanswered } else { Hello::Done };
+    if let Some(h) = header {
+        if upstream.write_all(h).await.is_err() {
+            return unanswered(keep);
+        }
+    }
+    if !sent.is_empty() && upstream.write_all(sent).await.is_err() {
+        return unanswered(keep);
+    }
+    let mut from_client = [0u8; 4096];
+    let mut from_upstream = [0u8; 4096];
+    let mut client_open = true;
+    loop {
+        tokio::select! {
+            read = client.read(&mut from_client), if client_open => match read {
+                Ok(0) | Err(_) => {
+                    client_open = false;
+                    let _ = upstream.shutdown().await;
+                }
+                Ok(n) => {
+                    let bytes = &from_client[..n];
+                    if keep {
+                        sent.extend_from_slice(bytes);
+                        keep = replayable(sent) && sent.len() <= REPLAY_LIMIT;
+                    }
+                    if upstream.write_all(bytes).await.is_err() {
+                        return unanswered(keep);
+                    }
+                }
+            },
+            read = upstream.read(&mut from_upstream) => match read {
+                Ok(0) | Err(_) => return unanswered(keep && client_open),
+                Ok(n) => {
+                    if client.write_all(&from_upstream[..n]).await.is_err() {
+                        return Hello::Done;
+                    }
+                    return Hello::Answered(upstream);
+                }
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -143,15 +237,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connect_tries_double_up_to_a_cap() {
-        let mut bound = FIRST_TRY;
+    fn connect_tries_keep_a_fast_pace_for_a_second_then_double_up_to_a_cap() {
+        let (mut bound, mut elapsed) = (FIRST_TRY, Duration::ZERO);
         let mut seen = vec![bound];
-        for _ in 0..6 {
-            bound = next_try(bound);
+        while elapsed < Duration::from_secs(5) {
+            elapsed += bound;
+            bound = next_try(bound, elapsed);
             seen.push(bound);
         }
         let ms: Vec<u128> = seen.iter().map(Duration::as_millis).collect();
-        assert_eq!(ms, [50, 100, 200, 400, 800, 800, 800]);
+        // 20 tries of 50 ms fill the first second.
+        let mut want = vec![50; 20];
+        want.extend([100, 200, 400, 800, 800, 800, 800, 800, 800]);
+        assert_eq!(ms, want);
+    }
+
+    #[test]
+    fn only_a_tls_handshake_is_replayed() {
+        assert!(replayable(&[0x16, 0x03, 0x01, 0x02, 0x00]));
+        assert!(replayable(&[0x16, 0x03]));
+        assert!(!replayable(b"GET / HTTP/1.1\r\n"));
+        assert!(!replayable(&[0x16]));
+        assert!(!replayable(&[0x17, 0x03, 0x03]));
+        assert!(!replayable(b""));
     }
 
     #[test]

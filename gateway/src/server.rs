@@ -427,37 +427,34 @@ impl Gateway {
         }
     }
 
-    /// The planned stop, make-before-break: readiness flips and every connection is told to
-    /// finish the request in hand and close (new ones are still accepted and served one
-    /// request each); a VIP holder hands the VIP over and keeps accepting until the peer has
-    /// it; then the listeners close and in-flight requests finish (up to `timeout`).
+    /// The planned stop, make-before-break. Readiness flips and every connection is told to
+    /// finish the request in hand and close (new ones are still accepted, one request each).
+    /// A VIP holder then waits for its connections to finish, closes its listeners (a SYN is
+    /// refused rather than accepted into a connection the VIP move would reset: a refused
+    /// connect carries no request and is safe to retry, as the edge does), waits for the few
+    /// accepted meanwhile, and hands the VIP over, keeping it until the peer has it. Then
+    /// whatever is left drains (up to `timeout`).
     pub async fn shutdown(&self, timeout: Duration) -> bool {
         let ha = lock(&self.ha).take();
         self.lifecycle.begin_drain();
         self.drain.begin();
+        let deadline = tokio::time::Instant::now() + timeout;
         if let Some(ha) = ha {
             if lock(&ha.status).vip_held {
-                // Connections finish here before the VIP moves: once the peer announces the
-                // VIP, a connection still open here has its packets delivered to the peer,
-                // which resets it. New connections keep being served, one request each.
-                let quiet = async {
-                    while self.drain.open() > 0 {
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                };
-                let _ = tokio::time::timeout(HANDOVER_QUIET.min(timeout), quiet).await;
+                let quiet = tokio::time::Instant::now() + HANDOVER_QUIET.min(timeout);
+                self.quiet_until(quiet).await;
+                self.close_listeners();
+                self.quiet_until(quiet).await;
             }
             ha.shutdown().await;
         }
-        for handle in lock(&self.listeners).values() {
-            let _ = handle.stop.send(true);
-        }
+        self.close_listeners();
         *lock(&self.health) = None;
         tracing::info!(
             connections = self.drain.open(),
             "listeners closed; draining in-flight requests"
         );
-        match tokio::time::timeout(timeout, self.drain.finished()).await {
+        match tokio::time::timeout_at(deadline, self.drain.finished()).await {
             Ok(()) => {
                 tracing::info!("drained cleanly");
                 true
@@ -467,6 +464,22 @@ impl Gateway {
                 false
             }
         }
+    }
+
+    fn close_listeners(&self) {
+        for handle in lock(&self.listeners).values() {
+            let _ = handle.stop.send(true);
+        }
+    }
+
+    /// Waits until no client connection is open, or `deadline`.
+    async fn quiet_until(&self, deadline: tokio::time::Instant) {
+        let quiet = async {
+            while self.drain.open() > 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, quiet).await;
     }
 
     /// Fingerprint of the config file and the files it names, for change polling.
@@ -817,9 +830,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = gateway.snapshot.load().config.limits.clone();
+    // Accepted while draining: wound down once it has answered (see `drain::Watcher`).
+    let answered = watcher.late().then(|| Arc::new(tokio::sync::Notify::new()));
+    let answered_in_service = answered.clone();
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         let snapshot = gateway.snapshot.load_full();
         let gateway = gateway.clone();
+        let answered = answered_in_service.clone();
         // h2: a request body left unread by an early answer (413) stays open until the
         // response is sent, so the stream ends with NO_ERROR rather than CANCEL.
         let hold =
@@ -852,6 +869,9 @@ where
                     ),
                 },
             };
+            if let Some(answered) = answered {
+                answered.notify_one();
+            }
             Ok::<_, std::convert::Infallible>(response.map(|body| Held::new(body, hold)))
         })
     });
@@ -881,7 +901,11 @@ where
     let stream = read_preface(stream, limits.header_read_timeout.0).await?;
     let (io, returned) = linger::track(stream);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(conn, |conn| conn.graceful_shutdown()).await {
+    let answered = answered.unwrap_or_default();
+    if let Err(e) = watcher
+        .watch(conn, |conn| conn.graceful_shutdown(), &answered)
+        .await
+    {
         tracing::debug!(peer = %client.peer, error = %e, "client connection ended with an error");
     }
     linger::take_back(returned)

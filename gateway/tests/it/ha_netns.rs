@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use service_kit::testkit::ServerProcess;
+use service_kit::testkit::{ServerProcess, TestPki};
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap();
@@ -89,7 +89,7 @@ impl Drop for Net {
     }
 }
 
-fn config(node: u8) -> String {
+fn config(node: u8, pki: &TestPki) -> String {
     let (me, peer, priority) = if node == 1 {
         ("10.77.0.11", "10.77.0.12", 150)
     } else {
@@ -104,6 +104,10 @@ watch_config = false
 listen = "0.0.0.0:9900"
 [http]
 listen = ["0.0.0.0:8080"]
+[https]
+listen = ["0.0.0.0:8443"]
+cert = "{cert}"
+key = "{key}"
 [upstreams.app]
 tls = false
 servers = [{{ address = "127.0.0.1:9" }}]
@@ -115,11 +119,13 @@ name = "gateway-{node}"
 priority = {priority}
 address = "{me}"
 peers = ["{peer}:5405"]
-advert_interval = "100ms"
+advert_interval = "50ms"
 secret = "netns-ha-test-secret-0123"
 vip = "10.77.0.100/24"
 vip_mode = "interface"
-"#
+"#,
+        cert = pki.server_cert.display(),
+        key = pki.server_key.display(),
     )
 }
 
@@ -175,9 +181,9 @@ fn who_answers(ns: &str, want: &'static str, limit: Duration) -> Duration {
     })
 }
 
-fn start(net: &Net, dir: &std::path::Path, node: u8) -> ServerProcess {
+fn start(net: &Net, dir: &std::path::Path, node: u8, pki: &TestPki) -> ServerProcess {
     let path = dir.join(format!("gw{node}.toml"));
-    std::fs::write(&path, config(node)).unwrap();
+    std::fs::write(&path, config(node, pki)).unwrap();
     let mut cmd = Command::new("ip");
     cmd.args([
         "netns",
@@ -198,8 +204,9 @@ fn interface_mode_moves_the_vip_and_the_client_follows() {
     }
     let net = Net::build();
     let dir = tempfile::tempdir().unwrap();
-    let mut gw1 = start(&net, dir.path(), 1);
-    let gw2 = start(&net, dir.path(), 2);
+    let pki = TestPki::new(dir.path(), &["localhost", "127.0.0.1"]);
+    let mut gw1 = start(&net, dir.path(), 1, &pki);
+    let gw2 = start(&net, dir.path(), 2, &pki);
     who_answers(&net.ns("c"), "gateway-1", Duration::from_secs(5));
 
     // The VIP is on gateway-1's interface and nowhere else.
@@ -232,9 +239,10 @@ fn interface_mode_moves_the_vip_and_the_client_follows() {
     let _ = gw1.wait_exit(Duration::from_secs(5));
 }
 
-/// A planned stop of the master (SIGTERM) while clients keep opening connections to the VIP:
-/// the master lets its connections finish, hands over, and keeps accepting until the peer
-/// announces the VIP, so no request fails.
+/// A planned stop of the master (SIGTERM) while clients keep opening connections through an
+/// edge forwarder (devctl's layout) to the VIP: the master lets its connections finish,
+/// refuses new ones (the edge tries again) and hands over, keeping the VIP until the peer
+/// announces it, so no request fails.
 #[test]
 fn a_planned_stop_hands_the_vip_over_without_a_failed_request() {
     if !service_kit::prereq::require(can_run(), "run as root with iproute2 installed") {
@@ -242,14 +250,49 @@ fn a_planned_stop_hands_the_vip_over_without_a_failed_request() {
     }
     let net = Net::build();
     let dir = tempfile::tempdir().unwrap();
-    let mut gw1 = start(&net, dir.path(), 1);
-    let _gw2 = start(&net, dir.path(), 2);
+    let pki = TestPki::new(dir.path(), &["localhost", "127.0.0.1"]);
+    let mut gw1 = start(&net, dir.path(), 1, &pki);
+    let _gw2 = start(&net, dir.path(), 2, &pki);
     who_answers(&net.ns("c"), "gateway-1", Duration::from_secs(5));
+    let mut edge = Command::new("ip");
+    edge.args([
+        "netns",
+        "exec",
+        &net.ns("c"),
+        crate::util::GATEWAY,
+        "forward",
+        "--map",
+        "127.0.0.1:18443=10.77.0.100:8443",
+    ])
+    .env("LOG_LEVEL", "info");
+    let _edge = ServerProcess::start(edge);
+    let tls = pki.client();
+    let probe = tls.clone();
+    in_netns(&net.ns("c"), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let started = Instant::now();
+            while service_kit::client::get(
+                "https://127.0.0.1:18443/api/x",
+                Some(probe.clone()),
+                Duration::from_secs(1),
+            )
+            .await
+            .is_err()
+            {
+                assert!(started.elapsed() < Duration::from_secs(5), "edge not up");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pollers: Vec<_> = (0..4)
         .map(|_| {
-            let (ns, stop) = (net.ns("c"), stop.clone());
+            let (ns, stop, tls) = (net.ns("c"), stop.clone(), tls.clone());
             std::thread::spawn(move || {
                 in_netns(&ns, move || {
                     let rt = tokio::runtime::Builder::new_current_thread()
@@ -261,8 +304,8 @@ fn a_planned_stop_hands_the_vip_over_without_a_failed_request() {
                         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                             // A fresh connection per request.
                             match service_kit::client::get(
-                                "http://10.77.0.100:8080/api/x",
-                                None,
+                                "https://127.0.0.1:18443/api/x",
+                                Some(tls.clone()),
                                 Duration::from_secs(2),
                             )
                             .await
