@@ -43,6 +43,13 @@ impl Drain {
         self.tx.send_replace(true);
     }
 
+    /// Ends a drain that was not a shutdown (the VIP moved away and this gateway stays up as
+    /// backup): connections accepted from now on are served normally. Those already told to
+    /// close still close.
+    pub fn end(&self) {
+        self.tx.send_replace(false);
+    }
+
     /// Connections still open.
     pub fn open(&self) -> usize {
         self.tx.receiver_count()
@@ -55,15 +62,11 @@ impl Drain {
 }
 
 impl Watcher {
-    /// Whether draining had begun when this connection was accepted.
-    pub fn late(&self) -> bool {
-        *self.rx.borrow()
-    }
-
     /// Runs `conn` to its end, winding it down (`wind_down`, its graceful shutdown) once
-    /// draining begins. A connection accepted after that (`late`) is wound down once it has
-    /// answered a request (`answered` fires): winding an h2 connection down before its first
-    /// stream arrives would refuse that stream.
+    /// draining has begun and it has answered a request (`answered` fired at least once).
+    /// A connection that has answered nothing yet is still in its handshake or waiting for
+    /// its first request: winding an h2 connection down then drops it (hyper closes a
+    /// handshaking h2 connection at once) or refuses the stream that was on its way.
     pub async fn watch<C: Future>(
         mut self,
         conn: C,
@@ -72,7 +75,7 @@ impl Watcher {
     ) -> C::Output {
         let mut conn = std::pin::pin!(conn);
         let mut wind_down = Some(wind_down);
-        let mut waiting_for_answer = self.late();
+        let mut waiting_for_answer = true;
         loop {
             tokio::select! {
                 biased;
@@ -119,32 +122,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_are_asked_to_finish_also_when_they_arrive_after_the_signal() {
+    async fn connections_wind_down_once_draining_and_once_they_have_answered() {
         let drain = Drain::default();
         let answered = std::sync::Arc::new(tokio::sync::Notify::new());
+
+        // Answered before the drain: wound down as soon as it begins.
         let watcher = drain.watcher();
-        assert!(!watcher.late());
         let a = answered.clone();
-        let early = tokio::spawn(async move { watcher.watch(Conn::default(), ask, &a).await });
+        let busy = tokio::spawn(async move { watcher.watch(Conn::default(), ask, &a).await });
+        answered.notify_one();
         tokio::task::yield_now().await;
         assert_eq!(drain.open(), 1);
+        assert!(!busy.is_finished(), "not before the drain");
         drain.begin();
-        // Polled before the signal and when woken by it, then asked and polled to its end,
-        // without having answered anything.
-        assert_eq!(early.await.unwrap(), 3);
+        assert!(busy.await.unwrap() >= 2);
 
-        // A late one is asked only once it has answered a request.
+        // Nothing answered yet (a handshake, or a request on its way), or accepted after
+        // the drain began: wound down only once it has answered.
+        let fresh = std::sync::Arc::new(tokio::sync::Notify::new());
         let watcher = drain.watcher();
-        assert!(watcher.late());
-        let a = answered.clone();
-        let late = tokio::spawn(async move { watcher.watch(Conn::default(), ask, &a).await });
+        let f = fresh.clone();
+        let late = tokio::spawn(async move { watcher.watch(Conn::default(), ask, &f).await });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!late.is_finished(), "not asked before its first answer");
-        answered.notify_one();
+        assert!(!late.is_finished(), "not before its first answer");
+        fresh.notify_one();
         assert!(late.await.unwrap() >= 2);
         assert_eq!(drain.open(), 0);
         tokio::time::timeout(std::time::Duration::from_secs(1), drain.finished())
             .await
             .unwrap();
+
+        // A drain that ends (the VIP moved away, this gateway stays up): new connections
+        // are served normally.
+        drain.end();
+        let watcher = drain.watcher();
+        let g = fresh.clone();
+        let normal = tokio::spawn(async move { watcher.watch(Conn::default(), ask, &g).await });
+        fresh.notify_one();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!normal.is_finished(), "not wound down");
+        normal.abort();
     }
 }

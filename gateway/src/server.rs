@@ -58,6 +58,8 @@ impl ListenerKind {
 
 struct ListenerHandle {
     stop: watch::Sender<bool>,
+    /// The accept loop; once it has finished the socket is closed.
+    task: tokio::task::JoinHandle<()>,
 }
 
 pub struct Gateway {
@@ -121,6 +123,65 @@ impl proxy::Host for Gateway {
 
     fn draining(&self) -> watch::Receiver<bool> {
         self.lifecycle.subscribe()
+    }
+}
+
+/// The gateway as the HA node sees it.
+struct HaHost {
+    gateway: std::sync::Weak<Gateway>,
+    /// The control runtime, where listeners are opened again after a handover.
+    runtime: tokio::runtime::Handle,
+    /// Listeners closed for a handover: their accept loops, until the handover ends.
+    paused: Mutex<Option<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl crate::ha::node::Host for HaHost {
+    fn can_serve(&self) -> bool {
+        self.gateway.upgrade().is_none_or(|g| g.can_serve())
+    }
+
+    fn quiesce(&self, on: bool) {
+        let Some(gateway) = self.gateway.upgrade() else {
+            return;
+        };
+        if on {
+            gateway.drain.begin();
+            return;
+        }
+        // A shutdown's drain is not undone, nor are its listeners reopened.
+        if gateway.lifecycle.is_draining() {
+            return;
+        }
+        gateway.drain.end();
+        if lock(&self.paused).take().is_some() {
+            self.runtime.spawn(async move {
+                if let Err(e) = gateway.reconcile_vip_listeners() {
+                    tracing::error!(error = %e, "could not reopen the listeners after a handover");
+                }
+            });
+        }
+    }
+
+    /// As a shutdown does: connections finish while the listeners still accept (one request
+    /// each), then the listeners close (a SYN is refused and the edge tries again, rather than
+    /// accepted into a connection the move would cut), then the few accepted meanwhile
+    /// finish.
+    fn quiet(&self) -> bool {
+        let Some(gateway) = self.gateway.upgrade() else {
+            return true;
+        };
+        if gateway.drain.open() > 0 {
+            return false;
+        }
+        let mut paused = lock(&self.paused);
+        match paused.as_ref() {
+            None => {
+                *paused = Some(gateway.pause_listeners());
+                false
+            }
+            // An accept loop may take one more connection until it has finished.
+            Some(loops) => loops.iter().all(|l| l.is_finished()) && gateway.drain.open() == 0,
+        }
     }
 }
 
@@ -225,10 +286,12 @@ impl Gateway {
                     interface: ha.interface.clone(),
                 },
             };
-            let weak = Arc::downgrade(&gateway);
-            let tracking: Arc<dyn Fn() -> bool + Send + Sync> =
-                Arc::new(move || weak.upgrade().is_none_or(|g| g.can_serve()));
-            let node = HaNode::start(&ha, spec, tracking, gateway.metrics.ha.clone())?;
+            let host = Arc::new(HaHost {
+                gateway: Arc::downgrade(&gateway),
+                runtime: tokio::runtime::Handle::current(),
+                paused: Mutex::new(None),
+            });
+            let node = HaNode::start(&ha, spec, host, gateway.metrics.ha.clone())?;
             *lock(&gateway.ha) = Some(Arc::new(node));
             if gateway.vip_bind.is_some() {
                 tokio::spawn(follow_vip(Arc::downgrade(&gateway)));
@@ -421,9 +484,9 @@ impl Gateway {
         for (kind, addr, listener) in bound {
             let (stop, stopped) = watch::channel(false);
             let local = listener.local_addr().unwrap_or(addr);
-            tokio::spawn(accept_loop(self.clone(), listener, kind, stopped));
+            let task = tokio::spawn(accept_loop(self.clone(), listener, kind, stopped));
             tracing::info!(listener = kind.label(), addr = %local, workers = self.workers.len().max(1), "listening");
-            listeners.insert((kind, addr), ListenerHandle { stop });
+            listeners.insert((kind, addr), ListenerHandle { stop, task });
         }
     }
 
@@ -438,15 +501,25 @@ impl Gateway {
         let ha = lock(&self.ha).take();
         self.lifecycle.begin_drain();
         self.drain.begin();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let mut deadline = tokio::time::Instant::now() + timeout;
         if let Some(ha) = ha {
             if lock(&ha.status).vip_held {
                 let quiet = tokio::time::Instant::now() + HANDOVER_QUIET.min(timeout);
                 self.quiet_until(quiet).await;
-                self.close_listeners();
+                let loops = self.pause_listeners();
+                let _ = tokio::time::timeout_at(quiet, futures_util::future::join_all(loops)).await;
                 self.quiet_until(quiet).await;
+                ha.shutdown().await;
+                // With the VIP on an interface, clients' packets now reach the peer: a
+                // connection still open here (a handshake that started in the last
+                // milliseconds) can never finish, so it is not waited for long.
+                let interface = self.vip_bind.is_none();
+                if interface {
+                    deadline = deadline.min(tokio::time::Instant::now() + UNREACHABLE_GRACE);
+                }
+            } else {
+                ha.shutdown().await;
             }
-            ha.shutdown().await;
         }
         self.close_listeners();
         *lock(&self.health) = None;
@@ -464,6 +537,18 @@ impl Gateway {
                 false
             }
         }
+    }
+
+    /// Closes every listener and forgets it, so a later reconcile opens it again; returns the
+    /// accept loops, which may still take a connection until they have finished.
+    fn pause_listeners(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        lock(&self.listeners)
+            .drain()
+            .map(|(_, handle)| {
+                let _ = handle.stop.send(true);
+                handle.task
+            })
+            .collect()
     }
 
     fn close_listeners(&self) {
@@ -501,6 +586,10 @@ impl Gateway {
 /// How long a stopping VIP holder waits for its open connections to finish before it hands
 /// the VIP over (long-lived ones, such as WebSocket tunnels, are cut after the handover).
 const HANDOVER_QUIET: Duration = Duration::from_secs(1);
+
+/// How long a former VIP holder (interface mode) waits for connections still open after
+/// the VIP moved: their clients' packets go to the peer now.
+const UNREACHABLE_GRACE: Duration = Duration::from_secs(1);
 
 /// Bind mode: follows the HA node's VIP flag, binding the VIP listeners on acquire (retrying
 /// while the old master still holds the port) and closing them on release.
@@ -603,6 +692,8 @@ async fn accept_loop(
 ) {
     loop {
         tokio::select! {
+            biased;
+            _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let watcher = gateway.drain.watcher();
@@ -615,7 +706,6 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = stop.changed() => break,
         }
     }
 }
@@ -830,8 +920,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = gateway.snapshot.load().config.limits.clone();
-    // Accepted while draining: wound down once it has answered (see `drain::Watcher`).
-    let answered = watcher.late().then(|| Arc::new(tokio::sync::Notify::new()));
+    // Fired at each answer: a connection is wound down only once it has answered one.
+    let answered = Arc::new(tokio::sync::Notify::new());
     let answered_in_service = answered.clone();
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         let snapshot = gateway.snapshot.load_full();
@@ -869,9 +959,7 @@ where
                     ),
                 },
             };
-            if let Some(answered) = answered {
-                answered.notify_one();
-            }
+            answered.notify_one();
             Ok::<_, std::convert::Infallible>(response.map(|body| Held::new(body, hold)))
         })
     });
@@ -901,7 +989,6 @@ where
     let stream = read_preface(stream, limits.header_read_timeout.0).await?;
     let (io, returned) = linger::track(stream);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    let answered = answered.unwrap_or_default();
     if let Err(e) = watcher
         .watch(conn, |conn| conn.graceful_shutdown(), &answered)
         .await

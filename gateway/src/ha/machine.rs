@@ -22,6 +22,12 @@ pub const MAX_PREEMPT_DELAY: Duration = Duration::from_secs(3600);
 /// How long a stopping master keeps the VIP after the peer's first advert as master: the
 /// peer's address change and gratuitous ARP take about a millisecond.
 pub const HANDOVER_GRACE: Duration = Duration::from_millis(20);
+/// How long a yielding master waits for its connections to finish before it hands over
+/// anyway (the I/O layer usually reports [`Input::Quiet`] within milliseconds).
+pub const YIELD_QUIET: Duration = Duration::from_secs(1);
+/// How long a preempting backup waits for the master to yield (quiet, then a priority-0
+/// advert) before it takes the VIP regardless (a peer that does not yield: an older version).
+pub const YIELD_BOUND: Duration = Duration::from_secs(2);
 /// Lowest configurable priority.
 pub const MIN_PRIORITY: u8 = 1;
 /// Highest configurable priority. 255 (RFC "address owner") is not used: neither gateway
@@ -160,6 +166,9 @@ pub enum Input {
         /// Subtracted from the configured priority; the result is clamped to 1..=254.
         penalty: u8,
     },
+    /// The client connections [`Action::Quiesce`] asked to wind down have finished (or the
+    /// I/O layer stopped waiting): a yielding master hands the VIP over now.
+    Quiet,
     /// Stop. A backup stops at once. A master hands over before it lets go: it sends a
     /// priority-0 advert (one per interval) and keeps the VIP until the peer's advert says it
     /// has taken over, or until [`Machine::handover_bound`] passes (the peer is gone too), so
@@ -179,6 +188,12 @@ pub enum Action {
     AcquireVip,
     /// Remove the VIP.
     ReleaseVip,
+    /// The VIP is about to move to the peer: wind client connections down (finish the request
+    /// in hand, then close; new ones served one request each) and report [`Input::Quiet`]
+    /// when none is left.
+    Quiesce,
+    /// The handover is over and we stay up as backup: serve client connections normally.
+    Resume,
     /// The state changed; for logs and counters. Always the first action of its batch.
     Transition {
         /// Old state.
@@ -236,12 +251,30 @@ enum Phase {
     Master {
         advert_at: Instant,
     },
-    /// Stopping as master: priority-0 adverts sent, VIP still held until `release_at` or
-    /// until the peer announces itself master.
+    /// A better peer asked for the VIP: still master (adverts as usual), connections winding
+    /// down until [`Input::Quiet`] or `quiet_by`.
+    Yielding {
+        advert_at: Instant,
+        quiet_by: Instant,
+    },
+    /// Handing over: priority-0 adverts sent, VIP still held until `release_at` (soon after
+    /// the peer announces itself master); then `then`.
     Resigning {
         advert_at: Instant,
         release_at: Instant,
+        then: Then,
+        /// The peer that announced itself master meanwhile.
+        taker: Option<PeerId>,
     },
+}
+
+/// Where a handover ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// `Shutdown`: stopped.
+    Stop,
+    /// A better peer took over: backup.
+    Backup,
 }
 
 #[derive(Debug, Clone)]
@@ -251,6 +284,8 @@ struct Backup {
     master_stopped: bool,
     /// Set while we ignore a lower-priority master in order to preempt it.
     preempting: Option<Preempting>,
+    /// The master stopped because we asked for the VIP (the takeover counts as preemption).
+    yielded: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -262,6 +297,9 @@ struct Preempting {
     last_heard: Instant,
     priority: u8,
     interval: Duration,
+    /// When we first asked the master to yield (an advert with our priority), and when to
+    /// ask again.
+    asked: Option<(Instant, Instant)>,
 }
 
 #[derive(Debug, Clone)]
@@ -307,6 +345,7 @@ impl Machine {
             Input::Advert(advert) => self.on_advert(now, advert, &mut out),
             Input::Tick => self.on_tick(now, &mut out),
             Input::Tracking { penalty } => self.on_tracking(now, penalty, &mut out),
+            Input::Quiet => self.on_quiet(now, &mut out),
             Input::Shutdown => self.on_shutdown(now, &mut out),
         }
         out
@@ -319,13 +358,20 @@ impl Machine {
             Phase::Stopped => State::Stopped,
             Phase::Backup(_) => State::Backup,
             // Still the VIP holder while it hands over.
-            Phase::Master { .. } | Phase::Resigning { .. } => State::Master,
+            Phase::Master { .. } | Phase::Yielding { .. } | Phase::Resigning { .. } => {
+                State::Master
+            }
         }
     }
 
     /// Whether a `Shutdown` is waiting for the peer to take over (the VIP is still held).
     pub fn is_resigning(&self) -> bool {
         matches!(self.phase, Phase::Resigning { .. })
+    }
+
+    /// Whether a better peer asked for the VIP and we are winding connections down for it.
+    pub fn is_yielding(&self) -> bool {
+        matches!(self.phase, Phase::Yielding { .. })
     }
 
     /// The longest a stopping master keeps the VIP waiting for the peer to take over: three
@@ -360,11 +406,28 @@ impl Machine {
         match &self.phase {
             Phase::Initialize | Phase::Stopped => None,
             Phase::Master { advert_at } => Some(*advert_at),
+            Phase::Yielding {
+                advert_at,
+                quiet_by,
+            } => Some((*advert_at).min(*quiet_by)),
             Phase::Resigning {
                 advert_at,
                 release_at,
+                ..
             } => Some((*advert_at).min(*release_at)),
             Phase::Backup(b) => match (b.preempting, self.config.preempt_delay) {
+                (
+                    Some(Preempting {
+                        asked: Some((asked, ask_at)),
+                        last_heard,
+                        ..
+                    }),
+                    _,
+                ) => {
+                    let dead_at = later(last_heard, self.master_down_interval());
+                    let seize_at = later(asked, YIELD_BOUND);
+                    Some(b.master_down_at.max(ask_at.min(dead_at).min(seize_at)))
+                }
                 (Some(p), Some(delay)) => {
                     let preempt_at = later(p.since, delay);
                     let dead_at = later(p.last_heard, self.master_down_interval());
@@ -416,6 +479,7 @@ impl Machine {
             master_down_at: later(now, self.master_down_interval()),
             master_stopped: false,
             preempting: None,
+            yielded: false,
         });
         out.push(Action::Transition {
             from,
@@ -436,13 +500,26 @@ impl Machine {
         };
         match &mut self.phase {
             Phase::Initialize | Phase::Stopped => {}
-            Phase::Resigning { release_at, .. } => {
+            Phase::Yielding { .. } => {
+                if advert.priority == 0 {
+                    // The peer that asked is stopping itself: stay master.
+                    self.phase = Phase::Master {
+                        advert_at: later(now, self.config.advert_interval),
+                    };
+                    out.push(Action::SendAdvert { priority: ours });
+                    out.push(Action::Resume);
+                }
+            }
+            Phase::Resigning {
+                release_at, taker, ..
+            } => {
                 // The peer advertises as master. It sends that advert just before it adds the
                 // VIP and announces it, so let go a moment later: a client's SYN in between
                 // still finds an address here instead of being dropped.
                 if advert.priority != 0 {
                     let grace = HANDOVER_GRACE.min(self.config.advert_interval);
                     *release_at = (*release_at).min(later(now, grace));
+                    *taker = Some(peer);
                 }
             }
             Phase::Backup(b) => {
@@ -456,6 +533,7 @@ impl Machine {
                     };
                     b.master_down_at = later(now, wait);
                     b.master_stopped = true;
+                    b.yielded = b.preempting.is_some_and(|p| p.asked.is_some());
                     b.preempting = None;
                     self.master = Believed::Unknown;
                 } else if !preempt || advert.priority >= ours {
@@ -463,6 +541,7 @@ impl Machine {
                     b.master_down_at =
                         later(now, master_down_interval(ours, self.master_adver_interval));
                     b.master_stopped = false;
+                    b.yielded = false;
                     b.preempting = None;
                     self.master = Believed::Peer(peer);
                 } else {
@@ -472,6 +551,7 @@ impl Machine {
                         last_heard: now,
                         priority: advert.priority,
                         interval: advert.interval,
+                        asked: None,
                     });
                     p.last_heard = now;
                     p.priority = advert.priority;
@@ -483,22 +563,14 @@ impl Machine {
                 let peer_wins =
                     (advert.priority, peer.addr, &peer.name) > (ours, self.me.addr, &self.me.name);
                 if advert.priority != 0 && peer_wins {
+                    // Make-before-break: keep the VIP and keep advertising while connections
+                    // wind down, then hand over as a stopping master does.
                     self.master_adver_interval = clamp_interval(advert.interval);
-                    self.phase = Phase::Backup(Backup {
-                        master_down_at: later(
-                            now,
-                            master_down_interval(ours, self.master_adver_interval),
-                        ),
-                        master_stopped: false,
-                        preempting: None,
-                    });
-                    self.master = Believed::Peer(peer);
-                    out.push(Action::Transition {
-                        from: State::Master,
-                        to: State::Backup,
-                        reason: Reason::PeerWins,
-                    });
-                    out.push(Action::ReleaseVip);
+                    self.phase = Phase::Yielding {
+                        advert_at: *advert_at,
+                        quiet_by: later(now, YIELD_QUIET),
+                    };
+                    out.push(Action::Quiesce);
                 } else {
                     // A stopping peer, or a worse one that thinks it is master: assert
                     // ourselves now rather than at the next interval, so dual masters
@@ -516,12 +588,26 @@ impl Machine {
         let master_down = self.master_down_interval();
         match &mut self.phase {
             Phase::Initialize | Phase::Stopped => {}
+            Phase::Yielding {
+                advert_at,
+                quiet_by,
+            } => {
+                if now >= *quiet_by {
+                    self.on_quiet(now, out);
+                } else if now >= *advert_at {
+                    *advert_at = later(now, interval);
+                    out.push(Action::SendAdvert { priority: ours });
+                }
+            }
             Phase::Resigning {
                 advert_at,
                 release_at,
+                then,
+                taker,
             } => {
                 if now >= *release_at {
-                    self.release(out);
+                    let (then, taker) = (*then, taker.take());
+                    self.release(now, then, taker, out);
                 } else if now >= *advert_at {
                     // Repeated, so one lost datagram does not stretch the handover.
                     *advert_at = later(now, interval);
@@ -545,14 +631,32 @@ impl Machine {
                 if now < b.master_down_at {
                     return;
                 }
-                let reason = match b.preempting {
+                let reason = match &mut b.preempting {
+                    None if b.master_stopped && b.yielded => Some(Reason::Preempt),
                     None if b.master_stopped => Some(Reason::MasterStopped),
                     None => Some(Reason::MasterDown),
-                    Some(p) => match self.config.preempt_delay {
-                        Some(delay) if now < later(p.since, delay) => {
-                            (now >= later(p.last_heard, master_down)).then_some(Reason::MasterDown)
+                    Some(p) if now >= later(p.last_heard, master_down) => Some(Reason::MasterDown),
+                    Some(p) => match (self.config.preempt_delay, p.asked) {
+                        (Some(delay), None) if now < later(p.since, delay) => None,
+                        // Ask the master to yield: it winds its connections down and hands
+                        // the VIP over with a priority-0 advert (make-before-break).
+                        (_, None) => {
+                            p.asked = Some((now, later(now, interval)));
+                            out.push(Action::SendAdvert { priority: ours });
+                            None
                         }
-                        _ => Some(Reason::Preempt),
+                        // It does not yield: take the VIP regardless.
+                        (_, Some((asked, _))) if now >= later(asked, YIELD_BOUND) => {
+                            Some(Reason::Preempt)
+                        }
+                        (_, Some((asked, ask_at))) => {
+                            if now >= ask_at {
+                                // Asked again, so one lost datagram does not cost the bound.
+                                p.asked = Some((asked, later(now, interval)));
+                                out.push(Action::SendAdvert { priority: ours });
+                            }
+                            None
+                        }
                     },
                 };
                 if let Some(reason) = reason {
@@ -580,7 +684,10 @@ impl Machine {
             return;
         }
         match &mut self.phase {
-            Phase::Initialize | Phase::Stopped | Phase::Resigning { .. } => {}
+            Phase::Initialize
+            | Phase::Stopped
+            | Phase::Yielding { .. }
+            | Phase::Resigning { .. } => {}
             Phase::Master { advert_at } => {
                 // Tell the peer at once so a preempting backup can start taking over.
                 *advert_at = later(now, self.config.advert_interval);
@@ -601,17 +708,18 @@ impl Machine {
         }
     }
 
+    fn on_quiet(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if let Phase::Yielding { .. } = self.phase {
+            self.resign(now, Then::Backup, out);
+        }
+    }
+
     fn on_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
         let from = self.state();
-        match self.phase {
-            Phase::Stopped | Phase::Resigning { .. } => {}
-            Phase::Master { .. } => {
-                self.phase = Phase::Resigning {
-                    advert_at: later(now, self.config.advert_interval),
-                    release_at: later(now, self.handover_bound()),
-                };
-                out.push(Action::SendAdvert { priority: 0 });
-            }
+        match &mut self.phase {
+            Phase::Stopped => {}
+            Phase::Resigning { then, .. } => *then = Then::Stop,
+            Phase::Master { .. } | Phase::Yielding { .. } => self.resign(now, Then::Stop, out),
             Phase::Initialize | Phase::Backup(_) => {
                 out.push(Action::Transition {
                     from,
@@ -624,16 +732,45 @@ impl Machine {
         }
     }
 
-    /// The end of a handover: the VIP goes.
-    fn release(&mut self, out: &mut Vec<Action>) {
+    /// Start handing the VIP over: priority-0 adverts, VIP kept until the peer has it.
+    fn resign(&mut self, now: Instant, then: Then, out: &mut Vec<Action>) {
+        self.phase = Phase::Resigning {
+            advert_at: later(now, self.config.advert_interval),
+            release_at: later(now, self.handover_bound()),
+            then,
+            taker: None,
+        };
+        out.push(Action::SendAdvert { priority: 0 });
+    }
+
+    /// The end of a handover: the VIP goes; we stop, or stay up as backup.
+    fn release(&mut self, now: Instant, then: Then, taker: Option<PeerId>, out: &mut Vec<Action>) {
+        let (to, reason) = match then {
+            Then::Stop => (State::Stopped, Reason::Shutdown),
+            Then::Backup => (State::Backup, Reason::PeerWins),
+        };
         out.push(Action::Transition {
             from: State::Master,
-            to: State::Stopped,
-            reason: Reason::Shutdown,
+            to,
+            reason,
         });
         out.push(Action::ReleaseVip);
-        self.phase = Phase::Stopped;
-        self.master = Believed::Unknown;
+        self.master = match (then, taker) {
+            (Then::Backup, Some(peer)) => Believed::Peer(peer),
+            _ => Believed::Unknown,
+        };
+        self.phase = match then {
+            Then::Stop => Phase::Stopped,
+            Then::Backup => {
+                out.push(Action::Resume);
+                Phase::Backup(Backup {
+                    master_down_at: later(now, self.master_down_interval()),
+                    master_stopped: false,
+                    preempting: None,
+                    yielded: false,
+                })
+            }
+        };
     }
 }
 

@@ -23,6 +23,9 @@ use super::{
 };
 use crate::config::HaConfig;
 
+/// How often a quiescing node looks at its open connections.
+const QUIET_POLL: Duration = Duration::from_millis(2);
+
 /// Transitions kept for `/-/ha`.
 const HISTORY: usize = 32;
 
@@ -71,6 +74,19 @@ pub struct HaMetrics {
 pub enum Command {
     Shutdown(oneshot::Sender<()>),
     DropAdverts(bool),
+}
+
+/// What the node needs from the gateway it runs in. Every call must return at once: the HA
+/// thread never waits on the proxy.
+pub trait Host: Send + Sync {
+    /// True while this node can serve; false applies the tracking penalty.
+    fn can_serve(&self) -> bool;
+    /// Wind client connections down (`true`: the VIP is about to move away) or serve them
+    /// normally again (`false`).
+    fn quiesce(&self, on: bool);
+    /// While quiescing: whether the VIP may move now (no client connection left that the
+    /// move would cut). Asked every few milliseconds.
+    fn quiet(&self) -> bool;
 }
 
 /// Handle to the running node.
@@ -126,7 +142,7 @@ impl HaNode {
     pub fn start(
         config: &HaConfig,
         vip: VipSpec,
-        tracking: Arc<dyn Fn() -> bool + Send + Sync>,
+        host: Arc<dyn Host>,
         metrics: HaMetrics,
     ) -> Result<HaNode, HaError> {
         let name = PeerName::new(&config.name).map_err(|e| HaError::Config(e.to_string()))?;
@@ -223,7 +239,8 @@ impl HaNode {
                         guard: ReplayGuard::default(),
                         drop_adverts: false,
                         last_counter: 0,
-                        tracking,
+                        host,
+                        quiet_by: None,
                         penalty,
                     };
                     driver.run(rx).await;
@@ -285,8 +302,9 @@ struct Driver {
     guard: ReplayGuard,
     drop_adverts: bool,
     last_counter: u64,
-    /// True while this node can serve; false applies the penalty.
-    tracking: Arc<dyn Fn() -> bool + Send + Sync>,
+    host: Arc<dyn Host>,
+    /// Set while quiescing for a handover: when to stop waiting for quiet.
+    quiet_by: Option<tokio::time::Instant>,
     penalty: u8,
 }
 
@@ -318,7 +336,21 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            let quiet_check = async {
+                match self.quiet_by {
+                    Some(_) => tokio::time::sleep(QUIET_POLL).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                () = quiet_check => {
+                    let due = self.quiet_by.is_some_and(|by| tokio::time::Instant::now() >= by);
+                    if due || self.host.quiet() {
+                        self.quiet_by = None;
+                        let actions = self.machine.handle(Instant::now(), Input::Quiet);
+                        self.apply(actions).await;
+                    }
+                }
                 received = self.socket.recv_from(&mut buf) => {
                     let Ok((n, from)) = received else { continue };
                     if self.drop_adverts {
@@ -331,7 +363,7 @@ impl Driver {
                     self.apply(actions).await;
                 }
                 _ = track.tick() => {
-                    let penalty = if (self.tracking)() { 0 } else { self.penalty };
+                    let penalty = if self.host.can_serve() { 0 } else { self.penalty };
                     if penalty != applied_penalty {
                         tracing::warn!(penalty, "tracking: effective priority changes");
                         applied_penalty = penalty;
@@ -400,6 +432,15 @@ impl Driver {
     async fn apply(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
+                Action::Quiesce => {
+                    tracing::info!("a better peer asks for the VIP: winding connections down");
+                    self.host.quiesce(true);
+                    self.quiet_by = Some(tokio::time::Instant::now() + super::machine::YIELD_QUIET);
+                }
+                Action::Resume => {
+                    self.host.quiesce(false);
+                    self.quiet_by = None;
+                }
                 Action::SendAdvert { priority } => {
                     if self.drop_adverts {
                         continue;

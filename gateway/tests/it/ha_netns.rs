@@ -239,12 +239,13 @@ fn interface_mode_moves_the_vip_and_the_client_follows() {
     let _ = gw1.wait_exit(Duration::from_secs(5));
 }
 
-/// A planned stop of the master (SIGTERM) while clients keep opening connections through an
-/// edge forwarder (devctl's layout) to the VIP: the master lets its connections finish,
-/// refuses new ones (the edge tries again) and hands over, keeping the VIP until the peer
-/// announces it, so no request fails.
+/// Planned handovers while clients keep opening connections through an edge forwarder
+/// (devctl's layout) to the VIP, and no request fails. A stop of the master (SIGTERM): it lets
+/// its connections finish, refuses new ones (the edge tries again) and hands over, keeping the
+/// VIP until the peer announces it. Then preemption back: the returning gateway-1 asks,
+/// gateway-2 winds its connections down and yields the same way.
 #[test]
-fn a_planned_stop_hands_the_vip_over_without_a_failed_request() {
+fn planned_handovers_stop_and_preemption_back_fail_no_request() {
     if !service_kit::prereq::require(can_run(), "run as root with iproute2 installed") {
         return;
     }
@@ -311,7 +312,7 @@ fn a_planned_stop_hands_the_vip_over_without_a_failed_request() {
                             .await
                             {
                                 Ok(_) => ok += 1,
-                                Err(e) => failed.push(e.to_string()),
+                                Err(e) => failed.push((Instant::now(), e.to_string())),
                             }
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
@@ -329,12 +330,20 @@ fn a_planned_stop_hands_the_vip_over_without_a_failed_request() {
         .unwrap();
     assert!(
         gw1.wait_exit(Duration::from_secs(10)).is_some(),
-        "gateway-1 exits"
+        "gateway-1 exits: {}",
+        gw1.output().join("\n")
     );
     eprintln!(
         "gateway-1 drained and handed over in {:?}",
         stopped.elapsed()
     );
+    std::thread::sleep(Duration::from_millis(500));
+    who_answers(&net.ns("c"), "gateway-2", Duration::from_millis(500));
+
+    let back = Instant::now();
+    let _gw1 = start(&net, dir.path(), 1, &pki);
+    who_answers(&net.ns("c"), "gateway-1", Duration::from_secs(10));
+    eprintln!("gateway-1 back and master after {:?}", back.elapsed());
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut ok, mut failed) = (0, Vec::new());
@@ -344,10 +353,27 @@ fn a_planned_stop_hands_the_vip_over_without_a_failed_request() {
         failed.extend(f);
     }
     eprintln!(
-        "planned stop: {ok} requests served, {} failed",
+        "planned stop and preemption back: {ok} requests served, {} failed",
         failed.len()
     );
+    let failed: Vec<String> = failed
+        .into_iter()
+        .map(|(at, e)| {
+            let phase = if at < back { "stop" } else { "preemption" };
+            let since = at.duration_since(if at < back { stopped } else { back });
+            format!("{e} ({phase}, +{since:?})")
+        })
+        .collect();
     assert!(ok > 100, "the clients kept going: {ok}");
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    who_answers(&net.ns("c"), "gateway-2", Duration::from_millis(500));
+    assert!(
+        failed.is_empty(),
+        "failed requests: {failed:?}\ngateway-1 (stopped) said:\n{}",
+        gw1.output()
+            .iter()
+            .filter(|l| !l.contains("\"message\":\"request\"")
+                && !l.contains("upstream connect failed"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

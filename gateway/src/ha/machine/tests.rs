@@ -70,11 +70,9 @@ fn become_master(reason: Reason, priority: u8) -> Vec<Action> {
     ]
 }
 
+/// A master that hears a better peer first winds its connections down (make-before-break).
 fn step_down() -> Vec<Action> {
-    vec![
-        transition(State::Master, State::Backup, Reason::PeerWins),
-        Action::ReleaseVip,
-    ]
+    vec![Action::Quiesce]
 }
 
 /// Drives a Backup that hears `peer` at each of `advert_times`, ticking at its deadlines,
@@ -243,7 +241,9 @@ fn backup_preemption_table() {
     let t0 = Instant::now();
     // (own priority, master's priority, own preempt, expected takeover)
     let table = [
-        (200, 100, true, Some((us(321_875), Reason::Preempt))),
+        // It asks at its first master-down expiry (321.875 ms); this master never yields (an
+        // older peer), so it takes the VIP YIELD_BOUND later.
+        (200, 100, true, Some((us(2_321_875), Reason::Preempt))),
         (200, 100, false, None),
         (100, 200, true, None),
         (100, 100, true, None),
@@ -294,9 +294,29 @@ fn master_election_table() {
             assert_eq!(m.state(), State::Master);
             assert_eq!(m.next_deadline(), Some(now + ms(100)), "advert timer reset");
         } else {
+            // Still master while connections wind down, then the handover: a priority-0
+            // advert, the VIP kept until the peer announces itself (plus the grace).
+            assert_eq!(m.state(), State::Master);
+            assert!(m.is_yielding());
+            assert_eq!(m.next_deadline(), Some(became + ms(100)), "adverts go on");
+            assert_eq!(
+                m.handle(now + ms(3), Input::Quiet),
+                vec![Action::SendAdvert { priority: 0 }]
+            );
+            assert!(m
+                .handle(now + ms(4), advert("peer", last, priority))
+                .is_empty());
+            assert_eq!(m.next_deadline(), Some(now + ms(24)));
+            assert_eq!(
+                m.handle(now + ms(24), Input::Tick),
+                vec![
+                    transition(State::Master, State::Backup, Reason::PeerWins),
+                    Action::ReleaseVip,
+                    Action::Resume,
+                ]
+            );
             assert_eq!(m.state(), State::Backup);
-            assert_eq!(m.next_deadline(), Some(now + us(360_937)));
-            assert_eq!(m.current_master().map(|p| p.addr), Some(addr(last)));
+            assert_eq!(m.next_deadline(), Some(now + ms(24) + us(360_937)));
         }
     }
 }
@@ -367,8 +387,9 @@ fn preempt_delay_is_honoured_but_never_delays_failover() {
     let peer = advert("a", 1, 100);
     // (adverts from the lower master, expected takeover)
     let table = [
-        // Keeps advertising: take over 1 s after first seeing it (at 10 ms), not at 321.875.
-        (30, Some((ms(1010), Reason::Preempt))),
+        // Keeps advertising: ask 1 s after first seeing it (at 10 ms), not at 321.875; it
+        // never yields, so take over YIELD_BOUND after asking.
+        (40, Some((ms(3010), Reason::Preempt))),
         // Goes quiet after its advert at 510 ms: it is dead at 510 ms + 321.875 ms.
         (6, Some((us(831_875), Reason::MasterDown))),
     ];
@@ -378,14 +399,14 @@ fn preempt_delay_is_honoured_but_never_delays_failover() {
             &mut m,
             &peer,
             every_100ms(t0 + ms(10), count),
-            t0 + ms(3000),
+            t0 + ms(4000),
         );
         assert_eq!(got, expected.map(|(d, r)| (t0 + d, r)), "{count} adverts");
     }
-    // Without a delay the same node preempts at its first master-down expiry.
+    // Without a delay the same node asks at its first master-down expiry.
     let mut m = started(config("b", 2, 200), t0);
     let got = backup_hearing(&mut m, &peer, every_100ms(t0 + ms(10), 30), t0 + ms(3000));
-    assert_eq!(got, Some((t0 + us(321_875), Reason::Preempt)));
+    assert_eq!(got, Some((t0 + us(2_321_875), Reason::Preempt)));
 }
 
 #[test]
@@ -551,6 +572,10 @@ impl Net {
             assert!(self.log.len() < 100_000, "advert storm");
             for action in self.nodes[node].handle(self.now, input) {
                 self.log.push((self.now, node, action));
+                if action == Action::Quiesce {
+                    // Connections finish at once here.
+                    queue.push_back((node, Input::Quiet));
+                }
                 if let Action::SendAdvert { priority } = action {
                     if self.connected {
                         queue.push_back((
@@ -619,11 +644,13 @@ fn partition_makes_two_masters_and_healing_leaves_exactly_one() {
             .filter_map(Machine::next_deadline)
             .min()
             .expect("masters have deadlines");
-        net.run_until(first);
+        // The worse one yields: its connections wind down (at once here), a priority-0
+        // advert, the winner's answer, and the VIP goes HANDOVER_GRACE later.
+        net.run_until(first + HANDOVER_GRACE);
         assert_eq!(net.states(), after, "{pa}/{pb} healed");
         assert!(
-            net.adverts_since(healed) <= 2,
-            "{pa}/{pb}: one advert and at most one answer, got {}",
+            net.adverts_since(healed) <= 4,
+            "{pa}/{pb}: an advert and its answer, the loser's priority 0 and its answer, got {}",
             net.adverts_since(healed)
         );
         let winner = usize::from(after[1] == Master);
@@ -667,10 +694,12 @@ fn tracking_penalty_lets_the_preempting_peer_take_over() {
         })
         .map(|(t, node, a)| (*t, *node, *a))
         .collect();
+    // b asks at its master-down expiry; a yields at once (its connections finish at once
+    // here) with a priority-0 advert; b takes over after its skew (60.937 ms).
     assert_eq!(
         takeovers.last(),
         Some(&(
-            t0 + us(941_406 + 360_937),
+            t0 + us(941_406 + 360_937 + 60_937),
             1,
             transition(State::Backup, State::Master, Reason::Preempt)
         ))
