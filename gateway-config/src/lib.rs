@@ -345,6 +345,25 @@ pub struct UpstreamConfig {
     /// Servers found by DNS, beside the fixed ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discover: Option<DiscoverConfig>,
+    /// Requests that find every server at its `max_conns` wait here for a free one instead of
+    /// failing (NGINX Plus `queue`, HAProxy's server queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueConfig>,
+}
+
+/// `queue = { size = 512, timeout = "5s" }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Requests waiting at most; one more is answered 503 at once.
+    pub size: usize,
+    /// How long a request waits for a server; then 503.
+    #[serde(default = "default_queue_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_queue_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 
 fn yes() -> bool {
@@ -495,6 +514,7 @@ impl UpstreamConfig {
             sticky: None,
             servers,
             discover: None,
+            queue: None,
         }
     }
 }
@@ -789,6 +809,18 @@ impl UpstreamConfig {
                 return Err(invalid(format!(
                     "upstream {name}: server {} weight must be 1..={MAX_WEIGHT}",
                     server.address
+                )));
+            }
+        }
+        if let Some(queue) = &self.queue {
+            if queue.size == 0 || queue.timeout.0.is_zero() {
+                return Err(invalid(format!(
+                    "upstream {name}: queue size and timeout must be above zero"
+                )));
+            }
+            if self.servers.iter().all(|s| s.max_conns == 0) && self.discover.is_none() {
+                return Err(invalid(format!(
+                    "upstream {name}: a queue needs servers with max_conns (nothing would ever wait)"
                 )));
             }
         }

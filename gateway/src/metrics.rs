@@ -15,6 +15,10 @@ pub struct GatewayMetrics {
     pub duration: HistogramVec,
     pub upstream_requests: IntCounterVec,
     pub retries: IntCounterVec,
+    /// Requests waiting in an upstream's queue for a server below `max_conns`.
+    pub queued: IntGaugeVec,
+    /// Requests the queue turned away: `full` (at its size) or `timeout`.
+    pub queue_rejected: IntCounterVec,
     pub server_up: IntGaugeVec,
     pub server_active: IntGaugeVec,
     pub server_idle: IntGaugeVec,
@@ -71,6 +75,20 @@ impl GatewayMetrics {
                 "Requests passed to a next server after a failed try.",
             ),
             &["upstream"],
+        )?;
+        let queued = IntGaugeVec::new(
+            Opts::new(
+                "gateway_upstream_queued_requests",
+                "Requests waiting for a server below max_conns (upstream queue).",
+            ),
+            &["upstream"],
+        )?;
+        let queue_rejected = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_queue_rejected_total",
+                "Requests answered 503 by the upstream queue, by reason (full, timeout).",
+            ),
+            &["upstream", "reason"],
         )?;
         let server_up = IntGaugeVec::new(
             Opts::new(
@@ -229,6 +247,8 @@ impl GatewayMetrics {
             Box::new(duration.clone()),
             Box::new(upstream_requests.clone()),
             Box::new(retries.clone()),
+            Box::new(queued.clone()),
+            Box::new(queue_rejected.clone()),
             Box::new(server_up.clone()),
             Box::new(server_active.clone()),
             Box::new(server_idle.clone()),
@@ -253,6 +273,8 @@ impl GatewayMetrics {
             duration,
             upstream_requests,
             retries,
+            queued,
+            queue_rejected,
             server_up,
             server_active,
             server_idle,

@@ -79,6 +79,11 @@ pub struct UpstreamRuntime {
     pub health_check: Option<HealthCheckConfig>,
     pub retries: IntCounter,
     pub sticky: Option<StickyCookie>,
+    /// `queue`: how many requests may wait for a server below `max_conns`, and how long.
+    pub queue: Option<gateway_config::QueueConfig>,
+    pub queued: prometheus::IntGauge,
+    pub queue_full: IntCounter,
+    pub queue_timeout: IntCounter,
 }
 
 pub struct Snapshot {
@@ -156,6 +161,12 @@ impl Snapshot {
                         .sticky
                         .as_ref()
                         .map(|s| StickyCookie::new(&s.cookie, &s.secret, s.max_age.map(|d| d.0))),
+                    queue: upstream.queue,
+                    queued: metrics.queued.with_label_values(&[&name]),
+                    queue_full: metrics.queue_rejected.with_label_values(&[&name, "full"]),
+                    queue_timeout: metrics
+                        .queue_rejected
+                        .with_label_values(&[&name, "timeout"]),
                 };
                 (name, Arc::new(runtime))
             })

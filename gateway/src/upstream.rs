@@ -448,6 +448,19 @@ pub struct UpstreamShared {
     /// caps each worker's cache, and so does ours (one worker's full cache must not starve
     /// another into dialling for every request).
     idle_totals: Box<[AtomicUsize]>,
+    /// Requests waiting for a server below `max_conns` (`queue`), and the wake-up a finished
+    /// request gives the first of them.
+    waiting: AtomicUsize,
+    freed: tokio::sync::Notify,
+}
+
+/// Why a request left the upstream queue without a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueRefusal {
+    /// The queue was at its size.
+    Full,
+    /// No server freed up in time.
+    Timeout,
 }
 
 /// A picked server: released back to the balancer when dropped, with the recorded outcome.
@@ -469,6 +482,9 @@ impl Drop for PeerGuard {
             .state()
             .pool
             .release(self.id, Instant::now(), self.outcome);
+        if self.shared.waiting.load(Ordering::Relaxed) > 0 {
+            self.shared.freed.notify_one();
+        }
     }
 }
 
@@ -489,6 +505,8 @@ impl UpstreamShared {
             idle_totals: (0..*IDLE_SLOTS.get_or_init(|| 1))
                 .map(|_| AtomicUsize::new(0))
                 .collect(),
+            waiting: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
         })
     }
 
@@ -558,6 +576,31 @@ impl UpstreamShared {
                 None
             }
         }
+    }
+
+    /// Whether this try found no server only because the usable ones are at `max_conns`.
+    pub fn busy(&self, attempt: &Attempt) -> bool {
+        self.state().pool.busy(Instant::now(), attempt)
+    }
+
+    /// Waits in the queue (at most `size` waiting, each up to `until`) for a server to go
+    /// below `max_conns`; `Ok` means one request finished: select again (another request may
+    /// have taken the slot first, in which case the caller waits again).
+    pub async fn wait_for_server(
+        &self,
+        size: usize,
+        until: tokio::time::Instant,
+        queued: &prometheus::IntGauge,
+    ) -> Result<(), QueueRefusal> {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= size {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(QueueRefusal::Full);
+        }
+        queued.inc();
+        let woken = tokio::time::timeout_at(until, self.freed.notified()).await;
+        queued.dec();
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        woken.map_err(|_| QueueRefusal::Timeout)
     }
 
     /// The calling worker's idle count (what its `keepalive` cap applies to).

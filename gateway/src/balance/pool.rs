@@ -199,6 +199,22 @@ impl Pool {
     /// Accepts ids from this pool and from the pools it was [`reloaded`](Pool::reloaded)
     /// from, so release on whichever pool is current when the request finishes. Returns
     /// `false` (and changes nothing) if the server is no longer in this pool.
+    /// Whether a request found no server only because servers it could use are at
+    /// `max_conns` (it may wait for one: `queue`), rather than down, failed or tried.
+    pub fn busy(&self, now: Instant, attempt: &Attempt) -> bool {
+        let set = if attempt.in_backup {
+            &self.backup
+        } else {
+            &self.primary
+        };
+        set.iter().enumerate().any(|(index, peer)| {
+            peer.is_full()
+                && !peer.is_out()
+                && !peer.is_failed(now)
+                && !attempt.tried.contains(index)
+        })
+    }
+
     pub fn release(&mut self, id: PeerId, now: Instant, outcome: Outcome) -> bool {
         let single = self.is_single();
         match self.find_mut(id) {

@@ -564,6 +564,8 @@ async fn forward<H: Host>(
     let mut attempt = Attempt::new();
     let mut last_error = None;
 
+    // Set once this request joined the upstream queue: it waits until then at most.
+    let mut queued_until = None;
     while policy.may_start(ctx.trace.tries as usize, Instant::now()) {
         let Some((mut peer, server)) =
             upstream
@@ -571,6 +573,18 @@ async fn forward<H: Host>(
                 .select(&mut attempt, key.as_deref(), pin.as_deref())
         else {
             if ctx.trace.tries == 0 {
+                if let Some(queue) = upstream.queue.filter(|_| upstream.shared.busy(&attempt)) {
+                    let until = *queued_until
+                        .get_or_insert_with(|| tokio::time::Instant::now() + queue.timeout.0);
+                    match upstream
+                        .shared
+                        .wait_for_server(queue.size, until, &upstream.queued)
+                        .await
+                    {
+                        Ok(()) => continue,
+                        Err(refusal) => return Err(queue_refused(upstream, refusal)),
+                    }
+                }
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no_live_upstream",
@@ -756,6 +770,31 @@ async fn forward<H: Host>(
         }
     }
     Err(last_error.unwrap_or_else(|| bad_gateway("no upstream server could take the request")))
+}
+
+/// 503 from the upstream queue (counted by reason).
+fn queue_refused(
+    upstream: &crate::runtime::UpstreamRuntime,
+    refusal: crate::upstream::QueueRefusal,
+) -> ApiError {
+    use crate::upstream::QueueRefusal;
+    let (code, message) = match refusal {
+        QueueRefusal::Full => {
+            upstream.queue_full.inc();
+            (
+                "upstream_queue_full",
+                "every upstream server is busy and the queue is full",
+            )
+        }
+        QueueRefusal::Timeout => {
+            upstream.queue_timeout.inc();
+            (
+                "upstream_queue_timeout",
+                "no upstream server freed up in time",
+            )
+        }
+    };
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
 }
 
 fn bad_gateway(message: &str) -> ApiError {

@@ -897,3 +897,94 @@ async fn tls_sessions_resume_across_connections_and_reloads() {
         );
     }
 }
+
+/// Every server at `max_conns`: with a `queue`, requests wait for a free server instead of
+/// failing, the server never sees more than `max_conns` at once, and what cannot wait (the
+/// queue full, or no server freed in time) gets a JSON 503 saying which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_queue_holds_requests_while_every_server_is_busy() {
+    use crate::util::Behaviour;
+    let fx = Fixture::new();
+    let b = Backend::start_with(
+        "queue-1",
+        &fx.pki,
+        Behaviour {
+            delay: Duration::from_millis(200),
+        },
+    )
+    .await;
+    let gw = fx.start_gateway(&format!(
+        "[upstreams.pool]\nqueue = {{ size = 3, timeout = \"3s\" }}\nservers = [{}]\n{}",
+        servers(&[&b], ", max_conns = 1"),
+        route("/", "pool")
+    ));
+    // 4 at once: one served, three queued, each served in turn.
+    let started = Instant::now();
+    let mut requests = Vec::new();
+    for _ in 0..4 {
+        let mut conn = gw.connect().await;
+        requests.push(tokio::spawn(
+            async move { conn.get("/whoami").await.unwrap() },
+        ));
+    }
+    let mut statuses = Vec::new();
+    for r in requests {
+        statuses.push(r.await.unwrap().status.as_u16());
+    }
+    let took = started.elapsed();
+    assert_eq!(statuses, [200, 200, 200, 200], "all queued and served");
+    assert!(
+        took >= Duration::from_millis(750),
+        "one at a time: {took:?}"
+    );
+    let metrics = gw.admin_get("/metrics").await.text();
+    assert!(
+        metrics.contains("gateway_upstream_queued_requests{upstream=\"pool\"} 0"),
+        "the queue is empty again"
+    );
+
+    // 6 at once: one served, three queued, two turned away at once (the queue is full).
+    let mut requests = Vec::new();
+    for _ in 0..6 {
+        let mut conn = gw.connect().await;
+        requests.push(tokio::spawn(
+            async move { conn.get("/whoami").await.unwrap() },
+        ));
+    }
+    let mut full = 0;
+    for r in requests {
+        let resp = r.await.unwrap();
+        if resp.status.as_u16() == 503 {
+            assert_json_error(&resp, 503, "upstream_queue_full");
+            full += 1;
+        } else {
+            assert_eq!(resp.status.as_u16(), 200);
+        }
+    }
+    assert_eq!(full, 2);
+
+    // A queue timeout shorter than a request: the waiting one gives up with 503.
+    std::fs::write(
+        &gw.config,
+        format!(
+            "{}[upstreams.pool]\nqueue = {{ size = 3, timeout = \"50ms\" }}\nservers = [{}]\n{}",
+            fx.config_head(),
+            servers(&[&b], ", max_conns = 1"),
+            route("/", "pool")
+        ),
+    )
+    .unwrap();
+    assert_eq!(gw.reload().await.status, StatusCode::OK);
+    let mut first = gw.connect().await;
+    let busy = tokio::spawn(async move { first.get("/whoami").await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut second = gw.connect().await;
+    let waited = second.get("/whoami").await.unwrap();
+    assert_json_error(&waited, 503, "upstream_queue_timeout");
+    assert_eq!(busy.await.unwrap().status.as_u16(), 200);
+    let metrics = gw.admin_get("/metrics").await.text();
+    assert!(metrics
+        .contains("gateway_upstream_queue_rejected_total{reason=\"timeout\",upstream=\"pool\"} 1"));
+    assert!(metrics
+        .contains("gateway_upstream_queue_rejected_total{reason=\"full\",upstream=\"pool\"} 2"));
+}
