@@ -17,7 +17,9 @@
 # Environment (defaults): DURATION=5, WARMUP=1, ROUNDS=3, WORKERS=$(nproc) (gateway
 # worker_threads = nginx worker_processes = haproxy nbthread), CONNS_LIST="64 512",
 # UPSTREAMS="plain tls", PROTOS="h1 h2", WRK_THREADS=2, H2_STREAMS=10, H2_THREADS=1,
-# SKIP_BUILD=0, KEEP_WORKDIR=0. Run as root on Debian: installs nginx, haproxy, wrk,
+# SKIP_BUILD=0, KEEP_WORKDIR=0, MAXCONN (unset; N: each upstream server takes N requests at
+# once, the rest queue: the gateway's `max_conns` + `queue`, HAProxy's `maxconn` + its queue;
+# NGINX has no queue, so it stays unlimited). Run as root on Debian: installs nginx, haproxy, wrk,
 # nghttp2-client and curl when missing. Traffic goes only to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,7 @@ WRK_THREADS=${WRK_THREADS:-2}
 H2_STREAMS=${H2_STREAMS:-10}
 H2_THREADS=${H2_THREADS:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
+MAXCONN=${MAXCONN:-}
 CONNS=64
 BACKENDS=5
 . bench/lib.sh
@@ -99,15 +102,17 @@ SECURITY_HEADERS=(
 )
 
 write_gateway() { # $1 = plain|tls
-  local servers="" p
-  if [ "$1" = tls ]; then for p in "${tls_ports[@]}"; do servers+="{ address = \"127.0.0.1:$p\" }, "; done
-  else for p in "${plain_ports[@]}"; do servers+="{ address = \"127.0.0.1:$p\" }, "; done; fi
+  local servers="" p limit=""
+  [ -n "$MAXCONN" ] && limit=", max_conns = $MAXCONN"
+  if [ "$1" = tls ]; then for p in "${tls_ports[@]}"; do servers+="{ address = \"127.0.0.1:$p\"$limit }, "; done
+  else for p in "${plain_ports[@]}"; do servers+="{ address = \"127.0.0.1:$p\"$limit }, "; done; fi
   {
     printf '[runtime]\nworker_threads = %s\nwatch_config = false\n' "$WORKERS"
     printf '[admin]\nlisten = "127.0.0.1:%s"\n' "$GW_ADMIN"
     printf '[https]\nlisten = ["127.0.0.1:%s"]\ncert = "%s"\nkey = "%s"\n' "$GW_PORT" "$certs/server.crt" "$certs/server.key"
     [ "$1" = tls ] && printf '[upstream_tls]\nca = "%s"\n' "$certs/ca.crt"
     printf '[upstreams.origin]\nalgorithm = "least_conn"\nkeepalive = 256\nkeepalive_timeout = "60s"\n'
+    [ -n "$MAXCONN" ] && printf 'queue = { size = 100000, timeout = "30s" }\n'
     if [ "$1" = tls ]; then printf 'server_name = "localhost"\n'; else printf 'tls = false\n'; fi
     printf 'connect_timeout = "2s"\nread_timeout = "30s"\nservers = [%s]\n' "${servers%, }"
     printf '[[routes]]\nprefix = "/"\nupstream = "origin"\n'
@@ -125,9 +130,10 @@ write_nginx() { # $1 = plain|tls
 write_haproxy() { # $1 = plain|tls
   local i=0 p server_opts="" h
   [ "$1" = tls ] && server_opts=" ssl verify required ca-file $certs/ca.crt sni str(localhost) alpn http/1.1"
+  [ -n "$MAXCONN" ] && server_opts+=" maxconn $MAXCONN"
   {
     printf 'global\n  nbthread %s\n  maxconn 8000\n' "$WORKERS"
-    printf 'defaults\n  mode http\n  timeout connect 2s\n  timeout client 75s\n  timeout server 30s\n'
+    printf 'defaults\n  mode http\n  timeout connect 2s\n  timeout client 75s\n  timeout server 30s\n  timeout queue 30s\n'
     printf '  timeout http-keep-alive 75s\n  option http-keep-alive\n  http-reuse always\n'
     printf 'frontend fe\n  bind 127.0.0.1:%s ssl crt %s alpn h2,http/1.1\n' "$HAP_PORT" "$certs/haproxy.pem"
     printf '  option forwardfor\n  http-request set-header X-Forwarded-Proto https\n'
@@ -137,7 +143,7 @@ write_haproxy() { # $1 = plain|tls
     printf '  http-response del-header X-Powered-By\n  default_backend be\n'
     printf 'backend be\n  balance leastconn\n'
     if [ "$1" = tls ]; then for p in "${tls_ports[@]}"; do i=$((i + 1)); printf '  server s%s 127.0.0.1:%s%s\n' "$i" "$p" "$server_opts"; done
-    else for p in "${plain_ports[@]}"; do i=$((i + 1)); printf '  server s%s 127.0.0.1:%s\n' "$i" "$p"; done; fi
+    else for p in "${plain_ports[@]}"; do i=$((i + 1)); printf '  server s%s 127.0.0.1:%s%s\n' "$i" "$p" "$server_opts"; done; fi
   } >"$work/haproxy.cfg"
 }
 
@@ -182,6 +188,7 @@ spread() { # per-round ratio of column $1 of files $2 / $3 -> "min-max"
 machine_line
 echo "== gateway $(gateway_revision), worker_threads $WORKERS; nginx $("$NGINX" -v 2>&1 | grep -o '[0-9][0-9.]*' | head -1), worker_processes $WORKERS; $("$HAPROXY" -v | head -1 | cut -d' ' -f1-3), nbthread $WORKERS"
 echo "== origin: one nginx worker answering 200 on 5 plain + 5 TLS ports; the proxies use least_conn, keep-alive 256, access logs off"
+[ -n "$MAXCONN" ] && echo "== MAXCONN=$MAXCONN: each upstream server takes $MAXCONN requests at once and the rest queue (gateway max_conns + queue, HAProxy maxconn); NGINX has no queue and stays unlimited"
 echo "== $ROUNDS rounds of ${DURATION}s (after ${WARMUP}s warm-up) per proxy and cell, proxies in rotating order; figures are medians, ratio spread is min-max of per-round ratios"
 for up in $UPSTREAMS; do
   start_all "$up"

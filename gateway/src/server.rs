@@ -133,6 +133,8 @@ struct HaHost {
     runtime: tokio::runtime::Handle,
     /// Listeners closed for a handover: their accept loops, until the handover ends.
     paused: Mutex<Option<Vec<tokio::task::JoinHandle<()>>>>,
+    /// When the current quiescing began.
+    quiescing_since: Mutex<Option<std::time::Instant>>,
 }
 
 impl crate::ha::node::Host for HaHost {
@@ -145,9 +147,11 @@ impl crate::ha::node::Host for HaHost {
             return;
         };
         if on {
+            *lock(&self.quiescing_since) = Some(std::time::Instant::now());
             gateway.drain.begin();
             return;
         }
+        *lock(&self.quiescing_since) = None;
         // A shutdown's drain is not undone, nor are its listeners reopened.
         if gateway.lifecycle.is_draining() {
             return;
@@ -163,19 +167,22 @@ impl crate::ha::node::Host for HaHost {
     }
 
     /// As a shutdown does: connections finish while the listeners still accept (one request
-    /// each), then the listeners close (a SYN is refused and the edge tries again, rather than
-    /// accepted into a connection the move would cut), then the few accepted meanwhile
-    /// finish.
+    /// each, for `QUIET_WHILE_ACCEPTING` at most), then the listeners close (a SYN is refused
+    /// and the edge tries again, rather than accepted into a connection the move would cut),
+    /// then the rest finish.
     fn quiet(&self) -> bool {
         let Some(gateway) = self.gateway.upgrade() else {
             return true;
         };
-        if gateway.drain.open() > 0 {
-            return false;
-        }
         let mut paused = lock(&self.paused);
         match paused.as_ref() {
             None => {
+                let accepting_for = lock(&self.quiescing_since).map(|t| t.elapsed());
+                if gateway.drain.open() > 0
+                    && accepting_for.is_some_and(|d| d < QUIET_WHILE_ACCEPTING)
+                {
+                    return false;
+                }
                 *paused = Some(gateway.pause_listeners());
                 false
             }
@@ -290,6 +297,7 @@ impl Gateway {
                 gateway: Arc::downgrade(&gateway),
                 runtime: tokio::runtime::Handle::current(),
                 paused: Mutex::new(None),
+                quiescing_since: Mutex::new(None),
             });
             let node = HaNode::start(&ha, spec, host, gateway.metrics.ha.clone())?;
             *lock(&gateway.ha) = Some(Arc::new(node));
@@ -504,8 +512,10 @@ impl Gateway {
         let mut deadline = tokio::time::Instant::now() + timeout;
         if let Some(ha) = ha {
             if lock(&ha.status).vip_held {
-                let quiet = tokio::time::Instant::now() + HANDOVER_QUIET.min(timeout);
-                self.quiet_until(quiet).await;
+                let now = tokio::time::Instant::now();
+                let quiet = now + HANDOVER_QUIET.min(timeout);
+                self.quiet_until(quiet.min(now + QUIET_WHILE_ACCEPTING))
+                    .await;
                 let loops = self.pause_listeners();
                 let _ = tokio::time::timeout_at(quiet, futures_util::future::join_all(loops)).await;
                 self.quiet_until(quiet).await;
@@ -586,6 +596,11 @@ impl Gateway {
 /// How long a stopping VIP holder waits for its open connections to finish before it hands
 /// the VIP over (long-lived ones, such as WebSocket tunnels, are cut after the handover).
 const HANDOVER_QUIET: Duration = Duration::from_secs(1);
+
+/// How long connections may finish while the listeners still accept, before they close for
+/// the handover: under steady traffic there is always a connection open, and closing the
+/// listeners is what lets the last ones finish.
+const QUIET_WHILE_ACCEPTING: Duration = Duration::from_millis(100);
 
 /// How long a former VIP holder (interface mode) waits for connections still open after
 /// the VIP moved: their clients' packets go to the peer now.
