@@ -244,15 +244,19 @@ def main():
         back_why = poller.errors_between(t, time.monotonic())
         back_total = poller.count_between(t, time.monotonic())
 
-        # Rolling replacement of both gateways.
+        # Rolling restart of both gateways, one after the other.
         t = time.monotonic()
+        roll_each = []
         for g in ("gateway-1", "gateway-2"):
+            tg = time.monotonic()
             devctl(topology, state, "restart", g)
             wait_for(f"{g} healthy", lambda: healthy(topology, state, g))
-        wait_for("gateway-1 holds the VIP", lambda: holder(topology, state) == "gateway-1")
-        time.sleep(2)
+            wait_for("gateway-1 holds the VIP", lambda: holder(topology, state) == "gateway-1")
+            time.sleep(2)
+            roll_each.append(f"{g}: {poller.failures_between(tg, time.monotonic())} failed "
+                             f"({poller.errors_between(tg, time.monotonic())})")
         roll_fail = poller.failures_between(t, time.monotonic())
-        roll_why = poller.errors_between(t, time.monotonic())
+        roll_why = "; ".join(roll_each)
         roll_total = poller.count_between(t, time.monotonic())
         poller.stop.set()
 
