@@ -41,10 +41,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A try's bound while a failover may be under way. A SYN sent while the VIP moves (the old
 /// master's MAC is dead, the new one has not announced itself yet) is lost, and the kernel
-/// would retransmit it only after a second: a fresh SYN every 50 ms reaches the new master
-/// within 50 ms of its gratuitous ARP. The edge and the gateways share one L2 network, where
+/// would retransmit it only after a second: a fresh SYN every 25 ms reaches the new master
+/// within 25 ms of its gratuitous ARP. The edge and the gateways share one L2 network, where
 /// an answer takes well under a millisecond.
-const FIRST_TRY: Duration = Duration::from_millis(50);
+const FIRST_TRY: Duration = Duration::from_millis(25);
 /// How long tries keep that pace (a failover takes 3 advert intervals and a skew); after it,
 /// each try doubles its bound up to [`MAX_TRY`] (a slow gateway, not a moving VIP).
 const FAST_TRIES: Duration = Duration::from_secs(1);
@@ -246,9 +246,9 @@ mod tests {
             seen.push(bound);
         }
         let ms: Vec<u128> = seen.iter().map(Duration::as_millis).collect();
-        // 20 tries of 50 ms fill the first second.
-        let mut want = vec![50; 20];
-        want.extend([100, 200, 400, 800, 800, 800, 800, 800, 800]);
+        // 40 tries of 25 ms fill the first second.
+        let mut want = vec![25; 40];
+        want.extend([50, 100, 200, 400, 800, 800, 800, 800, 800, 800]);
         assert_eq!(ms, want);
     }
 

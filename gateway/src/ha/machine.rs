@@ -221,6 +221,16 @@ pub fn master_down_interval(priority: u8, interval: Duration) -> Duration {
     Duration::from_micros(interval_us.saturating_mul(3).saturating_add(skew_us))
 }
 
+/// [`master_down_interval`], or 3 intervals for a sole backup (no other backup to let go
+/// first).
+fn master_down_for(sole_backup: bool, priority: u8, interval: Duration) -> Duration {
+    if sole_backup {
+        interval.saturating_mul(3)
+    } else {
+        master_down_interval(priority, interval)
+    }
+}
+
 /// One node of the HA pair.
 ///
 /// Feed every [`Input`] to [`Machine::handle`] and carry out the returned [`Action`]s in
@@ -453,9 +463,15 @@ impl Machine {
         skew_time(self.effective_priority(), self.master_adver_interval)
     }
 
-    /// RFC Master_Down_Interval for our effective priority and the master's interval.
+    /// RFC Master_Down_Interval for our effective priority and the master's interval. A sole
+    /// backup waits 3 intervals without the skew: Skew_Time exists so the best of several
+    /// backups answers first, and with one it only lengthens every failover.
     pub fn master_down_interval(&self) -> Duration {
-        master_down_interval(self.effective_priority(), self.master_adver_interval)
+        master_down_for(
+            self.config.sole_backup,
+            self.effective_priority(),
+            self.master_adver_interval,
+        )
     }
 
     /// Our advert at `priority`, ready for [`super::encode`].
@@ -538,8 +554,10 @@ impl Machine {
                     self.master = Believed::Unknown;
                 } else if !preempt || advert.priority >= ours {
                     self.master_adver_interval = clamp_interval(advert.interval);
-                    b.master_down_at =
-                        later(now, master_down_interval(ours, self.master_adver_interval));
+                    b.master_down_at = later(
+                        now,
+                        master_down_for(self.config.sole_backup, ours, self.master_adver_interval),
+                    );
                     b.master_stopped = false;
                     b.yielded = false;
                     b.preempting = None;
@@ -700,7 +718,7 @@ impl Machine {
                     self.master_adver_interval = clamp_interval(p.interval);
                     b.master_down_at = later(
                         p.last_heard,
-                        master_down_interval(ours, self.master_adver_interval),
+                        master_down_for(self.config.sole_backup, ours, self.master_adver_interval),
                     );
                     b.preempting = None;
                 }

@@ -365,6 +365,22 @@ fn a_sole_backup_takes_over_from_a_stopping_master_at_once() {
 }
 
 #[test]
+fn a_sole_backup_declares_the_master_down_after_three_intervals_without_skew() {
+    let t0 = Instant::now();
+    let mut cfg = config("b", 2, 100);
+    cfg.advert_interval = ms(50);
+    cfg.sole_backup = true;
+    let mut m = started(cfg.clone(), t0);
+    assert_eq!(m.master_down_interval(), ms(150));
+    m.handle(t0 + ms(10), advert_with("a", 1, 200, ms(50)));
+    assert_eq!(m.next_deadline(), Some(t0 + ms(160)));
+    // With other backups the RFC's skew stays: 150 ms + (256 - 100) x 50 ms / 256.
+    cfg.sole_backup = false;
+    let m = started(cfg, t0);
+    assert_eq!(m.master_down_interval(), us(180_468));
+}
+
+#[test]
 fn backup_learns_the_masters_interval() {
     let t0 = Instant::now();
     let mut m = started(config("b", 2, 100), t0);
