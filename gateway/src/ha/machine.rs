@@ -592,9 +592,12 @@ impl Machine {
                 } else {
                     // A stopping peer, or a worse one that thinks it is master: assert
                     // ourselves now rather than at the next interval, so dual masters
-                    // resolve within one exchange.
+                    // resolve within one exchange, and announce the VIP again: the other
+                    // may have taken it over (a split brain, a peer that came up without
+                    // hearing us), and neighbours follow the last announcement.
                     *advert_at = later(now, self.config.advert_interval);
                     out.push(Action::SendAdvert { priority: ours });
+                    out.push(Action::AcquireVip);
                 }
             }
         }

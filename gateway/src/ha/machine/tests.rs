@@ -271,7 +271,8 @@ fn backup_preemption_table() {
 #[test]
 fn master_election_table() {
     // Own: priority 100 at 10.0.0.5. (peer priority, peer address, expected actions)
-    let answer = vec![Action::SendAdvert { priority: 100 }];
+    // Answered at once, and the VIP announced again (the other may have taken it).
+    let answer = vec![Action::SendAdvert { priority: 100 }, Action::AcquireVip];
     let table = [
         (101, 1, step_down()),
         (254, 1, step_down()),
