@@ -124,6 +124,14 @@ async fn connect(target: SocketAddr) -> Result<TcpStream, std::io::Error> {
     }
 }
 
+/// A gateway answers a ClientHello within milliseconds; one that has not after this is gone
+/// (killed, or the VIP moved under the connection), and the hello goes to a new connection.
+const HELLO_ANSWER: Duration = Duration::from_millis(250);
+/// Sent bytes a gateway has not acknowledged for this long mean it is gone: the connection
+/// is given up (TCP_USER_TIMEOUT) instead of retransmitting with backoff for seconds. The
+/// gateways' kernels acknowledge within a millisecond on the shared network, busy or not.
+const UNACKED_LIMIT: Duration = Duration::from_millis(500);
+
 /// Most client bytes kept for a replay: a TLS ClientHello is well under this.
 const REPLAY_LIMIT: usize = 16 * 1024;
 /// Connections tried for one client while its hello goes unanswered.
@@ -177,6 +185,13 @@ async fn relay(mut client: TcpStream, peer: SocketAddr, target: SocketAddr, prox
     }
 }
 
+async fn wait_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sends the PROXY header and what the client sent so far (`sent`, a replay), then relays
 /// the client's bytes, keeping them in `sent` while they may be replayed, until the gateway
 /// sends its first byte (passed on to the client).
@@ -188,6 +203,8 @@ async fn until_answered(
 ) -> Hello {
     use tokio::io::AsyncReadExt;
     let _ = upstream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&upstream).set_tcp_user_timeout(Some(UNACKED_LIMIT));
+    let mut hello_by = None;
     let mut keep = sent.is_empty() || replayable(sent);
     let unanswered = |keep: bool| if keep { Hello::Unanswered } else { Hello::Done };
     if let Some(h) = header {
@@ -195,8 +212,11 @@ async fn until_answered(
             return unanswered(keep);
         }
     }
-    if !sent.is_empty() && upstream.write_all(sent).await.is_err() {
-        return unanswered(keep);
+    if !sent.is_empty() {
+        hello_by = Some(tokio::time::Instant::now() + HELLO_ANSWER);
+        if upstream.write_all(sent).await.is_err() {
+            return unanswered(keep);
+        }
     }
     let mut from_client = [0u8; 4096];
     let mut from_upstream = [0u8; 4096];
@@ -210,6 +230,7 @@ async fn until_answered(
                 }
                 Ok(n) => {
                     let bytes = &from_client[..n];
+                    hello_by.get_or_insert(tokio::time::Instant::now() + HELLO_ANSWER);
                     if keep {
                         sent.extend_from_slice(bytes);
                         keep = replayable(sent) && sent.len() <= REPLAY_LIMIT;
@@ -219,6 +240,7 @@ async fn until_answered(
                     }
                 }
             },
+            () = wait_until(hello_by), if keep && client_open => return Hello::Unanswered,
             read = upstream.read(&mut from_upstream) => match read {
                 Ok(0) | Err(_) => return unanswered(keep && client_open),
                 Ok(n) => {
