@@ -728,71 +728,6 @@ impl Machine {
             }
         }
     }
-
-    fn on_quiet(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if let Phase::Yielding { .. } = self.phase {
-            self.resign(now, Then::Backup, out);
-        }
-    }
-
-    fn on_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let from = self.state();
-        match &mut self.phase {
-            Phase::Stopped => {}
-            Phase::Resigning { then, .. } => *then = Then::Stop,
-            Phase::Master { .. } | Phase::Yielding { .. } => self.resign(now, Then::Stop, out),
-            Phase::Initialize | Phase::Backup(_) => {
-                out.push(Action::Transition {
-                    from,
-                    to: State::Stopped,
-                    reason: Reason::Shutdown,
-                });
-                self.phase = Phase::Stopped;
-                self.master = Believed::Unknown;
-            }
-        }
-    }
-
-    /// Start handing the VIP over: priority-0 adverts, VIP kept until the peer has it.
-    fn resign(&mut self, now: Instant, then: Then, out: &mut Vec<Action>) {
-        self.phase = Phase::Resigning {
-            advert_at: later(now, self.config.advert_interval),
-            release_at: later(now, self.handover_bound()),
-            then,
-            taker: None,
-        };
-        out.push(Action::SendAdvert { priority: 0 });
-    }
-
-    /// The end of a handover: the VIP goes; we stop, or stay up as backup.
-    fn release(&mut self, now: Instant, then: Then, taker: Option<PeerId>, out: &mut Vec<Action>) {
-        let (to, reason) = match then {
-            Then::Stop => (State::Stopped, Reason::Shutdown),
-            Then::Backup => (State::Backup, Reason::PeerWins),
-        };
-        out.push(Action::Transition {
-            from: State::Master,
-            to,
-            reason,
-        });
-        out.push(Action::ReleaseVip);
-        self.master = match (then, taker) {
-            (Then::Backup, Some(peer)) => Believed::Peer(peer),
-            _ => Believed::Unknown,
-        };
-        self.phase = match then {
-            Then::Stop => Phase::Stopped,
-            Then::Backup => {
-                out.push(Action::Resume);
-                Phase::Backup(Backup {
-                    master_down_at: later(now, self.master_down_interval()),
-                    master_stopped: false,
-                    preempting: None,
-                    yielded: false,
-                })
-            }
-        };
-    }
 }
 
 /// `t + d` without a panic path. Every duration here is bounded (intervals by 65.535 s,
@@ -807,6 +742,8 @@ fn later(t: Instant, d: Duration) -> Instant {
 fn clamp_interval(interval: Duration) -> Duration {
     interval.clamp(MIN_ADVERT_INTERVAL, MAX_ADVERT_INTERVAL)
 }
+
+mod handover;
 
 #[cfg(test)]
 mod tests;
