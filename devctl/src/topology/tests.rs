@@ -98,7 +98,7 @@ fn mistakes_are_one_line_reasons() {
         ),
         ("pool = \"admin\"", "pool = \"nope\"", "unknown pool"),
         (
-            "advert_interval = \"100ms\"",
+            "advert_interval = \"50ms\"",
             "advert_interval = \"soon\"",
             "duration",
         ),
