@@ -188,6 +188,9 @@ pub enum Action {
     AcquireVip,
     /// Remove the VIP.
     ReleaseVip,
+    /// Keep the VIP but announce it no more (cancel pending gratuitous ARPs): a handover
+    /// began, and an announcement after the peer's would pull its clients back here.
+    StopAnnouncing,
     /// The VIP is about to move to the peer: wind client connections down (finish the request
     /// in hand, then close; new ones served one request each) and report [`Input::Quiet`]
     /// when none is left.

@@ -470,6 +470,7 @@ impl Driver {
                     }
                     Err(e) => tracing::error!(error = %e, "could not acquire the VIP"),
                 },
+                Action::StopAnnouncing => self.holder.stop_announcing(),
                 Action::ReleaseVip => {
                     if let Err(e) = self.holder.release().await {
                         tracing::error!(error = %e, "could not release the VIP");

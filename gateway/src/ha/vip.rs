@@ -44,6 +44,10 @@ pub struct InterfaceVip {
     mac: [u8; 6],
     vip: IpAddr,
     prefix: u8,
+    /// The gratuitous ARPs still to send for the latest acquire. They stop when the VIP is
+    /// released or handed over: a late announcement would point neighbours back at this node
+    /// after the peer took the VIP, and the peer's connections would be reset here.
+    announcer: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl InterfaceVip {
@@ -116,6 +120,7 @@ impl InterfaceVip {
             mac,
             vip,
             prefix,
+            announcer: std::sync::Mutex::new(None),
         })
     }
 
@@ -133,7 +138,7 @@ impl InterfaceVip {
             let (index, mac) = (self.index, self.mac);
             // A few announcements: the first may race the address becoming usable, and a
             // lost frame should not leave neighbours pointing at the dead master.
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 for delay in [0u64, 50, 150, 500] {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                     if let Err(e) = gratuitous_arp(index, mac, v4) {
@@ -141,12 +146,27 @@ impl InterfaceVip {
                     }
                 }
             });
+            if let Some(old) = self.announcer().replace(task.abort_handle()) {
+                old.abort();
+            }
         }
         Ok(())
     }
 
-    /// Removes the VIP if present.
+    /// Stops the announcements of the latest acquire (the VIP is being handed over).
+    pub fn stop_announcing(&self) {
+        if let Some(task) = self.announcer().take() {
+            task.abort();
+        }
+    }
+
+    fn announcer(&self) -> std::sync::MutexGuard<'_, Option<tokio::task::AbortHandle>> {
+        self.announcer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops announcing and removes the VIP if present.
     pub async fn release(&self) -> Result<(), VipError> {
+        self.stop_announcing();
         let mut addresses = self
             .handle
             .address()
@@ -281,6 +301,13 @@ impl VipHolder {
                 b.set(true);
                 Ok(())
             }
+        }
+    }
+
+    /// Stops announcing the VIP, which is still held (a handover is under way).
+    pub fn stop_announcing(&self) {
+        if let VipHolder::Interface(v) = self {
+            v.stop_announcing();
         }
     }
 

@@ -253,7 +253,7 @@ fn planned_handovers_stop_and_preemption_back_fail_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path(), &["localhost", "127.0.0.1"]);
     let mut gw1 = start(&net, dir.path(), 1, &pki);
-    let _gw2 = start(&net, dir.path(), 2, &pki);
+    let gw2 = start(&net, dir.path(), 2, &pki);
     who_answers(&net.ns("c"), "gateway-1", Duration::from_secs(5));
     let mut edge = Command::new("ip");
     edge.args([
@@ -266,7 +266,7 @@ fn planned_handovers_stop_and_preemption_back_fail_no_request() {
         "127.0.0.1:18443=10.77.0.100:8443",
     ])
     .env("LOG_LEVEL", "info");
-    let _edge = ServerProcess::start(edge);
+    let edge = ServerProcess::start(edge);
     let tls = pki.client();
     let probe = tls.clone();
     in_netns(&net.ns("c"), move || {
@@ -312,7 +312,7 @@ fn planned_handovers_stop_and_preemption_back_fail_no_request() {
                             .await
                             {
                                 Ok(_) => ok += 1,
-                                Err(e) => failed.push((Instant::now(), e.to_string())),
+                                Err(e) => failed.push((Instant::now(), format!("{e:?}"))),
                             }
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
@@ -365,15 +365,20 @@ fn planned_handovers_stop_and_preemption_back_fail_no_request() {
         })
         .collect();
     assert!(ok > 100, "the clients kept going: {ok}");
-    assert!(
-        failed.is_empty(),
-        "failed requests: {failed:?}\ngateway-1 (stopped) said:\n{}",
-        gw1.output()
-            .iter()
-            .filter(|l| !l.contains("\"message\":\"request\"")
-                && !l.contains("upstream connect failed"))
-            .cloned()
+    let said = |p: &ServerProcess| {
+        p.output()
+            .into_iter()
+            .filter(|l| {
+                !l.contains("\"message\":\"request\"") && !l.contains("upstream connect failed")
+            })
             .collect::<Vec<_>>()
             .join("\n")
+    };
+    assert!(
+        failed.is_empty(),
+        "failed requests: {failed:?}\ngateway-1 (stopped) said:\n{}\ngateway-2 said:\n{}\nthe edge said:\n{}",
+        said(&gw1),
+        said(&gw2),
+        said(&edge),
     );
 }

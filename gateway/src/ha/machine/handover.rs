@@ -39,6 +39,7 @@ impl Machine {
             then,
             taker: None,
         };
+        out.push(Action::StopAnnouncing);
         out.push(Action::SendAdvert { priority: 0 });
     }
 

@@ -302,7 +302,7 @@ fn master_election_table() {
             assert_eq!(m.next_deadline(), Some(became + ms(100)), "adverts go on");
             assert_eq!(
                 m.handle(now + ms(3), Input::Quiet),
-                vec![Action::SendAdvert { priority: 0 }]
+                vec![Action::StopAnnouncing, Action::SendAdvert { priority: 0 }]
             );
             assert!(m
                 .handle(now + ms(4), advert("peer", last, priority))
@@ -495,10 +495,11 @@ fn shutdown_hands_over_and_restart_works() {
     let t0 = Instant::now();
     let (mut m, became) = started_master(config("a", 1, 100), t0);
     // A master keeps the VIP while it hands over: a priority-0 advert, repeated each
-    // interval, until the peer announces itself.
+    // interval, until the peer announces itself; its own announcements stop, so a late
+    // one cannot pull clients back once the peer has the VIP.
     assert_eq!(
         m.handle(became, Input::Shutdown),
-        vec![Action::SendAdvert { priority: 0 }]
+        vec![Action::StopAnnouncing, Action::SendAdvert { priority: 0 }]
     );
     assert_eq!(m.state(), State::Master);
     assert!(m.is_resigning());
