@@ -448,10 +448,12 @@ pub struct UpstreamShared {
     /// caps each worker's cache, and so does ours (one worker's full cache must not starve
     /// another into dialling for every request).
     idle_totals: Box<[AtomicUsize]>,
-    /// Requests waiting for a server below `max_conns` (`queue`), and the wake-up a finished
-    /// request gives the first of them.
+    /// Requests in the queue for a server below `max_conns` (`queue`): asleep, or woken and
+    /// selecting. While any is, a new request joins the queue rather than taking a freed
+    /// slot first, so requests are served in arrival order.
     waiting: AtomicUsize,
-    freed: tokio::sync::Notify,
+    /// The sleeping ones, oldest first: a finished request wakes the first.
+    sleeping: Mutex<std::collections::VecDeque<tokio::sync::oneshot::Sender<()>>>,
 }
 
 /// Why a request left the upstream queue without a server.
@@ -483,7 +485,49 @@ impl Drop for PeerGuard {
             .pool
             .release(self.id, Instant::now(), self.outcome);
         if self.shared.waiting.load(Ordering::Relaxed) > 0 {
-            self.shared.freed.notify_one();
+            self.shared.wake_oldest();
+        }
+    }
+}
+
+/// A request's place in the upstream queue, from joining it until it has a server or gives
+/// up. Leaving wakes the next sleeper: the slot may still be free (several were freed at
+/// once), and if it is not, the woken request goes back to sleep at the front.
+pub struct QueueSeat {
+    shared: Arc<UpstreamShared>,
+    queued: prometheus::IntGauge,
+    /// Woken at least once: it sleeps again at the front, keeping its turn.
+    woken: bool,
+}
+
+impl QueueSeat {
+    /// Sleeps until a finished request wakes this one (its turn to select), or `until`.
+    pub async fn wait(&mut self, until: tokio::time::Instant) -> Result<(), QueueRefusal> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut sleeping = self.shared.sleeping();
+            if self.woken {
+                sleeping.push_front(tx);
+            } else {
+                sleeping.push_back(tx);
+            }
+        }
+        match tokio::time::timeout_at(until, rx).await {
+            Ok(_) => {
+                self.woken = true;
+                Ok(())
+            }
+            // The sender stays queued until a wake-up finds it closed and skips it.
+            Err(_) => Err(QueueRefusal::Timeout),
+        }
+    }
+}
+
+impl Drop for QueueSeat {
+    fn drop(&mut self) {
+        self.queued.dec();
+        if self.shared.waiting.fetch_sub(1, Ordering::Relaxed) > 1 {
+            self.shared.wake_oldest();
         }
     }
 }
@@ -506,7 +550,7 @@ impl UpstreamShared {
                 .map(|_| AtomicUsize::new(0))
                 .collect(),
             waiting: AtomicUsize::new(0),
-            freed: tokio::sync::Notify::new(),
+            sleeping: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -583,24 +627,43 @@ impl UpstreamShared {
         self.state().pool.busy(Instant::now(), attempt)
     }
 
-    /// Waits in the queue (at most `size` waiting, each up to `until`) for a server to go
-    /// below `max_conns`; `Ok` means one request finished: select again (another request may
-    /// have taken the slot first, in which case the caller waits again).
-    pub async fn wait_for_server(
-        &self,
+    /// Whether requests are queued: a new one then queues behind them.
+    pub fn has_queue(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+
+    /// Joins the queue (at most `size` in it), counted in `queued` while in it.
+    pub fn join_queue(
+        self: &Arc<Self>,
         size: usize,
-        until: tokio::time::Instant,
         queued: &prometheus::IntGauge,
-    ) -> Result<(), QueueRefusal> {
+    ) -> Result<QueueSeat, QueueRefusal> {
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= size {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(QueueRefusal::Full);
         }
         queued.inc();
-        let woken = tokio::time::timeout_at(until, self.freed.notified()).await;
-        queued.dec();
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        woken.map_err(|_| QueueRefusal::Timeout)
+        Ok(QueueSeat {
+            shared: self.clone(),
+            queued: queued.clone(),
+            woken: false,
+        })
+    }
+
+    fn sleeping(
+        &self,
+    ) -> MutexGuard<'_, std::collections::VecDeque<tokio::sync::oneshot::Sender<()>>> {
+        self.sleeping.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the oldest sleeping request that is still waiting.
+    fn wake_oldest(&self) {
+        let mut sleeping = self.sleeping();
+        while let Some(tx) = sleeping.pop_front() {
+            if tx.send(()).is_ok() {
+                return;
+            }
+        }
     }
 
     /// The calling worker's idle count (what its `keepalive` cap applies to).

@@ -564,8 +564,23 @@ async fn forward<H: Host>(
     let mut attempt = Attempt::new();
     let mut last_error = None;
 
-    // Set once this request joined the upstream queue: it waits until then at most.
+    // The upstream queue: first come, first served. A request arriving while others wait
+    // joins behind them instead of taking a freed slot first; it leaves once it has a server.
+    let mut seat = None;
     let mut queued_until = None;
+    if let Some(queue) = upstream.queue.filter(|_| upstream.shared.has_queue()) {
+        let until = *queued_until.insert(tokio::time::Instant::now() + queue.timeout.0);
+        let joined = seat.insert(
+            upstream
+                .shared
+                .join_queue(queue.size, &upstream.queued)
+                .map_err(|refusal| queue_refused(upstream, refusal))?,
+        );
+        joined
+            .wait(until)
+            .await
+            .map_err(|refusal| queue_refused(upstream, refusal))?;
+    }
     while policy.may_start(ctx.trace.tries as usize, Instant::now()) {
         let Some((mut peer, server)) =
             upstream
@@ -576,11 +591,16 @@ async fn forward<H: Host>(
                 if let Some(queue) = upstream.queue.filter(|_| upstream.shared.busy(&attempt)) {
                     let until = *queued_until
                         .get_or_insert_with(|| tokio::time::Instant::now() + queue.timeout.0);
-                    match upstream
-                        .shared
-                        .wait_for_server(queue.size, until, &upstream.queued)
-                        .await
-                    {
+                    let joined = match seat.as_mut() {
+                        Some(s) => s,
+                        None => seat.insert(
+                            upstream
+                                .shared
+                                .join_queue(queue.size, &upstream.queued)
+                                .map_err(|refusal| queue_refused(upstream, refusal))?,
+                        ),
+                    };
+                    match joined.wait(until).await {
                         Ok(()) => continue,
                         Err(refusal) => return Err(queue_refused(upstream, refusal)),
                     }
@@ -593,6 +613,8 @@ async fn forward<H: Host>(
             }
             break;
         };
+        // It has a server: out of the queue (the next in it is woken).
+        drop(seat.take());
         if ctx.trace.tries > 0 {
             upstream.retries.inc();
         }

@@ -943,6 +943,32 @@ async fn the_upstream_queue_holds_requests_while_every_server_is_busy() {
         "the queue is empty again"
     );
 
+    // First come, first served: requests that arrive 20 ms apart while the server is busy
+    // are answered in the order they came.
+    let mut requests = Vec::new();
+    for i in 0..4 {
+        let mut conn = gw.connect().await;
+        requests.push(tokio::spawn(async move {
+            let resp = conn.get("/whoami").await.unwrap();
+            (Instant::now(), i, resp.status.as_u16())
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answered = Vec::new();
+    for r in requests {
+        answered.push(r.await.unwrap());
+    }
+    answered.sort();
+    let order: Vec<_> = answered
+        .iter()
+        .map(|(_, i, status)| (*i, *status))
+        .collect();
+    assert_eq!(
+        order,
+        [(0, 200), (1, 200), (2, 200), (3, 200)],
+        "arrival order"
+    );
+
     // 6 at once: one served, three queued, two turned away at once (the queue is full).
     let mut requests = Vec::new();
     for _ in 0..6 {
