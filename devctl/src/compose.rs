@@ -91,6 +91,13 @@ fn service(plan: &Plan, i: &Instance) -> Yaml {
     if !i.cap_add.is_empty() {
         s.insert("cap_add", Yaml::strs(i.cap_add.iter().cloned()));
     }
+    if !i.sysctls.is_empty() {
+        let sysctls = i
+            .sysctls
+            .iter()
+            .fold(Yaml::map(), |m, (k, v)| m.with(k, v.as_str()));
+        s.insert("sysctls", sysctls);
+    }
     let ours = matches!(i.kind, Kind::Gateway | Kind::Backend | Kind::Edge);
     s.insert(
         "restart",

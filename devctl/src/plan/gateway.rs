@@ -128,6 +128,10 @@ pub(crate) fn build(
         if interface_mode {
             inst.cap_add = vec!["NET_ADMIN".into(), "NET_RAW".into()];
             inst.user = Some("0:0".into());
+            // ARP requests from the VIP holder name its own address, never the VIP: during a
+            // handover both gateways hold the VIP for a moment, and a request naming it would
+            // point the neighbours back at the one letting go (keepalived's usual advice).
+            inst.sysctls = vec![("net.ipv4.conf.all.arp_announce".into(), "2".into())];
         }
         if let (RuntimeKind::Docker, Some(p)) = (b.options.runtime, publish_port) {
             inst.publish = vec![Publish {

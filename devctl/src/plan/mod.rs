@@ -176,6 +176,8 @@ pub struct Instance {
     /// or next to the program on the host).
     pub probe_program: Option<String>,
     pub cap_add: Vec<String>,
+    /// Namespaced kernel parameters set in the container (Docker's `--sysctl`).
+    pub sysctls: Vec<(String, String)>,
     pub publish: Vec<Publish>,
     /// Named volume and mount point (the pool's shared SQLite directory).
     pub volume: Option<(String, String)>,
@@ -349,6 +351,7 @@ impl Builder<'_> {
             healthcheck: None,
             probe_program: None,
             cap_add: Vec::new(),
+            sysctls: Vec::new(),
             publish: Vec::new(),
             volume: None,
             aliases: vec![name.to_string()],

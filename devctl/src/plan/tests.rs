@@ -392,11 +392,18 @@ fn edge_forwards_to_the_vip_with_proxy_protocol() {
     );
     let g = p.instance("gateway-1").unwrap();
     assert_eq!(g.cap_add, vec!["NET_ADMIN", "NET_RAW"]);
-    assert!(plan(DEV, RuntimeKind::Process)
-        .instance("gateway-1")
-        .unwrap()
-        .cap_add
-        .is_empty());
+    assert_eq!(
+        g.sysctls,
+        vec![(
+            "net.ipv4.conf.all.arp_announce".to_string(),
+            "2".to_string()
+        )],
+        "ARP requests never name the VIP"
+    );
+    let process = plan(DEV, RuntimeKind::Process);
+    let g = process.instance("gateway-1").unwrap();
+    assert!(g.cap_add.is_empty());
+    assert!(g.sysctls.is_empty());
 }
 
 #[test]

@@ -107,12 +107,16 @@ impl InterfaceVip {
             .map_err(|e| VipError::Netlink(e.to_string()))?
             .ok_or_else(|| VipError::UnknownInterface(index.to_string()))?;
         let mut mac = [0u8; 6];
+        let mut name = None;
         for attr in &link.attributes {
-            if let LinkAttribute::Address(bytes) = attr {
-                if bytes.len() == 6 {
-                    mac.copy_from_slice(bytes);
-                }
+            match attr {
+                LinkAttribute::Address(bytes) if bytes.len() == 6 => mac.copy_from_slice(bytes),
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                _ => {}
             }
+        }
+        if let Some(name) = name {
+            announce_from_own_address(&name);
         }
         Ok(InterfaceVip {
             handle,
@@ -212,6 +216,34 @@ impl InterfaceVip {
             }
         }
         Ok(false)
+    }
+}
+
+/// Makes the kernel name the interface's own address, never the VIP, as the sender of the ARP
+/// requests it sends (`arp_announce` = 2): during a handover both gateways hold the VIP for a
+/// moment, and a request naming it from the one letting go would point neighbours back at it.
+/// Best effort: where /proc/sys is read-only (a container), the runtime sets it (devctl passes
+/// `--sysctl net.ipv4.conf.all.arp_announce=2`), and a warning says so when nobody did.
+fn announce_from_own_address(interface: &str) {
+    let read = |scope: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{scope}/arp_announce"))
+            .ok()
+            .and_then(|v| v.trim().parse::<u8>().ok())
+    };
+    // The kernel uses the larger of `all` and the interface's value.
+    if read("all").max(read(interface)).is_some_and(|v| v >= 2) {
+        return;
+    }
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/arp_announce");
+    match std::fs::write(&path, "2") {
+        Ok(()) => {
+            tracing::info!(%interface, "arp_announce set to 2: ARP requests name the interface's own address, not the VIP")
+        }
+        Err(e) => tracing::warn!(
+            %interface,
+            error = %e,
+            "could not set arp_announce = 2; set net.ipv4.conf.{interface}.arp_announce=2 (docker run --sysctl net.ipv4.conf.all.arp_announce=2), or a planned handover may briefly send clients back to the node letting go"
+        ),
     }
 }
 

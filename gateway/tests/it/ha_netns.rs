@@ -221,6 +221,15 @@ fn interface_mode_moves_the_vip_and_the_client_follows() {
         .unwrap()
     };
     assert!(addrs(&net.ns("g1")).contains("10.77.0.100/24"));
+    // Both name their own address in ARP requests, never the VIP (set by the gateways).
+    for g in ["g1", "g2"] {
+        let announce = Command::new("ip")
+            .args(["netns", "exec", &net.ns(g), "cat"])
+            .arg("/proc/sys/net/ipv4/conf/eth0/arp_announce")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&announce.stdout).trim(), "2", "{g}");
+    }
     assert!(!addrs(&net.ns("g2")).contains("10.77.0.100"));
 
     Command::new("kill")

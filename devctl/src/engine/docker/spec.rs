@@ -81,6 +81,7 @@ pub fn body(plan: &Plan, i: &Instance, targets_dir: &Path) -> ContainerCreateBod
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         host_config: Some(HostConfig {
             cap_add: (!i.cap_add.is_empty()).then(|| i.cap_add.clone()),
+            sysctls: (!i.sysctls.is_empty()).then(|| i.sysctls.iter().cloned().collect()),
             restart_policy: Some(RestartPolicy {
                 name: Some(if ours {
                     RestartPolicyNameEnum::ON_FAILURE
