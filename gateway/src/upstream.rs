@@ -496,13 +496,16 @@ impl Drop for PeerGuard {
 pub struct QueueSeat {
     shared: Arc<UpstreamShared>,
     queued: prometheus::IntGauge,
+    /// When the request gives up waiting (`queue.timeout` after it joined).
+    until: tokio::time::Instant,
     /// Woken at least once: it sleeps again at the front, keeping its turn.
     woken: bool,
 }
 
 impl QueueSeat {
-    /// Sleeps until a finished request wakes this one (its turn to select), or `until`.
-    pub async fn wait(&mut self, until: tokio::time::Instant) -> Result<(), QueueRefusal> {
+    /// Sleeps until a finished request wakes this one (its turn to select), or the seat's
+    /// deadline.
+    pub async fn wait(&mut self) -> Result<(), QueueRefusal> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         {
             let mut sleeping = self.shared.sleeping();
@@ -512,7 +515,7 @@ impl QueueSeat {
                 sleeping.push_back(tx);
             }
         }
-        match tokio::time::timeout_at(until, rx).await {
+        match tokio::time::timeout_at(self.until, rx).await {
             Ok(_) => {
                 self.woken = true;
                 Ok(())
@@ -632,10 +635,12 @@ impl UpstreamShared {
         self.waiting.load(Ordering::Relaxed) > 0
     }
 
-    /// Joins the queue (at most `size` in it), counted in `queued` while in it.
+    /// Joins the queue (at most `size` in it) until `until` at most, counted in `queued`
+    /// while in it.
     pub fn join_queue(
         self: &Arc<Self>,
         size: usize,
+        until: tokio::time::Instant,
         queued: &prometheus::IntGauge,
     ) -> Result<QueueSeat, QueueRefusal> {
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= size {
@@ -646,6 +651,7 @@ impl UpstreamShared {
         Ok(QueueSeat {
             shared: self.clone(),
             queued: queued.clone(),
+            until,
             woken: false,
         })
     }

@@ -567,19 +567,8 @@ async fn forward<H: Host>(
     // The upstream queue: first come, first served. A request arriving while others wait
     // joins behind them instead of taking a freed slot first; it leaves once it has a server.
     let mut seat = None;
-    let mut queued_until = None;
     if let Some(queue) = upstream.queue.filter(|_| upstream.shared.has_queue()) {
-        let until = *queued_until.insert(tokio::time::Instant::now() + queue.timeout.0);
-        let joined = seat.insert(
-            upstream
-                .shared
-                .join_queue(queue.size, &upstream.queued)
-                .map_err(|refusal| queue_refused(upstream, refusal))?,
-        );
-        joined
-            .wait(until)
-            .await
-            .map_err(|refusal| queue_refused(upstream, refusal))?;
+        queue_turn(upstream, queue, &mut seat).await?;
     }
     while policy.may_start(ctx.trace.tries as usize, Instant::now()) {
         let Some((mut peer, server)) =
@@ -589,21 +578,8 @@ async fn forward<H: Host>(
         else {
             if ctx.trace.tries == 0 {
                 if let Some(queue) = upstream.queue.filter(|_| upstream.shared.busy(&attempt)) {
-                    let until = *queued_until
-                        .get_or_insert_with(|| tokio::time::Instant::now() + queue.timeout.0);
-                    let joined = match seat.as_mut() {
-                        Some(s) => s,
-                        None => seat.insert(
-                            upstream
-                                .shared
-                                .join_queue(queue.size, &upstream.queued)
-                                .map_err(|refusal| queue_refused(upstream, refusal))?,
-                        ),
-                    };
-                    match joined.wait(until).await {
-                        Ok(()) => continue,
-                        Err(refusal) => return Err(queue_refused(upstream, refusal)),
-                    }
+                    queue_turn(upstream, queue, &mut seat).await?;
+                    continue;
                 }
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -792,6 +768,32 @@ async fn forward<H: Host>(
         }
     }
     Err(last_error.unwrap_or_else(|| bad_gateway("no upstream server could take the request")))
+}
+
+/// Waits for this request's turn in the upstream queue, joining it first (its deadline set
+/// then) if it is not in it yet.
+async fn queue_turn(
+    upstream: &crate::runtime::UpstreamRuntime,
+    queue: gateway_config::QueueConfig,
+    seat: &mut Option<crate::upstream::QueueSeat>,
+) -> Result<(), ApiError> {
+    let joined = match seat {
+        Some(joined) => joined,
+        None => seat.insert(
+            upstream
+                .shared
+                .join_queue(
+                    queue.size,
+                    tokio::time::Instant::now() + queue.timeout.0,
+                    &upstream.queued,
+                )
+                .map_err(|refusal| queue_refused(upstream, refusal))?,
+        ),
+    };
+    joined
+        .wait()
+        .await
+        .map_err(|refusal| queue_refused(upstream, refusal))
 }
 
 /// 503 from the upstream queue (counted by reason).
