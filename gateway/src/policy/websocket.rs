@@ -41,6 +41,20 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
+    /// Answers a server's 101: the tunnel between the client's upgrade and the server's runs
+    /// in its own task (see [`Tunnel::spawn`]); the returned head, the server's, goes to the
+    /// client.
+    pub fn switch<H: Send + 'static>(
+        self,
+        client: hyper::upgrade::OnUpgrade,
+        mut response: http::Response<hyper::body::Incoming>,
+        hold: H,
+    ) -> http::response::Parts {
+        let upstream = hyper::upgrade::on(&mut response);
+        self.spawn(client, upstream, hold);
+        response.into_parts().0
+    }
+
     /// After the server's 101: waits for both sides' upgrades, then pumps in its own task
     /// until an end. `hold` (the balancer's peer guard) lives as long as the tunnel, so the
     /// server counts the tunnel as an active connection.
