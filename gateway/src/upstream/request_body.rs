@@ -1,0 +1,189 @@
+//! The client's request body on its way upstream: streamed under the route's size limit,
+//! handed back whole when a try never sent it, held open for h2 until the answer is out.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::BoxError;
+
+/// Keeps a client's h2 request body open until the response to it has been sent.
+///
+/// An h2 stream whose request body is dropped before the response went out is reset with
+/// CANCEL, and clients report that instead of the response (curl error 92). Held until the
+/// response body is done, the body's drop comes after the response's end, and h2 then ends
+/// the stream with RST_STREAM(NO_ERROR) as RFC 9113 §8.1 asks of an early response.
+#[derive(Clone, Default)]
+pub struct BodyHold(Arc<Mutex<Option<Incoming>>>);
+
+impl BodyHold {
+    /// Keeps `body` until every clone of this hold is dropped.
+    pub fn keep(&self, body: Incoming) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(body);
+    }
+
+    /// After the response was sent: reads and discards what the client still sends, within
+    /// the lingering bounds, then drops the body (RST_STREAM(NO_ERROR) if it is not done).
+    /// Clients that treat any reset during an upload as a failure (curl 7.x) then read the
+    /// response; a client that keeps sending past the bounds is reset.
+    pub fn release(&self) {
+        let body = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (Some(mut body), Ok(runtime)) = (body, tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        runtime.spawn(async move {
+            let bounds = service_kit::server::linger::Linger::default();
+            let deadline = tokio::time::Instant::now() + bounds.total;
+            let mut discarded = 0u64;
+            while discarded < bounds.max_bytes && !body.is_end_stream() {
+                let wait = bounds
+                    .idle
+                    .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                match tokio::time::timeout(wait, http_body_util::BodyExt::frame(&mut body)).await {
+                    Ok(Some(Ok(frame))) => {
+                        discarded += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    }
+                    _ => break,
+                }
+            }
+        });
+    }
+}
+
+/// The body sent upstream: nothing, or the client's body streamed through with a size cap.
+/// Kept to a pointer: hyper's dispatch channel preallocates blocks of 32 request envelopes
+/// per upstream connection (~10 KB each with the body inline), and with h2 clients there is
+/// an upstream connection per stream in flight.
+pub enum RequestBody {
+    Empty,
+    Stream(Box<StreamBody>),
+}
+
+/// The client's body on its way upstream.
+pub struct StreamBody {
+    body: Incoming,
+    /// Bytes still allowed (`client_max_body_size`).
+    remaining: u64,
+    /// Set when the client's body is at fault (too large, or broken).
+    fault: Arc<BodyFault>,
+    /// Where the client body goes when it exceeds the limit (h2 clients).
+    hold: Option<BodyHold>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds client_max_body_size")]
+pub struct BodyTooLarge;
+
+/// Why a try failed on the client's side while its body streamed upstream: the upstream
+/// server is not to blame for these (no passive-health failure, no 502).
+#[derive(Debug, Default)]
+pub struct BodyFault {
+    /// The client sent more than allowed; the proxy answers 413.
+    too_large: AtomicBool,
+    /// The client's body broke (bad chunked framing, a reset h2 stream); the proxy answers 400.
+    broken: AtomicBool,
+}
+
+impl BodyFault {
+    pub fn too_large(&self) -> bool {
+        self.too_large.load(Ordering::Relaxed)
+    }
+
+    pub fn broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+}
+
+impl RequestBody {
+    pub fn limited(body: Incoming, limit: u64, hold: Option<BodyHold>) -> (Self, Arc<BodyFault>) {
+        let fault = Arc::new(BodyFault::default());
+        (
+            RequestBody::Stream(Box::new(StreamBody {
+                body,
+                remaining: limit,
+                fault: fault.clone(),
+                hold,
+            })),
+            fault,
+        )
+    }
+
+    /// The client body, if this is one (to reuse it for another try).
+    pub fn into_stream(self) -> Option<Incoming> {
+        match self {
+            RequestBody::Empty => None,
+            RequestBody::Stream(stream) => Some(stream.body),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match this {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Stream(stream) => match Pin::new(&mut stream.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if len > stream.remaining {
+                        stream.fault.too_large.store(true, Ordering::Relaxed);
+                        if let RequestBody::Stream(stream) =
+                            std::mem::replace(this, RequestBody::Empty)
+                        {
+                            if let Some(hold) = stream.hold {
+                                hold.keep(stream.body);
+                            }
+                        }
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    stream.remaining -= len;
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    stream.fault.broken.store(true, Ordering::Relaxed);
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Stream(stream) => stream.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Stream(stream) => stream.body.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// hyper's dispatch channel keeps blocks of 32 request envelopes per upstream connection:
+    /// the body inline would add its size 32 times to every connection.
+    #[test]
+    fn the_upstream_request_body_is_one_pointer() {
+        assert_eq!(
+            std::mem::size_of::<super::RequestBody>(),
+            std::mem::size_of::<usize>()
+        );
+    }
+}
