@@ -227,6 +227,24 @@ pub struct UpstreamTlsConfig {
     pub client_key: Option<PathBuf>,
 }
 
+/// `protocol`: how requests travel to an upstream's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1: one connection per request in flight, idle ones kept (`keepalive`).
+    #[default]
+    Http1,
+    /// HTTP/2: one multiplexed connection per worker thread and server (ALPN `h2` over TLS,
+    /// prior knowledge in plain text). WebSocket upgrades still go over HTTP/1.1.
+    Http2,
+}
+
+impl UpstreamProtocol {
+    pub fn is_http1(&self) -> bool {
+        *self == UpstreamProtocol::Http1
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum AlgorithmName {
@@ -331,6 +349,9 @@ pub struct UpstreamConfig {
     /// Speak TLS to the servers (default true: the backends are HTTPS).
     #[serde(default = "yes")]
     pub tls: bool,
+    /// The HTTP version spoken to the servers (default `http1`).
+    #[serde(default, skip_serializing_if = "UpstreamProtocol::is_http1")]
+    pub protocol: UpstreamProtocol,
     /// Name verified in the servers' certificates (default: each server's IP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
@@ -509,6 +530,7 @@ impl UpstreamConfig {
             tries: None,
             next_upstream_timeout: None,
             tls: yes(),
+            protocol: UpstreamProtocol::default(),
             server_name: None,
             health_check: None,
             sticky: None,

@@ -24,7 +24,7 @@ use crate::policy::headers::SecurityHeaders;
 use crate::policy::sticky::StickyCookie;
 use crate::policy::RoutePolicy;
 use crate::routing::{Route, Router};
-use crate::upstream::{Transport, UpstreamShared};
+use crate::upstream::{TlsConnectors, Transport, UpstreamShared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -310,7 +310,7 @@ fn server_certificate(
 /// `certificate` label of the upstream client certificate's expiry.
 const UPSTREAM_CLIENT_CERT: &str = "upstream_client";
 
-fn upstream_connector(config: &Config) -> Result<Option<TlsConnector>, BuildError> {
+fn upstream_connector(config: &Config) -> Result<Option<TlsConnectors>, BuildError> {
     let settings = &config.upstream_tls;
     let Some(ca) = &settings.ca else {
         return Ok(None);
@@ -325,16 +325,23 @@ fn upstream_connector(config: &Config) -> Result<Option<TlsConnector>, BuildErro
         }
         _ => None,
     };
-    let mut client =
+    let mut http1 =
         tls::client_config(roots, identity, &[b"http/1.1"]).map_err(BuildError::UpstreamTls)?;
-    client.resumption = rustls::client::Resumption::in_memory_sessions(1024);
-    Ok(Some(TlsConnector::from(Arc::new(client))))
+    http1.resumption = rustls::client::Resumption::in_memory_sessions(1024);
+    let mut http2 = http1.clone();
+    http2.alpn_protocols = vec![b"h2".to_vec()];
+    // Sessions are resumed with the ALPN they were made with: one store per offer.
+    http2.resumption = rustls::client::Resumption::in_memory_sessions(1024);
+    Ok(Some(TlsConnectors {
+        http1: TlsConnector::from(Arc::new(http1)),
+        http2: TlsConnector::from(Arc::new(http2)),
+    }))
 }
 
 fn transport(
     name: &str,
     upstream: &UpstreamConfig,
-    connector: Option<TlsConnector>,
+    connector: Option<TlsConnectors>,
 ) -> Result<Transport, BuildError> {
     let server_name = match &upstream.server_name {
         Some(n) => Some(
@@ -351,6 +358,7 @@ fn transport(
         connect_timeout: upstream.connect_timeout.0,
         keepalive: upstream.keepalive,
         keepalive_timeout: upstream.keepalive_timeout.0,
+        protocol: upstream.protocol,
     })
 }
 

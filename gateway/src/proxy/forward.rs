@@ -241,6 +241,9 @@ impl Outgoing {
 }
 
 /// How one try ended.
+// Returned once per try and taken apart at once: boxing the response would cost every
+// request an allocation to save a move.
+#[allow(clippy::large_enum_variant)]
 enum Tried {
     /// The response for the client.
     Answered(Response<ResponseBody>),
@@ -271,7 +274,7 @@ async fn try_server<H: Host>(
 
     let checkout = if out.upgrade.is_some() {
         // An upgraded connection is never pooled: dial a fresh one.
-        Box::pin(upstream.transport.connect(server.addr))
+        Box::pin(upstream.transport.connect_http1(server.addr))
             .await
             .map(Checkout::fresh)
     } else {
@@ -466,6 +469,8 @@ async fn send_with_stale_retry(
     let Some(request) = first.request.take() else {
         return Err(first);
     };
+    // A shared HTTP/2 connection that failed is not handed out again.
+    server.forget(checkout);
     match server
         .checkout(&upstream.transport, upstream.shared.idle_total())
         .await

@@ -19,8 +19,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use gateway_config::UpstreamProtocol;
+use http::uri::{Authority, Scheme};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntCounter;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -30,15 +32,15 @@ use crate::metrics::{GatewayMetrics, TryOutcome};
 
 mod request_body;
 mod response_body;
+mod sender;
 mod shared;
 
 pub use request_body::{BodyFault, BodyHold, BodyTooLarge, RequestBody, StreamBody};
 pub use response_body::UpstreamBody;
+pub use sender::{Http2Sender, Sender, Unsent};
 pub use shared::{PeerGuard, QueueRefusal, QueueSeat, ServerStatus, UpstreamShared};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-pub type Sender = http1::SendRequest<RequestBody>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -59,43 +61,81 @@ pub enum ConnectError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error("{addr} did not agree to HTTP/2 in the TLS handshake (ALPN); set protocol = \"http1\" for this upstream")]
+    NoHttp2 { addr: SocketAddr },
+}
+
+/// The TLS client settings for upstream connections, one per ALPN offer.
+#[derive(Clone)]
+pub struct TlsConnectors {
+    /// Offers `http/1.1`.
+    pub http1: TlsConnector,
+    /// Offers `h2` alone.
+    pub http2: TlsConnector,
 }
 
 /// How to reach servers of one upstream; part of a config snapshot.
 #[derive(Clone)]
 pub struct Transport {
-    pub tls: Option<TlsConnector>,
+    pub tls: Option<TlsConnectors>,
     /// Name verified in server certificates; `None` verifies the server's IP address.
     pub server_name: Option<ServerName<'static>>,
     pub connect_timeout: Duration,
     pub keepalive: usize,
     pub keepalive_timeout: Duration,
+    pub protocol: UpstreamProtocol,
 }
 
 impl Transport {
-    /// A new HTTP/1.1 connection (TCP, then TLS when configured) to `addr`.
+    /// A new connection (TCP, then TLS when configured) to `addr` in the upstream's protocol.
     pub async fn connect(&self, addr: SocketAddr) -> Result<Sender, ConnectError> {
-        let transport = self;
-        let timeout = transport.connect_timeout;
+        self.connect_with(addr, self.protocol).await
+    }
+
+    /// A new HTTP/2 connection, whatever the upstream's protocol.
+    pub async fn connect_http2(&self, addr: SocketAddr) -> Result<Http2Sender, ConnectError> {
+        match self.connect_with(addr, UpstreamProtocol::Http2).await? {
+            Sender::Http2(sender) => Ok(sender),
+            Sender::Http1(_) => Err(ConnectError::NoHttp2 { addr }),
+        }
+    }
+
+    /// A new HTTP/1.1 connection, whatever the upstream's protocol (WebSocket upgrades).
+    pub async fn connect_http1(&self, addr: SocketAddr) -> Result<Sender, ConnectError> {
+        self.connect_with(addr, UpstreamProtocol::Http1).await
+    }
+
+    async fn connect_with(
+        &self,
+        addr: SocketAddr,
+        protocol: UpstreamProtocol,
+    ) -> Result<Sender, ConnectError> {
+        let timeout = self.connect_timeout;
         let work = async {
             let tcp = TcpStream::connect(addr)
                 .await
                 .map_err(|source| ConnectError::Tcp { addr, source })?;
             let _ = tcp.set_nodelay(true);
-            match &transport.tls {
-                Some(connector) => {
-                    let name = transport
-                        .server_name
-                        .clone()
-                        .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
-                    let tls = connector
-                        .connect(name, tcp)
-                        .await
-                        .map_err(|source| ConnectError::Tls { addr, source })?;
-                    handshake(TokioIo::new(tls), addr).await
-                }
-                None => handshake(TokioIo::new(tcp), addr).await,
+            let Some(connectors) = &self.tls else {
+                return handshake(TokioIo::new(tcp), addr, protocol, Scheme::HTTP).await;
+            };
+            let name = self
+                .server_name
+                .clone()
+                .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+            let connector = match protocol {
+                UpstreamProtocol::Http1 => &connectors.http1,
+                UpstreamProtocol::Http2 => &connectors.http2,
+            };
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|source| ConnectError::Tls { addr, source })?;
+            if protocol == UpstreamProtocol::Http2 && tls.get_ref().1.alpn_protocol() != Some(b"h2")
+            {
+                return Err(ConnectError::NoHttp2 { addr });
             }
+            handshake(TokioIo::new(tls), addr, protocol, Scheme::HTTPS).await
         };
         tokio::time::timeout(timeout, work)
             .await
@@ -141,6 +181,8 @@ pub struct ServerConns {
     pub addr: SocketAddr,
     /// One keep-alive cache per worker thread (see [`set_worker_count`]).
     idle: Box<[Mutex<Vec<Idle>>]>,
+    /// HTTP/2: one shared connection per worker thread.
+    multiplexed: Box<[MuxSlot]>,
     /// Bumped when the cache is flushed (reload); older connections are not taken back.
     generation: AtomicU64,
     outcomes: [IntCounter; 5],
@@ -148,11 +190,27 @@ pub struct ServerConns {
     removed: tokio::sync::watch::Sender<bool>,
 }
 
+/// A worker's HTTP/2 connection to one server.
+#[derive(Default)]
+struct MuxSlot {
+    current: Mutex<Option<Shared>>,
+    /// Held while dialling, so requests that find no connection wait for one dial.
+    dialling: tokio::sync::Mutex<()>,
+}
+
+struct Shared {
+    sender: Http2Sender,
+    generation: u64,
+    serial: u64,
+}
+
 /// A connection checked out for one request.
 pub struct Checkout {
     pub sender: Sender,
     pub reused: bool,
     generation: u64,
+    /// Which HTTP/2 connection of its slot this is (0 for HTTP/1.1).
+    serial: u64,
 }
 
 impl Checkout {
@@ -162,9 +220,13 @@ impl Checkout {
             sender,
             reused: false,
             generation: u64::MAX,
+            serial: 0,
         }
     }
 }
+
+/// Numbers HTTP/2 connections, so a failed one is told from its replacement.
+static SERIALS: AtomicU64 = AtomicU64::new(1);
 
 impl ServerConns {
     fn new(upstream: &str, key: &str, addr: SocketAddr, metrics: &GatewayMetrics) -> Self {
@@ -178,6 +240,9 @@ impl ServerConns {
             addr,
             idle: (0..*IDLE_SLOTS.get_or_init(|| 1))
                 .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+            multiplexed: (0..*IDLE_SLOTS.get_or_init(|| 1))
+                .map(|_| MuxSlot::default())
                 .collect(),
             generation: AtomicU64::new(0),
             outcomes,
@@ -210,15 +275,22 @@ impl ServerConns {
             let dropped = std::mem::take(&mut *lock_idle(slot));
             total.fetch_sub(dropped.len(), Ordering::Relaxed);
         }
+        for slot in self.multiplexed.iter() {
+            lock(&slot.current).take();
+        }
     }
 
-    /// A cached live connection (most recently used first), or a new one.
+    /// A cached live connection (most recently used first), or a new one. HTTP/2: this
+    /// worker's shared connection, dialled if there is none.
     pub async fn checkout(
         &self,
         transport: &Transport,
         idle_total: &AtomicUsize,
     ) -> Result<Checkout, ConnectError> {
         let generation = self.generation.load(Ordering::Relaxed);
+        if transport.protocol == UpstreamProtocol::Http2 {
+            return Box::pin(self.checkout_shared(transport, generation)).await;
+        }
         loop {
             let Some(idle) = self.idle().pop() else { break };
             idle_total.fetch_sub(1, Ordering::Relaxed);
@@ -230,6 +302,7 @@ impl ServerConns {
                     sender: idle.sender,
                     reused: true,
                     generation,
+                    serial: 0,
                 });
             }
         }
@@ -241,12 +314,71 @@ impl ServerConns {
             sender,
             reused: false,
             generation,
+            serial: 0,
         })
+    }
+
+    async fn checkout_shared(
+        &self,
+        transport: &Transport,
+        generation: u64,
+    ) -> Result<Checkout, ConnectError> {
+        let slot = &self.multiplexed[idle_slot(self.multiplexed.len())];
+        let live = || {
+            lock(&slot.current)
+                .as_ref()
+                .filter(|s| s.generation == generation && !s.sender.send.is_closed())
+                .map(|s| Checkout {
+                    sender: Sender::Http2(s.sender.clone()),
+                    reused: true,
+                    generation,
+                    serial: s.serial,
+                })
+        };
+        if let Some(checkout) = live() {
+            return Ok(checkout);
+        }
+        let _dialling = slot.dialling.lock().await;
+        if let Some(checkout) = live() {
+            return Ok(checkout);
+        }
+        let sender = transport.connect_http2(self.addr).await?;
+        let serial = SERIALS.fetch_add(1, Ordering::Relaxed);
+        *lock(&slot.current) = Some(Shared {
+            sender: sender.clone(),
+            generation,
+            serial,
+        });
+        Ok(Checkout {
+            sender: Sender::Http2(sender),
+            reused: false,
+            generation,
+            serial,
+        })
+    }
+
+    /// Forgets a shared HTTP/2 connection that failed a request before sending it, so the
+    /// next checkout dials a new one. No-op for HTTP/1.1 (the failed connection is dropped
+    /// with its checkout).
+    pub fn forget(&self, checkout: &Checkout) {
+        if checkout.serial == 0 {
+            return;
+        }
+        for slot in self.multiplexed.iter() {
+            let mut current = lock(&slot.current);
+            if current.as_ref().is_some_and(|s| s.serial == checkout.serial) {
+                current.take();
+            }
+        }
     }
 
     /// Returns a connection whose response was read to the end.
     fn checkin(&self, sender: Sender, generation: u64, limit: usize, idle_total: &AtomicUsize) {
-        if generation != self.generation.load(Ordering::Relaxed) || sender.is_closed() {
+        // A shared HTTP/2 connection stays in its slot.
+        if sender.is_http2()
+            || generation != self.generation.load(Ordering::Relaxed)
+            || sender.is_closed()
+        {
             return;
         }
         if idle_total.fetch_add(1, Ordering::Relaxed) >= limit {
@@ -261,21 +393,61 @@ impl ServerConns {
 }
 
 fn lock_idle(slot: &Mutex<Vec<Idle>>) -> MutexGuard<'_, Vec<Idle>> {
-    slot.lock().unwrap_or_else(|p| p.into_inner())
+    lock(slot)
 }
 
-async fn handshake<T>(io: TokioIo<T>, addr: SocketAddr) -> Result<Sender, ConnectError>
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn handshake<T>(
+    io: TokioIo<T>,
+    addr: SocketAddr,
+    protocol: UpstreamProtocol,
+    scheme: Scheme,
+) -> Result<Sender, ConnectError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, conn) = http1::Builder::new()
-        .handshake(io)
-        .await
-        .map_err(|source| ConnectError::Http { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(%addr, error = %e, "upstream connection closed with an error");
+    let failed = |source| ConnectError::Http { addr, source };
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(%addr, error = %e, "upstream connection closed with an error");
+                }
+            });
+            Ok(Sender::Http1(sender))
         }
-    });
-    Ok(sender)
+        UpstreamProtocol::Http2 => {
+            let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                // A connection that stops answering pings is closed, and the next request
+                // dials a new one.
+                .keep_alive_interval(HTTP2_PING_INTERVAL)
+                .keep_alive_timeout(HTTP2_PING_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .handshake(io)
+                .await
+                .map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection closed with an error");
+                }
+            });
+            // A socket address is always a valid authority.
+            let authority = Authority::try_from(addr.to_string().as_str())
+                .unwrap_or_else(|_| Authority::from_static("localhost"));
+            Ok(Sender::Http2(Http2Sender {
+                send,
+                scheme,
+                authority,
+            }))
+        }
+    }
 }
+
+/// How often an HTTP/2 upstream connection is pinged, and how long an answer may take.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);

@@ -12,6 +12,7 @@ mod fuzz_checks;
 mod ha;
 mod ha_netns;
 mod hostile;
+mod http2_upstream;
 mod ocsp;
 mod parsers;
 mod policies;

@@ -459,10 +459,10 @@ rate_limit = {{ rate = 1, per = "1m", burst = 1 }}
     assert_security_headers(&redirect, false);
 }
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
-async fn websocket(
+pub(crate) async fn websocket(
     gw: &Gateway,
     pki: &service_kit::testkit::TestPki,
     cookie: Option<&str>,
@@ -490,7 +490,7 @@ async fn websocket(
     (ws, set_cookie)
 }
 
-async fn next_text(ws: &mut Ws) -> String {
+pub(crate) async fn next_text(ws: &mut Ws) -> String {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await

@@ -90,6 +90,7 @@ async fn least_conn_sends_fewer_requests_to_a_slow_server() {
         &fx.pki,
         Behaviour {
             delay: Duration::from_millis(250),
+            ..Behaviour::default()
         },
     )
     .await;
@@ -910,6 +911,7 @@ async fn the_upstream_queue_holds_requests_while_every_server_is_busy() {
         &fx.pki,
         Behaviour {
             delay: Duration::from_millis(200),
+            ..Behaviour::default()
         },
     )
     .await;

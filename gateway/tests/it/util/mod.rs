@@ -214,6 +214,8 @@ pub struct Backend {
 pub struct Behaviour {
     /// Delay added to every `/whoami`.
     pub delay: Duration,
+    /// Plain text instead of TLS (HTTP/1.1 or h2 with prior knowledge).
+    pub plain: bool,
 }
 
 impl Backend {
@@ -260,11 +262,17 @@ impl Backend {
                             let acceptor = acceptor.clone();
                             let (name, hits, behaviour) = (name.clone(), hits.clone(), behaviour.clone());
                             conns.spawn(async move {
-                                let Ok(tls) = acceptor.accept(stream).await else { return };
+                                let plain = behaviour.plain;
                                 let service = hyper::service::service_fn(move |req| {
                                     handle(req, name.clone(), hits.clone(), behaviour.clone())
                                 });
-                                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                                if plain {
+                                    let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+                                    return;
+                                }
+                                let Ok(tls) = acceptor.accept(stream).await else { return };
+                                let _ = builder
                                     .serve_connection_with_upgrades(TokioIo::new(tls), service)
                                     .await;
                             });
