@@ -19,7 +19,9 @@
 # UPSTREAMS="plain tls", PROTOS="h1 h2", WRK_THREADS=2, H2_STREAMS=10, H2_THREADS=1,
 # SKIP_BUILD=0, KEEP_WORKDIR=0, MAXCONN (unset; N: each upstream server takes N requests at
 # once, the rest queue: the gateway's `max_conns` + `queue`, HAProxy's `maxconn` + its queue;
-# NGINX has no queue, so it stays unlimited). Run as root on Debian: installs nginx, haproxy, wrk,
+# NGINX has no queue, so it stays unlimited), UPSTREAM_PROTO=http1 (http2: the gateway and
+# HAProxy speak HTTP/2 to the origin, h2c on plain upstreams and ALPN h2 on TLS ones; NGINX
+# cannot proxy over HTTP/2 and stays on HTTP/1.1). Run as root on Debian: installs nginx, haproxy, wrk,
 # nghttp2-client and curl when missing. Traffic goes only to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +38,8 @@ H2_STREAMS=${H2_STREAMS:-10}
 H2_THREADS=${H2_THREADS:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 MAXCONN=${MAXCONN:-}
+UPSTREAM_PROTO=${UPSTREAM_PROTO:-http1}
+case $UPSTREAM_PROTO in http1 | http2) ;; *) echo "UPSTREAM_PROTO must be http1 or http2" >&2; exit 2 ;; esac
 CONNS=64
 BACKENDS=5
 . bench/lib.sh
@@ -60,11 +64,16 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 # ---------------------------------------------------------------------------------------------
-# The origin: one NGINX worker, 5 plain + 5 TLS ports, `200 ok` to everything.
-plain_ports=() tls_ports=()
+# The origin: one NGINX worker, 5 plain + 5 TLS ports, `200 ok` to everything; with
+# UPSTREAM_PROTO=http2 5 more of each speaking HTTP/2 (h2c with prior knowledge, TLS + ALPN h2).
+plain_ports=() tls_ports=() plain_h2_ports=() tls_h2_ports=()
 next=28101
 for _ in $(seq $BACKENDS); do free_port bp $next; plain_ports+=("$bp"); next=$((bp + 1)); done
 for _ in $(seq $BACKENDS); do free_port bp $next; tls_ports+=("$bp"); next=$((bp + 1)); done
+if [ "$UPSTREAM_PROTO" = http2 ]; then
+  for _ in $(seq $BACKENDS); do free_port bp $next; plain_h2_ports+=("$bp"); next=$((bp + 1)); done
+  for _ in $(seq $BACKENDS); do free_port bp $next; tls_h2_ports+=("$bp"); next=$((bp + 1)); done
+fi
 mkdir -p "$work/origin/tmp"
 {
   echo "worker_processes 1; pid $work/origin/nginx.pid; error_log $work/origin/error.log warn;"
@@ -75,6 +84,12 @@ mkdir -p "$work/origin/tmp"
   for p in "${plain_ports[@]}"; do echo "  server { listen 127.0.0.1:$p; location / { return 200 \"ok\\n\"; } }"; done
   for p in "${tls_ports[@]}"; do
     echo "  server { listen 127.0.0.1:$p ssl; ssl_certificate $certs/server.crt; ssl_certificate_key $certs/server.key;"
+    echo "    ssl_session_cache shared:S:10m; location / { return 200 \"ok\\n\"; } }"
+  done
+  [ ${#plain_h2_ports[@]} -gt 0 ] && echo "  http2_max_concurrent_streams 1024;"
+  for p in "${plain_h2_ports[@]}"; do echo "  server { listen 127.0.0.1:$p http2; location / { return 200 \"ok\\n\"; } }"; done
+  for p in "${tls_h2_ports[@]}"; do
+    echo "  server { listen 127.0.0.1:$p ssl http2; ssl_certificate $certs/server.crt; ssl_certificate_key $certs/server.key;"
     echo "    ssl_session_cache shared:S:10m; location / { return 200 \"ok\\n\"; } }"
   done
   echo "}"
@@ -101,11 +116,20 @@ SECURITY_HEADERS=(
   'Permissions-Policy|geolocation=(), microphone=(), camera=()'
 )
 
+# The origin ports the gateway and HAProxy use for upstream kind $1 (plain|tls).
+upstream_ports() {
+  case $1-$UPSTREAM_PROTO in
+    plain-http1) echo "${plain_ports[@]}" ;;
+    tls-http1) echo "${tls_ports[@]}" ;;
+    plain-http2) echo "${plain_h2_ports[@]}" ;;
+    tls-http2) echo "${tls_h2_ports[@]}" ;;
+  esac
+}
+
 write_gateway() { # $1 = plain|tls
   local servers="" p limit=""
   [ -n "$MAXCONN" ] && limit=", max_conns = $MAXCONN"
-  if [ "$1" = tls ]; then for p in "${tls_ports[@]}"; do servers+="{ address = \"127.0.0.1:$p\"$limit }, "; done
-  else for p in "${plain_ports[@]}"; do servers+="{ address = \"127.0.0.1:$p\"$limit }, "; done; fi
+  for p in $(upstream_ports "$1"); do servers+="{ address = \"127.0.0.1:$p\"$limit }, "; done
   {
     printf '[runtime]\nworker_threads = %s\nwatch_config = false\n' "$WORKERS"
     printf '[admin]\nlisten = "127.0.0.1:%s"\n' "$GW_ADMIN"
@@ -114,6 +138,7 @@ write_gateway() { # $1 = plain|tls
     printf '[upstreams.origin]\nalgorithm = "least_conn"\nkeepalive = 256\nkeepalive_timeout = "60s"\n'
     [ -n "$MAXCONN" ] && printf 'queue = { size = 100000, timeout = "30s" }\n'
     if [ "$1" = tls ]; then printf 'server_name = "localhost"\n'; else printf 'tls = false\n'; fi
+    printf 'protocol = "%s"\n' "$UPSTREAM_PROTO"
     printf 'connect_timeout = "2s"\nread_timeout = "30s"\nservers = [%s]\n' "${servers%, }"
     printf '[[routes]]\nprefix = "/"\nupstream = "origin"\n'
   } >"$work/gateway.toml"
@@ -129,7 +154,10 @@ write_nginx() { # $1 = plain|tls
 
 write_haproxy() { # $1 = plain|tls
   local i=0 p server_opts="" h
-  [ "$1" = tls ] && server_opts=" ssl verify required ca-file $certs/ca.crt sni str(localhost) alpn http/1.1"
+  local alpn=http/1.1
+  [ "$UPSTREAM_PROTO" = http2 ] && alpn=h2
+  [ "$1" = tls ] && server_opts=" ssl verify required ca-file $certs/ca.crt sni str(localhost) alpn $alpn"
+  [ "$1-$UPSTREAM_PROTO" = plain-http2 ] && server_opts=" proto h2"
   [ -n "$MAXCONN" ] && server_opts+=" maxconn $MAXCONN"
   {
     printf 'global\n  nbthread %s\n  maxconn 8000\n' "$WORKERS"
@@ -142,8 +170,7 @@ write_haproxy() { # $1 = plain|tls
     for h in "${SECURITY_HEADERS[@]}"; do printf '  http-response set-header %s "%s"\n' "${h%%|*}" "${h#*|}"; done
     printf '  http-response del-header X-Powered-By\n  default_backend be\n'
     printf 'backend be\n  balance leastconn\n'
-    if [ "$1" = tls ]; then for p in "${tls_ports[@]}"; do i=$((i + 1)); printf '  server s%s 127.0.0.1:%s%s\n' "$i" "$p" "$server_opts"; done
-    else for p in "${plain_ports[@]}"; do i=$((i + 1)); printf '  server s%s 127.0.0.1:%s%s\n' "$i" "$p" "$server_opts"; done; fi
+    for p in $(upstream_ports "$1"); do i=$((i + 1)); printf '  server s%s 127.0.0.1:%s%s\n' "$i" "$p" "$server_opts"; done
   } >"$work/haproxy.cfg"
 }
 
@@ -188,6 +215,7 @@ spread() { # per-round ratio of column $1 of files $2 / $3 -> "min-max"
 machine_line
 echo "== gateway $(gateway_revision), worker_threads $WORKERS; nginx $("$NGINX" -v 2>&1 | grep -o '[0-9][0-9.]*' | head -1), worker_processes $WORKERS; $("$HAPROXY" -v | head -1 | cut -d' ' -f1-3), nbthread $WORKERS"
 echo "== origin: one nginx worker answering 200 on 5 plain + 5 TLS ports; the proxies use least_conn, keep-alive 256, access logs off"
+[ "$UPSTREAM_PROTO" = http2 ] && echo "== UPSTREAM_PROTO=http2: the gateway (protocol = \"http2\") and HAProxy (proto h2 / alpn h2) speak HTTP/2 to the origin; NGINX cannot and stays on HTTP/1.1"
 [ -n "$MAXCONN" ] && echo "== MAXCONN=$MAXCONN: each upstream server takes $MAXCONN requests at once and the rest queue (gateway max_conns + queue, HAProxy maxconn); NGINX has no queue and stays unlimited"
 echo "== $ROUNDS rounds of ${DURATION}s (after ${WARMUP}s warm-up) per proxy and cell, proxies in rotating order; figures are medians, ratio spread is min-max of per-round ratios"
 for up in $UPSTREAMS; do

@@ -218,6 +218,7 @@ fn upstream(up: &Upstream<'_>, secrets: &Secrets) -> UpstreamConfig {
     config.connect_timeout = p.connect_timeout.unwrap_or(config.connect_timeout);
     config.read_timeout = p.read_timeout.unwrap_or(config.read_timeout);
     config.tries = p.tries;
+    config.protocol = p.protocol;
     config.health_check = Some(p.health_check.clone());
     config.sticky = p.sticky.as_ref().map(|sticky| StickyConfig {
         cookie: sticky.cookie.clone(),

@@ -203,6 +203,30 @@ fn certificates_carry_the_right_names() {
     assert_eq!(p.certificates.len(), 10 + 2 + 1 + 1 + 1);
 }
 
+/// A pool's `protocol` reaches its upstream in the gateway config; the default stays HTTP/1.1.
+#[test]
+fn a_pool_protocol_reaches_the_gateway_config() {
+    use gateway_config::UpstreamProtocol;
+    let topology = DEV.replacen(
+        "keepalive = 256\n",
+        "keepalive = 256\nprotocol = \"http2\"\n",
+        1,
+    );
+    assert_ne!(
+        topology, DEV,
+        "the dev topology's customer pool has keepalive = 256"
+    );
+    let p = plan(&topology, RuntimeKind::Docker);
+    for g in p.gateways() {
+        let parsed = ::gateway::config::parse(&text(g, "gateway.toml")).unwrap();
+        assert_eq!(
+            parsed.upstreams["customer"].protocol,
+            UpstreamProtocol::Http2
+        );
+        assert_eq!(parsed.upstreams["admin"].protocol, UpstreamProtocol::Http1);
+    }
+}
+
 /// The rendered configs parse with the gateway's own parser (what `gateway check` runs).
 #[test]
 fn rendered_gateway_configs_are_valid_gateway_configs() {

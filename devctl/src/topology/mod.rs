@@ -8,7 +8,9 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use gateway_config::{AlgorithmName, Dur, HealthCheckConfig, RateLimitConfig, RateLimitSetting};
+use gateway_config::{
+    AlgorithmName, Dur, HealthCheckConfig, RateLimitConfig, RateLimitSetting, UpstreamProtocol,
+};
 use serde::Deserialize;
 
 mod ipv4net;
@@ -220,6 +222,10 @@ pub struct Pool {
     pub connect_timeout: Option<Dur>,
     pub read_timeout: Option<Dur>,
     pub tries: Option<u32>,
+    /// `http1` (default, as the seed's `proxy_http_version 1.1`) or `http2`: one multiplexed
+    /// connection per gateway worker and instance (the backends negotiate h2 by ALPN).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
     /// The gateway's health check section as is (unset keys take the gateway's defaults).
     pub health_check: HealthCheckConfig,
     /// Pin clients to one instance with a signed cookie (WebSocket sessions).

@@ -366,7 +366,10 @@ impl ServerConns {
         }
         for slot in self.multiplexed.iter() {
             let mut current = lock(&slot.current);
-            if current.as_ref().is_some_and(|s| s.serial == checkout.serial) {
+            if current
+                .as_ref()
+                .is_some_and(|s| s.serial == checkout.serial)
+            {
                 current.take();
             }
         }

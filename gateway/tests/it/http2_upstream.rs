@@ -90,7 +90,10 @@ async fn http2_upstreams_multiplex_one_connection_per_worker() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(load(&gw).await, CLIENTS * REQUESTS);
         let accepted = back.accepted.load(Ordering::SeqCst);
-        assert!((1..=2).contains(&accepted), "tls={tls}: {accepted} after the restart");
+        assert!(
+            (1..=2).contains(&accepted),
+            "tls={tls}: {accepted} after the restart"
+        );
     }
 }
 
