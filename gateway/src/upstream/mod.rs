@@ -127,10 +127,13 @@ impl Transport {
                 UpstreamProtocol::Http1 => &connectors.http1,
                 UpstreamProtocol::Http2 => &connectors.http2,
             };
-            let tls = connector
-                .connect(name, tcp)
-                .await
-                .map_err(|source| ConnectError::Tls { addr, source })?;
+            let tls = connector.connect(name, tcp).await.map_err(|source| {
+                if protocol == UpstreamProtocol::Http2 && refused_alpn(&source) {
+                    ConnectError::NoHttp2 { addr }
+                } else {
+                    ConnectError::Tls { addr, source }
+                }
+            })?;
             if protocol == UpstreamProtocol::Http2 && tls.get_ref().1.alpn_protocol() != Some(b"h2")
             {
                 return Err(ConnectError::NoHttp2 { addr });
@@ -401,6 +404,20 @@ fn lock_idle(slot: &Mutex<Vec<Idle>>) -> MutexGuard<'_, Vec<Idle>> {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The server ended the TLS handshake because no offered ALPN protocol suits it (what
+/// rustls servers do; others complete the handshake without choosing one).
+fn refused_alpn(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+            )
+        })
 }
 
 async fn handshake<T>(

@@ -107,3 +107,32 @@ async fn websockets_to_http2_upstreams_go_over_http1() {
     ws.send(Message::Text("ping".into())).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "ping");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_h2_is_a_clear_bad_gateway() {
+    let fx = Fixture::new();
+    let behaviour = Behaviour {
+        http1_only: true,
+        ..Behaviour::default()
+    };
+    let backend = Backend::start_with("b0", &fx.pki, behaviour).await;
+    let gw = fx.start_gateway(&config(&backend, true));
+    let mut conn = gw.connect().await;
+    let resp = conn.get("/whoami").await.unwrap();
+    assert_eq!(resp.status, StatusCode::BAD_GATEWAY, "{}", resp.text());
+    let body = resp.json().unwrap();
+    assert_eq!(body["error"]["code"], "bad_gateway", "{body}");
+    assert!(body["error"]["request_id"].is_string(), "{body}");
+    // The log names the cause and the fix.
+    assert!(
+        gw.process
+            .wait_for_output("did not agree to HTTP/2", Duration::from_secs(5)),
+        "{:?}",
+        gw.process.output()
+    );
+    assert!(gw
+        .process
+        .output()
+        .iter()
+        .any(|l| l.contains("did not agree to HTTP/2") && l.contains("set protocol")));
+}

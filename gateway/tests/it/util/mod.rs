@@ -216,6 +216,8 @@ pub struct Behaviour {
     pub delay: Duration,
     /// Plain text instead of TLS (HTTP/1.1 or h2 with prior knowledge).
     pub plain: bool,
+    /// TLS that offers only `http/1.1` by ALPN (no h2).
+    pub http1_only: bool,
 }
 
 impl Backend {
@@ -245,6 +247,13 @@ impl Backend {
             client_ca: None,
         })
         .unwrap();
+        let tls = if behaviour.http1_only {
+            let mut only = (*tls).clone();
+            only.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(only)
+        } else {
+            tls
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let listener = bind_retry(addr).await;
         let addr = listener.local_addr().unwrap();
