@@ -38,8 +38,9 @@ pub(super) async fn forward<H: Host>(
     path: &str,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let upstream = &target.upstream;
-    let rules = Rules::of(target, &req, ctx.client_ip);
-    let mut out = Outgoing::new(ctx, req, path)?;
+    let websocket = is_websocket(&req);
+    let rules = Rules::of(target, &req, ctx.client_ip, websocket);
+    let mut out = Outgoing::new(ctx, req, path, websocket)?;
     let mut attempt = Attempt::new();
     let mut last_error = None;
 
@@ -105,9 +106,13 @@ struct Rules<'t> {
 }
 
 impl<'t> Rules<'t> {
-    fn of(target: &'t RouteTarget, req: &Request<Incoming>, client_ip: std::net::IpAddr) -> Self {
+    fn of(
+        target: &'t RouteTarget,
+        req: &Request<Incoming>,
+        client_ip: std::net::IpAddr,
+        websocket: bool,
+    ) -> Self {
         let upstream = &target.upstream;
-        let websocket = is_websocket(req);
         let sticky = upstream
             .sticky
             .as_ref()
@@ -168,8 +173,13 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    fn new<H>(ctx: &Ctx<'_, H>, mut req: Request<Incoming>, path: &str) -> Result<Self, ApiError> {
-        let upgrade = is_websocket(&req).then(|| hyper::upgrade::on(&mut req));
+    fn new<H>(
+        ctx: &Ctx<'_, H>,
+        mut req: Request<Incoming>,
+        path: &str,
+        websocket: bool,
+    ) -> Result<Self, ApiError> {
+        let upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let uri = upstream_uri(&parts.uri, path)?;
         // The client's header map becomes the upstream one (no second map).

@@ -37,7 +37,7 @@ mod shared;
 
 pub use request_body::{BodyFault, BodyHold, BodyTooLarge, RequestBody, StreamBody};
 pub use response_body::UpstreamBody;
-pub use sender::{Http2Sender, Sender, Unsent};
+pub use sender::{Http2Sender, Sender};
 pub use shared::{PeerGuard, QueueRefusal, QueueSeat, ServerStatus, UpstreamShared};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -264,18 +264,18 @@ impl ServerConns {
 
     /// The calling thread's idle cache.
     fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
-        lock_idle(&self.idle[idle_slot(self.idle.len())])
+        lock(&self.idle[idle_slot(self.idle.len())])
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.iter().map(|slot| lock_idle(slot).len()).sum()
+        self.idle.iter().map(|slot| lock(slot).len()).sum()
     }
 
     /// Closes every idle connection (they may have been made with an older TLS config).
     fn flush(&self, idle_totals: &[AtomicUsize]) {
         self.generation.fetch_add(1, Ordering::Relaxed);
         for (slot, total) in self.idle.iter().zip(idle_totals) {
-            let dropped = std::mem::take(&mut *lock_idle(slot));
+            let dropped = std::mem::take(&mut *lock(slot));
             total.fetch_sub(dropped.len(), Ordering::Relaxed);
         }
         for slot in self.multiplexed.iter() {
@@ -396,10 +396,6 @@ impl ServerConns {
             since: Instant::now(),
         });
     }
-}
-
-fn lock_idle(slot: &Mutex<Vec<Idle>>) -> MutexGuard<'_, Vec<Idle>> {
-    lock(slot)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -15,7 +15,7 @@ use hyper::client::conn::{http1, http2, TrySendError};
 use super::RequestBody;
 
 /// A request handed back by a connection that could not send it.
-pub type Unsent = TrySendError<Request<RequestBody>>;
+type Unsent = TrySendError<Request<RequestBody>>;
 
 /// The sending half of one upstream connection.
 pub enum Sender {

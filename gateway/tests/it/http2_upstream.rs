@@ -87,7 +87,6 @@ async fn http2_upstreams_multiplex_one_connection_per_worker() {
         // fails.
         backend.kill();
         let back = Backend::start_at("b0", &fx.pki, backend.addr, behaviour).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(load(&gw).await, CLIENTS * REQUESTS);
         let accepted = back.accepted.load(Ordering::SeqCst);
         assert!(
