@@ -234,8 +234,9 @@ pub enum UpstreamProtocol {
     /// HTTP/1.1: one connection per request in flight, idle ones kept (`keepalive`).
     #[default]
     Http1,
-    /// HTTP/2: one multiplexed connection per worker thread and server (ALPN `h2` over TLS,
-    /// prior knowledge in plain text). WebSocket upgrades still go over HTTP/1.1.
+    /// HTTP/2: multiplexed connections shared per worker thread and server, another one
+    /// opened when `max_streams` are in flight on each (ALPN `h2` over TLS, prior knowledge in
+    /// plain text). WebSocket upgrades still go over HTTP/1.1.
     Http2,
 }
 
@@ -352,6 +353,14 @@ pub struct UpstreamConfig {
     /// The HTTP version spoken to the servers (default `http1`).
     #[serde(default, skip_serializing_if = "UpstreamProtocol::is_http1")]
     pub protocol: UpstreamProtocol,
+    /// `http2` only: streams in flight on one connection before a worker opens another to the
+    /// same server. Keep it at or below the servers' `SETTINGS_MAX_CONCURRENT_STREAMS`
+    /// (NGINX 128, hyper 200, Go 250): past that a stream waits for one to end instead.
+    #[serde(
+        default = "default_max_streams",
+        skip_serializing_if = "is_default_max_streams"
+    )]
+    pub max_streams: u32,
     /// Name verified in the servers' certificates (default: each server's IP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
@@ -392,6 +401,12 @@ fn yes() -> bool {
 }
 fn default_keepalive() -> usize {
     32
+}
+fn default_max_streams() -> u32 {
+    100
+}
+fn is_default_max_streams(n: &u32) -> bool {
+    *n == default_max_streams()
 }
 fn default_keepalive_timeout() -> Dur {
     Dur(Duration::from_secs(60))
@@ -531,6 +546,7 @@ impl UpstreamConfig {
             next_upstream_timeout: None,
             tls: yes(),
             protocol: UpstreamProtocol::default(),
+            max_streams: default_max_streams(),
             server_name: None,
             health_check: None,
             sticky: None,
@@ -817,6 +833,11 @@ impl UpstreamConfig {
         } else if self.servers.iter().all(|s| s.backup) {
             return Err(invalid(format!(
                 "upstream {name}: needs at least one server that is not a backup (or discover)"
+            )));
+        }
+        if self.max_streams == 0 {
+            return Err(invalid(format!(
+                "upstream {name}: max_streams must be at least 1"
             )));
         }
         let mut addrs = BTreeSet::new();

@@ -92,6 +92,7 @@ async fn upstreams(State(gw): State<Arc<Gateway>>) -> Json<Value> {
                     "current_weight": p.current_weight,
                     "active": p.conns,
                     "idle": s.idle,
+                    "http2_connections": s.http2,
                     "max_conns": p.max_conns,
                     "fails": p.fails,
                     "max_fails": p.max_fails,
@@ -161,6 +162,7 @@ fn refresh_gauges(gw: &Gateway) {
     m.server_up.reset();
     m.server_active.reset();
     m.server_idle.reset();
+    m.server_http2.reset();
     for (worker, open) in gw.worker_connections().into_iter().enumerate() {
         m.worker_connections
             .with_label_values(&[&worker.to_string()])
@@ -180,6 +182,9 @@ fn refresh_gauges(gw: &Gateway) {
                 .with_label_values(&labels)
                 .set(s.peer.conns as i64);
             m.server_idle.with_label_values(&labels).set(s.idle as i64);
+            m.server_http2
+                .with_label_values(&labels)
+                .set(s.http2 as i64);
         }
     }
 }

@@ -22,6 +22,7 @@ pub struct GatewayMetrics {
     pub server_up: IntGaugeVec,
     pub server_active: IntGaugeVec,
     pub server_idle: IntGaugeVec,
+    pub server_http2: IntGaugeVec,
     pub tls_handshakes: IntCounterVec,
     pub tls_handshake_errors: IntCounter,
     pub reloads: IntCounterVec,
@@ -108,6 +109,13 @@ impl GatewayMetrics {
             Opts::new(
                 "gateway_upstream_idle_connections",
                 "Idle keep-alive connections cached for the server.",
+            ),
+            &["upstream", "server"],
+        )?;
+        let server_http2 = IntGaugeVec::new(
+            Opts::new(
+                "gateway_upstream_http2_connections",
+                "Open HTTP/2 connections to the server, shared by the requests in flight (protocol = \"http2\").",
             ),
             &["upstream", "server"],
         )?;
@@ -252,6 +260,7 @@ impl GatewayMetrics {
             Box::new(server_up.clone()),
             Box::new(server_active.clone()),
             Box::new(server_idle.clone()),
+            Box::new(server_http2.clone()),
             Box::new(tls_handshakes.clone()),
             Box::new(tls_handshake_errors.clone()),
             Box::new(reloads.clone()),
@@ -278,6 +287,7 @@ impl GatewayMetrics {
             server_up,
             server_active,
             server_idle,
+            server_http2,
             tls_handshakes,
             tls_handshake_errors,
             reloads,

@@ -359,6 +359,7 @@ fn transport(
         keepalive: upstream.keepalive,
         keepalive_timeout: upstream.keepalive_timeout.0,
         protocol: upstream.protocol,
+        max_streams: usize::try_from(upstream.max_streams).unwrap_or(usize::MAX),
     })
 }
 

@@ -30,11 +30,13 @@ use tokio_rustls::TlsConnector;
 
 use crate::metrics::{GatewayMetrics, TryOutcome};
 
+mod mux;
 mod request_body;
 mod response_body;
 mod sender;
 mod shared;
 
+pub use mux::StreamCount;
 pub use request_body::{BodyFault, BodyHold, BodyTooLarge, RequestBody, StreamBody};
 pub use response_body::UpstreamBody;
 pub use sender::{Http2Sender, Sender};
@@ -84,6 +86,8 @@ pub struct Transport {
     pub keepalive: usize,
     pub keepalive_timeout: Duration,
     pub protocol: UpstreamProtocol,
+    /// HTTP/2: streams in flight on one connection before another is opened.
+    pub max_streams: usize,
 }
 
 impl Transport {
@@ -184,27 +188,13 @@ pub struct ServerConns {
     pub addr: SocketAddr,
     /// One keep-alive cache per worker thread (see [`set_worker_count`]).
     idle: Box<[Mutex<Vec<Idle>>]>,
-    /// HTTP/2: one shared connection per worker thread.
-    multiplexed: Box<[MuxSlot]>,
+    /// HTTP/2: each worker thread's shared connections.
+    multiplexed: Box<[mux::MuxSlot]>,
     /// Bumped when the cache is flushed (reload); older connections are not taken back.
     generation: AtomicU64,
     outcomes: [IntCounter; 5],
     /// Flips to true when a reload removes the server: its WebSocket tunnels close.
     removed: tokio::sync::watch::Sender<bool>,
-}
-
-/// A worker's HTTP/2 connection to one server.
-#[derive(Default)]
-struct MuxSlot {
-    current: Mutex<Option<Shared>>,
-    /// Held while dialling, so requests that find no connection wait for one dial.
-    dialling: tokio::sync::Mutex<()>,
-}
-
-struct Shared {
-    sender: Http2Sender,
-    generation: u64,
-    serial: u64,
 }
 
 /// A connection checked out for one request.
@@ -214,6 +204,8 @@ pub struct Checkout {
     generation: u64,
     /// Which HTTP/2 connection of its slot this is (0 for HTTP/1.1).
     serial: u64,
+    /// HTTP/2: this request's stream, counted on its connection until the body ends.
+    pub stream: Option<StreamCount>,
 }
 
 impl Checkout {
@@ -224,12 +216,10 @@ impl Checkout {
             reused: false,
             generation: u64::MAX,
             serial: 0,
+            stream: None,
         }
     }
 }
-
-/// Numbers HTTP/2 connections, so a failed one is told from its replacement.
-static SERIALS: AtomicU64 = AtomicU64::new(1);
 
 impl ServerConns {
     fn new(upstream: &str, key: &str, addr: SocketAddr, metrics: &GatewayMetrics) -> Self {
@@ -245,7 +235,7 @@ impl ServerConns {
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
             multiplexed: (0..*IDLE_SLOTS.get_or_init(|| 1))
-                .map(|_| MuxSlot::default())
+                .map(|_| mux::MuxSlot::default())
                 .collect(),
             generation: AtomicU64::new(0),
             outcomes,
@@ -271,6 +261,11 @@ impl ServerConns {
         self.idle.iter().map(|slot| lock(slot).len()).sum()
     }
 
+    /// Open shared HTTP/2 connections, over all workers.
+    pub fn http2_count(&self) -> usize {
+        self.multiplexed.iter().map(mux::MuxSlot::len).sum()
+    }
+
     /// Closes every idle connection (they may have been made with an older TLS config).
     fn flush(&self, idle_totals: &[AtomicUsize]) {
         self.generation.fetch_add(1, Ordering::Relaxed);
@@ -279,12 +274,12 @@ impl ServerConns {
             total.fetch_sub(dropped.len(), Ordering::Relaxed);
         }
         for slot in self.multiplexed.iter() {
-            lock(&slot.current).take();
+            slot.clear();
         }
     }
 
-    /// A cached live connection (most recently used first), or a new one. HTTP/2: this
-    /// worker's shared connection, dialled if there is none.
+    /// A cached live connection (most recently used first), or a new one. HTTP/2: a stream
+    /// on one of this worker's shared connections (see `mux`).
     pub async fn checkout(
         &self,
         transport: &Transport,
@@ -292,7 +287,8 @@ impl ServerConns {
     ) -> Result<Checkout, ConnectError> {
         let generation = self.generation.load(Ordering::Relaxed);
         if transport.protocol == UpstreamProtocol::Http2 {
-            return Box::pin(self.checkout_shared(transport, generation)).await;
+            let slot = &self.multiplexed[idle_slot(self.multiplexed.len())];
+            return Box::pin(slot.checkout(transport, self.addr, generation)).await;
         }
         loop {
             let Some(idle) = self.idle().pop() else { break };
@@ -306,6 +302,7 @@ impl ServerConns {
                     reused: true,
                     generation,
                     serial: 0,
+                    stream: None,
                 });
             }
         }
@@ -318,45 +315,7 @@ impl ServerConns {
             reused: false,
             generation,
             serial: 0,
-        })
-    }
-
-    async fn checkout_shared(
-        &self,
-        transport: &Transport,
-        generation: u64,
-    ) -> Result<Checkout, ConnectError> {
-        let slot = &self.multiplexed[idle_slot(self.multiplexed.len())];
-        let live = || {
-            lock(&slot.current)
-                .as_ref()
-                .filter(|s| s.generation == generation && !s.sender.send.is_closed())
-                .map(|s| Checkout {
-                    sender: Sender::Http2(s.sender.clone()),
-                    reused: true,
-                    generation,
-                    serial: s.serial,
-                })
-        };
-        if let Some(checkout) = live() {
-            return Ok(checkout);
-        }
-        let _dialling = slot.dialling.lock().await;
-        if let Some(checkout) = live() {
-            return Ok(checkout);
-        }
-        let sender = transport.connect_http2(self.addr).await?;
-        let serial = SERIALS.fetch_add(1, Ordering::Relaxed);
-        *lock(&slot.current) = Some(Shared {
-            sender: sender.clone(),
-            generation,
-            serial,
-        });
-        Ok(Checkout {
-            sender: Sender::Http2(sender),
-            reused: false,
-            generation,
-            serial,
+            stream: None,
         })
     }
 
@@ -368,13 +327,7 @@ impl ServerConns {
             return;
         }
         for slot in self.multiplexed.iter() {
-            let mut current = lock(&slot.current);
-            if current
-                .as_ref()
-                .is_some_and(|s| s.serial == checkout.serial)
-            {
-                current.take();
-            }
+            slot.forget(checkout.serial);
         }
     }
 

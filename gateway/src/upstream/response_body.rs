@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::{Checkout, PeerGuard, Sender, ServerConns, UpstreamShared};
+use super::{Checkout, PeerGuard, Sender, ServerConns, StreamCount, UpstreamShared};
 
 /// The upstream response body streamed to the client. When it has been read to the end the
 /// connection goes back to the cache; when it is dropped the balancer is told the request
@@ -27,6 +27,9 @@ struct Checkin {
     server: Arc<ServerConns>,
     shared: Arc<UpstreamShared>,
     limit: usize,
+    /// HTTP/2: the stream, counted on its shared connection until the body ends or is
+    /// dropped.
+    _stream: Option<StreamCount>,
 }
 
 impl UpstreamBody {
@@ -46,6 +49,7 @@ impl UpstreamBody {
                 server,
                 shared,
                 limit: keepalive,
+                _stream: checkout.stream,
             }),
             finished: false,
             _peer: peer,

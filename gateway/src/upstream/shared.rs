@@ -268,9 +268,13 @@ impl UpstreamShared {
             .pool
             .snapshot(now)
             .into_iter()
-            .map(|p| ServerStatus {
-                idle: state.servers.get(&p.key).map_or(0, |s| s.idle_count()),
-                peer: p,
+            .map(|p| {
+                let conns = state.servers.get(&p.key);
+                ServerStatus {
+                    idle: conns.map_or(0, |s| s.idle_count()),
+                    http2: conns.map_or(0, |s| s.http2_count()),
+                    peer: p,
+                }
             })
             .collect()
     }
@@ -291,6 +295,8 @@ impl UpstreamShared {
 pub struct ServerStatus {
     pub peer: crate::balance::PeerSnapshot,
     pub idle: usize,
+    /// Open shared HTTP/2 connections (`protocol = "http2"`).
+    pub http2: usize,
 }
 
 fn server_map(

@@ -135,3 +135,121 @@ async fn a_server_without_h2_is_a_clear_bad_gateway() {
         .iter()
         .any(|l| l.contains("did not agree to HTTP/2") && l.contains("set protocol")));
 }
+
+/// A server that shuts down cleanly while requests are in flight (hyper's graceful shutdown:
+/// GOAWAY on HTTP/2, `Connection: close` on HTTP/1.1, then no more connections) costs no
+/// request, a POST included: what it started it answers, what it never saw goes to the other
+/// server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_draining_mid_load_costs_no_request() {
+    const PER_CLIENT: usize = 12;
+    for protocol in ["http2", "http1"] {
+        let fx = Fixture::new();
+        let behaviour = Behaviour {
+            delay: Duration::from_millis(100),
+            ..Behaviour::default()
+        };
+        let b0 = Backend::start_with("b0", &fx.pki, behaviour.clone()).await;
+        let b1 = Backend::start_with("b1", &fx.pki, behaviour).await;
+        let gw = fx.start_gateway(&format!(
+            "[upstreams.pool]\nprotocol = \"{protocol}\"\ntls = true\n\
+             servers = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\
+             [[routes]]\nprefix = \"/\"\nupstream = \"pool\"\n",
+            b0.addr, b1.addr
+        ));
+        let mut tasks = tokio::task::JoinSet::new();
+        for client in 0..CLIENTS {
+            let mut conn = gw.connect().await;
+            tasks.spawn(async move {
+                let mut failures = Vec::new();
+                for i in 0..PER_CLIENT {
+                    let method = if (client + i) % 2 == 0 {
+                        http::Method::GET
+                    } else {
+                        http::Method::POST
+                    };
+                    let resp = conn
+                        .request(method.clone(), "/whoami", &[], "payload")
+                        .await
+                        .unwrap();
+                    if resp.status != StatusCode::OK {
+                        failures.push(format!("{method} {}: {}", resp.status, resp.text()));
+                    }
+                }
+                failures
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let before = b0.hits();
+        b0.drain();
+        let mut failures = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            failures.extend(done.unwrap());
+        }
+        assert!(failures.is_empty(), "{protocol}: {failures:?}");
+        assert!(before > 0, "{protocol}: b0 served nothing before the drain");
+        assert!(
+            b1.hits() > CLIENTS * PER_CLIENT / 2,
+            "{protocol}: b1 {}",
+            b1.hits()
+        );
+    }
+}
+
+/// Past `max_streams` streams in flight on a connection a worker opens another to the same
+/// server, instead of queueing behind the server's stream limit; once the burst is over the
+/// extra connections close after `keepalive_timeout` and one per worker is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_connection_makes_room_on_another() {
+    const MAX: usize = 4;
+    let fx = Fixture::new();
+    let behaviour = Behaviour {
+        delay: Duration::from_millis(200),
+        max_streams: Some(MAX as u32),
+        ..Behaviour::default()
+    };
+    let backend = Backend::start_with("b0", &fx.pki, behaviour).await;
+    let gw = fx.start_gateway(&format!(
+        "[upstreams.pool]\nprotocol = \"http2\"\nmax_streams = {MAX}\nkeepalive_timeout = \"1s\"\n\
+         servers = [{{ address = \"{}\" }}]\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"pool\"\n",
+        backend.addr
+    ));
+    let open = || async {
+        let text = gw.admin_get("/metrics").await.text();
+        text.lines()
+            .filter(|l| l.starts_with("gateway_upstream_http2_connections{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .sum::<usize>()
+    };
+
+    // 24 requests at once, 200 ms each, on 2 workers with room for 4 streams per connection:
+    // at least 24 / 4 = 6 connections, and every request answered within about one delay
+    // (queued behind 4 streams, the last would wait 6 delays).
+    let mut clients = Vec::new();
+    for _ in 0..24 {
+        clients.push(gw.connect().await);
+    }
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut conn in clients {
+        tasks.spawn(async move { conn.get("/whoami").await.unwrap().status });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    let took = started.elapsed();
+    let accepted = backend.accepted.load(Ordering::SeqCst);
+    assert!(accepted >= 24 / MAX, "{accepted} connections");
+    assert!(took < Duration::from_millis(900), "took {took:?}");
+    assert_eq!(open().await, accepted);
+
+    // Idle past keepalive_timeout: the next request on each worker closes its extra ones.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    for _ in 0..4 {
+        let mut conn = gw.connect().await;
+        assert_eq!(conn.get("/whoami").await.unwrap().status, StatusCode::OK);
+    }
+    let left = open().await;
+    assert!((1..=2).contains(&left), "{left} connections left");
+}

@@ -208,6 +208,7 @@ pub struct Backend {
     /// TCP connections accepted.
     pub accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+    drain: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Clone, Default)]
@@ -218,6 +219,8 @@ pub struct Behaviour {
     pub plain: bool,
     /// TLS that offers only `http/1.1` by ALPN (no h2).
     pub http1_only: bool,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` (hyper's default otherwise).
+    pub max_streams: Option<u32>,
 }
 
 impl Backend {
@@ -260,8 +263,10 @@ impl Backend {
         let hits = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
         let name = name.to_string();
+        let (drain, draining) = tokio::sync::watch::channel(false);
         let task = {
             let (name, hits, accepted) = (name.clone(), hits.clone(), accepted.clone());
+            let mut stop = draining.clone();
             tokio::spawn(async move {
                 let mut conns = JoinSet::new();
                 loop {
@@ -270,25 +275,23 @@ impl Backend {
                             accepted.fetch_add(1, Ordering::SeqCst);
                             let acceptor = acceptor.clone();
                             let (name, hits, behaviour) = (name.clone(), hits.clone(), behaviour.clone());
+                            let draining = draining.clone();
                             conns.spawn(async move {
-                                let plain = behaviour.plain;
-                                let service = hyper::service::service_fn(move |req| {
-                                    handle(req, name.clone(), hits.clone(), behaviour.clone())
-                                });
-                                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                                if plain {
-                                    let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+                                if behaviour.plain {
+                                    serve(TokioIo::new(stream), (name, hits, behaviour), draining).await;
                                     return;
                                 }
                                 let Ok(tls) = acceptor.accept(stream).await else { return };
-                                let _ = builder
-                                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                                    .await;
+                                serve(TokioIo::new(tls), (name, hits, behaviour), draining).await;
                             });
                         }
+                        _ = stop.wait_for(|d| *d) => break,
                         Some(_) = conns.join_next(), if !conns.is_empty() => {}
                     }
                 }
+                // Draining: no new connections; the open ones finish what they started.
+                drop(listener);
+                while conns.join_next().await.is_some() {}
             })
         };
         Backend {
@@ -297,11 +300,19 @@ impl Backend {
             hits,
             accepted,
             task,
+            drain,
         }
     }
 
     pub fn kill(&self) {
         self.task.abort();
+    }
+
+    /// A clean shutdown, as hyper-based servers do it: the listener closes, every connection
+    /// finishes the requests it has (HTTP/2: GOAWAY naming the last stream it will answer;
+    /// HTTP/1.1: `Connection: close` on the response in flight) and closes.
+    pub fn drain(&self) {
+        self.drain.send_replace(true);
     }
 
     pub fn hits(&self) -> usize {
@@ -313,6 +324,31 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Serves one connection until it ends, or until `draining` turns true: then gracefully.
+async fn serve<I>(
+    io: I,
+    (name, hits, behaviour): (String, Arc<AtomicUsize>, Behaviour),
+    mut draining: tokio::sync::watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Some(max) = behaviour.max_streams {
+        builder.http2().max_concurrent_streams(max);
+    }
+    let service = hyper::service::service_fn(move |req| {
+        handle(req, name.clone(), hits.clone(), behaviour.clone())
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = draining.wait_for(|d| *d) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 /// Binding the address a killed backend just released can race its teardown.
