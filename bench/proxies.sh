@@ -21,7 +21,9 @@
 # once, the rest queue: the gateway's `max_conns` + `queue`, HAProxy's `maxconn` + its queue;
 # NGINX has no queue, so it stays unlimited), UPSTREAM_PROTO=http1 (http2: the gateway and
 # HAProxy speak HTTP/2 to the origin, h2c on plain upstreams and ALPN h2 on TLS ones; NGINX
-# cannot proxy over HTTP/2 and stays on HTTP/1.1). Run as root on Debian: installs nginx, haproxy, wrk,
+# cannot proxy over HTTP/2 and stays on HTTP/1.1), MAX_STREAMS (unset: one gateway connection
+# per worker and origin port; N, with UPSTREAM_PROTO=http2: the gateway opens another once N
+# streams are in flight on each; the origin allows 1024, HAProxy follows its SETTINGS). Run as root on Debian: installs nginx, haproxy, wrk,
 # nghttp2-client and curl when missing. Traffic goes only to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +41,7 @@ H2_THREADS=${H2_THREADS:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 MAXCONN=${MAXCONN:-}
 UPSTREAM_PROTO=${UPSTREAM_PROTO:-http1}
+MAX_STREAMS=${MAX_STREAMS:-}
 case $UPSTREAM_PROTO in http1 | http2) ;; *) echo "UPSTREAM_PROTO must be http1 or http2" >&2; exit 2 ;; esac
 CONNS=64
 BACKENDS=5
@@ -139,6 +142,7 @@ write_gateway() { # $1 = plain|tls
     [ -n "$MAXCONN" ] && printf 'queue = { size = 100000, timeout = "30s" }\n'
     if [ "$1" = tls ]; then printf 'server_name = "localhost"\n'; else printf 'tls = false\n'; fi
     printf 'protocol = "%s"\n' "$UPSTREAM_PROTO"
+    [ -n "$MAX_STREAMS" ] && printf 'max_streams = %s\n' "$MAX_STREAMS"
     printf 'connect_timeout = "2s"\nread_timeout = "30s"\nservers = [%s]\n' "${servers%, }"
     printf '[[routes]]\nprefix = "/"\nupstream = "origin"\n'
   } >"$work/gateway.toml"

@@ -235,7 +235,7 @@ pub enum UpstreamProtocol {
     #[default]
     Http1,
     /// HTTP/2: multiplexed connections shared per worker thread and server, another one
-    /// opened when `max_streams` are in flight on each (ALPN `h2` over TLS, prior knowledge in
+    /// opened when `max_streams` (if set) are in flight on each (ALPN `h2` over TLS, prior knowledge in
     /// plain text). WebSocket upgrades still go over HTTP/1.1.
     Http2,
 }
@@ -354,13 +354,13 @@ pub struct UpstreamConfig {
     #[serde(default, skip_serializing_if = "UpstreamProtocol::is_http1")]
     pub protocol: UpstreamProtocol,
     /// `http2` only: streams in flight on one connection before a worker opens another to the
-    /// same server. Keep it at or below the servers' `SETTINGS_MAX_CONCURRENT_STREAMS`
-    /// (NGINX 128, hyper 200, Go 250): past that a stream waits for one to end instead.
-    #[serde(
-        default = "default_max_streams",
-        skip_serializing_if = "is_default_max_streams"
-    )]
-    pub max_streams: u32,
+    /// same server (default: no limit of ours, one connection per worker and server; streams
+    /// past the server's `SETTINGS_MAX_CONCURRENT_STREAMS` wait for one to end). Set it to the
+    /// servers' limit when one worker may have more than that in flight to one server (NGINX
+    /// allows 128, hyper 200, Go 250): more connections cost throughput when the server
+    /// would take the streams on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_streams: Option<u32>,
     /// Name verified in the servers' certificates (default: each server's IP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
@@ -402,12 +402,7 @@ fn yes() -> bool {
 fn default_keepalive() -> usize {
     32
 }
-fn default_max_streams() -> u32 {
-    100
-}
-fn is_default_max_streams(n: &u32) -> bool {
-    *n == default_max_streams()
-}
+
 fn default_keepalive_timeout() -> Dur {
     Dur(Duration::from_secs(60))
 }
@@ -546,7 +541,7 @@ impl UpstreamConfig {
             next_upstream_timeout: None,
             tls: yes(),
             protocol: UpstreamProtocol::default(),
-            max_streams: default_max_streams(),
+            max_streams: None,
             server_name: None,
             health_check: None,
             sticky: None,
@@ -835,7 +830,7 @@ impl UpstreamConfig {
                 "upstream {name}: needs at least one server that is not a backup (or discover)"
             )));
         }
-        if self.max_streams == 0 {
+        if self.max_streams == Some(0) {
             return Err(invalid(format!(
                 "upstream {name}: max_streams must be at least 1"
             )));

@@ -359,7 +359,9 @@ fn transport(
         keepalive: upstream.keepalive,
         keepalive_timeout: upstream.keepalive_timeout.0,
         protocol: upstream.protocol,
-        max_streams: usize::try_from(upstream.max_streams).unwrap_or(usize::MAX),
+        max_streams: upstream
+            .max_streams
+            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
     })
 }
 
