@@ -140,7 +140,7 @@ fn dashboards_use_the_provisioned_datasource() {
         "Cache hit ratio",
         "WebSocket",
         "Refused connections",
-        "active requests and idle connections",
+        "active requests, idle and HTTP/2 connections",
         "Build",
         "p99",
         "5xx",
