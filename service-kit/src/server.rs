@@ -42,6 +42,10 @@ pub const MAX_HEADERS: usize = 200;
 /// hyper's own limits (HTTP/1.1 read buffer, h2 header list): well above ours, so our check
 /// answers first. Past them hyper answers itself (bare 431, or 431 + REFUSED_STREAM on h2).
 const PARSER_HEAD_BYTES: usize = 4 * MAX_HEAD_BYTES;
+/// HTTP/2 streams a client may have open on one connection (`SETTINGS_MAX_CONCURRENT_STREAMS`;
+/// hyper's default, stated so that devctl can give the gateway the same figure as its
+/// `max_streams`).
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 200;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -201,6 +205,7 @@ async fn serve_connection<S>(
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS)
         .max_header_list_size(PARSER_HEAD_BYTES as u32);
     let (io, returned) = linger::track(stream);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
