@@ -54,6 +54,8 @@ servers = [
 algorithm = "hash"
 hash_key = "cookie:session"
 tls = false
+protocol = "http2"
+max_streams = 128
 servers = [{ address = "10.0.1.1:3000" }]
 
 [[routes]]
@@ -136,6 +138,8 @@ fn the_documented_example_parses_and_round_trips() {
 fn every_section_round_trips() {
     let config = Config::parse(EVERYTHING).unwrap();
     assert_eq!(config.runtime.model, RuntimeModel::WorkStealing);
+    assert_eq!(config.upstreams["other"].protocol, UpstreamProtocol::Http2);
+    assert_eq!(config.upstreams["other"].max_streams, Some(128));
     assert_eq!(
         config.upstreams["app"].hash_key,
         Some(HashKey::Header(http::HeaderName::from_static("x-tenant")))
@@ -321,5 +325,12 @@ fn checks_without_gateway_internals_happen_here() {
     assert_eq!(
         err,
         "config: upstream app: health_check rise and fall must be at least 1"
+    );
+    let err = Config::parse(&EVERYTHING.replace("max_streams = 128", "max_streams = 0"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "config: upstream other: max_streams must be at least 1"
     );
 }
