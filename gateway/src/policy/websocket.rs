@@ -44,10 +44,10 @@ impl Tunnel {
     /// Answers a server's 101: the tunnel between the client's upgrade and the server's runs
     /// in its own task (see [`Tunnel::spawn`]); the returned head, the server's, goes to the
     /// client.
-    pub fn switch<H: Send + 'static>(
+    pub fn switch<H: Send + 'static, B>(
         self,
         client: hyper::upgrade::OnUpgrade,
-        mut response: http::Response<hyper::body::Incoming>,
+        mut response: http::Response<B>,
         hold: H,
     ) -> http::response::Parts {
         let upstream = hyper::upgrade::on(&mut response);

@@ -26,7 +26,7 @@ use crate::policy::websocket;
 use crate::runtime::{RouteTarget, UpstreamRuntime};
 use crate::upstream::{
     BodyFault, BodyHold, Checkout, ConnectError, PeerGuard, QueueRefusal, QueueSeat, RequestBody,
-    ServerConns, UpstreamBody,
+    SendFailure, ServerConns, UpstreamBody, UpstreamIncoming,
 };
 
 /// Sends the request to the route's upstream, trying servers until one answers or the retry
@@ -450,12 +450,6 @@ fn queue_refused(upstream: &UpstreamRuntime, refusal: QueueRefusal) -> ApiError 
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
 }
 
-struct Unsent {
-    error: hyper::Error,
-    /// The request, when it never reached the server.
-    request: Option<Request<RequestBody>>,
-}
-
 /// Sends on a checked-out connection. A reused keep-alive connection that the server closed
 /// meanwhile fails before sending; that is not the server's fault, so the request goes once
 /// more on a fresh connection to the same server.
@@ -464,14 +458,10 @@ async fn send_with_stale_retry(
     request: Request<RequestBody>,
     server: &ServerConns,
     upstream: &UpstreamRuntime,
-) -> Result<Response<Incoming>, Unsent> {
-    let unsent = |mut e: hyper::client::conn::TrySendError<Request<RequestBody>>| Unsent {
-        request: e.take_message(),
-        error: e.into_error(),
-    };
+) -> Result<Response<UpstreamIncoming>, SendFailure> {
     let mut first = match checkout.sender.try_send_request(request).await {
         Ok(response) => return Ok(response),
-        Err(e) => unsent(e),
+        Err(failure) => failure,
     };
     if !checkout.reused {
         return Err(first);
@@ -487,13 +477,9 @@ async fn send_with_stale_retry(
     {
         Ok(fresh) if !fresh.reused => {
             *checkout = fresh;
-            checkout
-                .sender
-                .try_send_request(request)
-                .await
-                .map_err(unsent)
+            checkout.sender.try_send_request(request).await
         }
-        _ => Err(Unsent {
+        _ => Err(SendFailure {
             error: first.error,
             request: Some(request),
         }),

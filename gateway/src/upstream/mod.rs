@@ -15,14 +15,15 @@
 //!   connection back in when read to the end.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use gateway_config::UpstreamProtocol;
 use http::uri::{Authority, Scheme};
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -38,8 +39,8 @@ mod shared;
 
 pub use mux::StreamCount;
 pub use request_body::{BodyFault, BodyHold, BodyTooLarge, RequestBody, StreamBody};
-pub use response_body::UpstreamBody;
-pub use sender::{Http2Sender, Sender};
+pub use response_body::{UpstreamBody, UpstreamIncoming};
+pub use sender::{Http2Sender, SendError, SendFailure, Sender};
 pub use shared::{PeerGuard, QueueRefusal, QueueSeat, ServerStatus, UpstreamShared};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -63,6 +64,8 @@ pub enum ConnectError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error("HTTP/2 handshake with {addr}: {source}")]
+    Http2 { addr: SocketAddr, source: h2::Error },
     #[error("{addr} did not agree to HTTP/2 in the TLS handshake (ALPN); set protocol = \"http1\" for this upstream")]
     NoHttp2 { addr: SocketAddr },
 }
@@ -121,7 +124,7 @@ impl Transport {
                 .map_err(|source| ConnectError::Tcp { addr, source })?;
             let _ = tcp.set_nodelay(true);
             let Some(connectors) = &self.tls else {
-                return handshake(TokioIo::new(tcp), addr, protocol, Scheme::HTTP).await;
+                return handshake(tcp, addr, protocol, Scheme::HTTP).await;
             };
             let name = self
                 .server_name
@@ -142,7 +145,7 @@ impl Transport {
             {
                 return Err(ConnectError::NoHttp2 { addr });
             }
-            handshake(TokioIo::new(tls), addr, protocol, Scheme::HTTPS).await
+            handshake(tls, addr, protocol, Scheme::HTTPS).await
         };
         tokio::time::timeout(timeout, work)
             .await
@@ -370,7 +373,7 @@ fn refused_alpn(error: &std::io::Error) -> bool {
 }
 
 async fn handshake<T>(
-    io: TokioIo<T>,
+    io: T,
     addr: SocketAddr,
     protocol: UpstreamProtocol,
     scheme: Scheme,
@@ -378,10 +381,12 @@ async fn handshake<T>(
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let failed = |source| ConnectError::Http { addr, source };
     match protocol {
         UpstreamProtocol::Http1 => {
-            let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(failed)?;
+            let (sender, conn) = http1::Builder::new()
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(|source| ConnectError::Http { addr, source })?;
             tokio::spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(%addr, error = %e, "upstream connection closed with an error");
@@ -390,21 +395,19 @@ where
             Ok(Sender::Http1(sender))
         }
         UpstreamProtocol::Http2 => {
-            let (send, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                // A connection that stops answering pings is closed, and the next request
-                // dials a new one.
-                .keep_alive_interval(HTTP2_PING_INTERVAL)
-                .keep_alive_timeout(HTTP2_PING_TIMEOUT)
-                .keep_alive_while_idle(true)
-                .handshake(io)
+            let (send, mut conn) = h2::client::Builder::new()
+                .enable_push(false)
+                // hyper's client defaults: room for large responses without a window update
+                // per frame.
+                .initial_window_size(HTTP2_STREAM_WINDOW)
+                .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+                .max_send_buffer_size(HTTP2_SEND_BUFFER)
+                .handshake::<_, Bytes>(io)
                 .await
-                .map_err(failed)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection closed with an error");
-                }
-            });
+                .map_err(|source| ConnectError::Http2 { addr, source })?;
+            let open = Arc::new(AtomicBool::new(true));
+            let ping = conn.ping_pong();
+            tokio::spawn(drive(conn, ping, open.clone(), addr));
             // A socket address is always a valid authority.
             let authority = Authority::try_from(addr.to_string().as_str())
                 .unwrap_or_else(|_| Authority::from_static("localhost"));
@@ -412,11 +415,60 @@ where
                 send,
                 scheme,
                 authority,
+                open,
             }))
         }
     }
 }
 
+/// Runs an HTTP/2 connection until it ends: pinged every `HTTP2_PING_INTERVAL`, closed when a
+/// ping goes unanswered for `HTTP2_PING_TIMEOUT` (the next request then dials a new one), or
+/// when the last sender is dropped and its streams are done.
+async fn drive<T>(
+    conn: h2::client::Connection<T, Bytes>,
+    ping: Option<h2::PingPong>,
+    open: Arc<AtomicBool>,
+    addr: SocketAddr,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut conn = std::pin::pin!(conn);
+    let ended = |result: Result<(), h2::Error>| {
+        if let Err(e) = result {
+            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection closed with an error");
+        }
+    };
+    match ping {
+        None => ended(conn.await),
+        Some(mut ping) => loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    ended(result);
+                    break;
+                }
+                () = tokio::time::sleep(HTTP2_PING_INTERVAL) => {}
+            }
+            let pong = tokio::time::timeout(HTTP2_PING_TIMEOUT, ping.ping(h2::Ping::opaque()));
+            tokio::select! {
+                result = conn.as_mut() => {
+                    ended(result);
+                    break;
+                }
+                answered = pong => if !matches!(answered, Ok(Ok(_))) {
+                    tracing::debug!(%addr, "upstream HTTP/2 connection did not answer a ping; closing it");
+                    break;
+                }
+            }
+        },
+    }
+    open.store(false, Ordering::Relaxed);
+}
+
 /// How often an HTTP/2 upstream connection is pinged, and how long an answer may take.
 const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(20);
 const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Flow-control windows and send buffer of an HTTP/2 upstream connection (hyper's client
+/// defaults).
+const HTTP2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const HTTP2_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const HTTP2_SEND_BUFFER: usize = 1024 * 1024;

@@ -111,7 +111,7 @@ impl MuxSlot {
     fn take(&self, transport: &Transport, generation: u64) -> Option<Checkout> {
         let now = Instant::now();
         let load = |c: &Shared| Load {
-            usable: c.generation == generation && !c.sender.send.is_closed(),
+            usable: c.generation == generation && !c.sender.is_closed(),
             streams: c.streams.load(Ordering::Relaxed),
             idle_for: now.saturating_duration_since(c.last_used),
         };

@@ -5,17 +5,41 @@
 //! header. An HTTP/2 connection sends it in absolute form instead (`:scheme` from the
 //! transport, `:authority` from `Host`), as RFC 9113 §8.3.1 asks of a client that generates
 //! HTTP/2 requests; `Host` is then dropped rather than sent twice.
+//!
+//! HTTP/1.1 goes through hyper's client. HTTP/2 drives the `h2` crate's `SendRequest` from
+//! the request's own task: hyper's h2 client would pass each request through a channel to a
+//! dispatch task that spawns a task per request to await its response (`bench/PROFILE.md`,
+//! "h2 with HTTP/2 upstreams"); here the connection's task wakes the request's task directly.
 
-use http::header;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::client::conn::http1;
 
+use super::response_body::UpstreamIncoming;
 use super::RequestBody;
 
-/// A request handed back by a connection that could not send it.
-type Unsent = TrySendError<Request<RequestBody>>;
+/// Why a connection could not carry a request.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Http1(#[from] hyper::Error),
+    #[error("HTTP/2: {0}")]
+    Http2(#[from] h2::Error),
+}
+
+/// A request a connection could not carry: the error, and the request when none of it was
+/// sent (it may go again as it is).
+pub struct SendFailure {
+    pub error: SendError,
+    pub request: Option<Request<RequestBody>>,
+}
 
 /// The sending half of one upstream connection.
 pub enum Sender {
@@ -27,10 +51,12 @@ pub enum Sender {
 /// connection carries at once.
 #[derive(Clone)]
 pub struct Http2Sender {
-    pub(super) send: http2::SendRequest<RequestBody>,
+    pub(super) send: h2::client::SendRequest<Bytes>,
     pub(super) scheme: Scheme,
     /// `:authority` for a request without a Host header: the server's address.
     pub(super) authority: Authority,
+    /// Cleared when the connection's task ends.
+    pub(super) open: Arc<AtomicBool>,
 }
 
 impl Sender {
@@ -38,7 +64,7 @@ impl Sender {
     pub fn is_closed(&self) -> bool {
         match self {
             Sender::Http1(s) => s.is_closed(),
-            Sender::Http2(s) => s.send.is_closed(),
+            Sender::Http2(s) => s.is_closed(),
         }
     }
 
@@ -46,7 +72,7 @@ impl Sender {
     pub fn is_ready(&self) -> bool {
         match self {
             Sender::Http1(s) => s.is_ready(),
-            Sender::Http2(s) => s.send.is_ready(),
+            Sender::Http2(s) => !s.is_closed(),
         }
     }
 
@@ -57,14 +83,17 @@ impl Sender {
     /// Sends `request`; a request the connection could not send comes back in the error.
     pub async fn try_send_request(
         &mut self,
-        mut request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, Unsent> {
+        request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamIncoming>, SendFailure> {
         match self {
-            Sender::Http1(s) => s.try_send_request(request).await,
-            Sender::Http2(s) => {
-                as_http2(&mut request, &s.scheme, &s.authority);
-                s.send.try_send_request(request).await
-            }
+            Sender::Http1(s) => match s.try_send_request(request).await {
+                Ok(response) => Ok(response.map(UpstreamIncoming::Http1)),
+                Err(mut e) => Err(SendFailure {
+                    request: e.take_message(),
+                    error: e.into_error().into(),
+                }),
+            },
+            Sender::Http2(s) => s.send(request).await,
         }
     }
 
@@ -72,21 +101,115 @@ impl Sender {
     pub async fn send_request(
         &mut self,
         request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, hyper::Error> {
-        self.try_send_request(request)
-            .await
-            .map_err(TrySendError::into_error)
+    ) -> Result<Response<UpstreamIncoming>, SendError> {
+        self.try_send_request(request).await.map_err(|f| f.error)
     }
 }
 
+impl Http2Sender {
+    pub fn is_closed(&self) -> bool {
+        !self.open.load(Ordering::Relaxed)
+    }
+
+    async fn send(
+        &self,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamIncoming>, SendFailure> {
+        // A connection that is closing (GOAWAY received, or broken) fails here, before the
+        // request is taken: it goes back to the caller whole.
+        let mut send = match self.send.clone().ready().await {
+            Ok(send) => send,
+            Err(error) => {
+                return Err(SendFailure {
+                    error: error.into(),
+                    request: Some(request),
+                })
+            }
+        };
+        as_http2(&mut request, &self.scheme, &self.authority);
+        let (head, body) = request.into_parts();
+        let end = body.is_end_stream();
+        let sent = |error: h2::Error| SendFailure {
+            error: error.into(),
+            request: None,
+        };
+        let (response, stream) = send
+            .send_request(Request::from_parts(head, ()), end)
+            .map_err(sent)?;
+        if !end {
+            tokio::spawn(pipe(body, stream));
+        }
+        let response = response.await.map_err(sent)?;
+        Ok(response.map(UpstreamIncoming::Http2))
+    }
+}
+
+/// Streams a request body to its HTTP/2 stream as the server's flow control allows; a body
+/// that fails resets the stream.
+async fn pipe(mut body: RequestBody, mut stream: h2::SendStream<Bytes>) {
+    loop {
+        match body.frame().await {
+            None => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(_)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    while !data.is_empty() {
+                        stream.reserve_capacity(data.len());
+                        let granted =
+                            match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+                                Some(Ok(n)) => n,
+                                // The stream was reset or the connection is gone.
+                                _ => return,
+                            };
+                        let chunk = data.split_to(granted.min(data.len()));
+                        if stream.send_data(chunk, false).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = stream.send_trailers(trailers);
+                        return;
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Connection-specific fields, which HTTP/2 forbids (RFC 9113 §8.2.2).
+const CONNECTION_FIELDS: [HeaderName; 4] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+];
+
 /// Rewrites an HTTP/1.1-shaped request for HTTP/2: absolute target with `scheme` and the
 /// Host header's authority (`fallback` without one, or with one that is no valid authority),
-/// Host removed. A request already in that shape (handed back unsent, going again) is left
+/// Host and the connection-specific fields removed (`TE` kept only as `trailers`). A request already in that shape (handed back unsent, going again) is left
 /// as it is.
 pub fn as_http2(request: &mut Request<RequestBody>, scheme: &Scheme, fallback: &Authority) {
     *request.version_mut() = Version::HTTP_2;
     if request.uri().authority().is_some() {
         return;
+    }
+    let headers = request.headers_mut();
+    for name in &CONNECTION_FIELDS {
+        headers.remove(name);
+    }
+    if headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes() != b"trailers")
+    {
+        headers.remove(header::TE);
     }
     let authority = request
         .headers_mut()
@@ -128,6 +251,30 @@ mod tests {
         // Going again (handed back unsent): unchanged.
         as_http2(&mut r, &Scheme::HTTP, &fallback);
         assert_eq!(r.uri(), "https://api.example.com/api/v1/users?page=2");
+    }
+
+    #[test]
+    fn connection_specific_fields_are_dropped() {
+        let fallback = Authority::from_static("10.0.0.5:8443");
+        let mut r = request("/x", Some("api.example.com"));
+        for (name, value) in [
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("te", "gzip"),
+            ("x-kept", "yes"),
+        ] {
+            r.headers_mut().insert(name, value.parse().unwrap());
+        }
+        as_http2(&mut r, &Scheme::HTTPS, &fallback);
+        let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+
+        let mut r = request("/x", None);
+        r.headers_mut().insert("te", "trailers".parse().unwrap());
+        as_http2(&mut r, &Scheme::HTTPS, &fallback);
+        assert_eq!(r.headers()["te"], "trailers");
     }
 
     #[test]
