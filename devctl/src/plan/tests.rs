@@ -229,9 +229,11 @@ fn a_pool_protocol_reaches_the_gateway_config() {
             // HTTP/2: another connection once the backends' stream limit is reached.
             let limit = Some(service_kit::server::HTTP2_MAX_CONCURRENT_STREAMS);
             assert_eq!(parsed.upstreams["admin"].max_streams, limit);
-            let customer_limit = (customer == UpstreamProtocol::Http2)
-                .then_some(limit)
-                .flatten();
+            let customer_limit = if customer == UpstreamProtocol::Http2 {
+                limit
+            } else {
+                None
+            };
             assert_eq!(parsed.upstreams["customer"].max_streams, customer_limit);
         }
     }

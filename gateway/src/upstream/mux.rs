@@ -2,14 +2,16 @@
 //!
 //! Each worker keeps, per server, a short list of multiplexed connections. A request goes on
 //! the first one with fewer than `max_streams` streams in flight (fill-first), and a new one
-//! is dialled only when all are full, one dial at a time per worker. Without `max_streams`
-//! (the default) the list holds one connection: hyper does not tell the server's
-//! `SETTINGS_MAX_CONCURRENT_STREAMS`, and streams past it wait in the connection for one to
-//! end; `bench/proxies.sh` measured extra connections costing req/s against a server that
-//! takes the streams on one. Filling the first
+//! is dialled only when all are full, one dial at a time per worker. Filling the first
 //! connections first lets the extra ones a burst opened fall idle; an extra connection with
 //! no stream for `keepalive_timeout` is closed. The first one stays (its pings keep it
 //! alive), so a quiet server costs one connection per worker.
+//!
+//! Without `max_streams` (the default) the list holds one connection, and streams past the
+//! server's `SETTINGS_MAX_CONCURRENT_STREAMS` wait in it for one to end: `bench/proxies.sh`
+//! measured extra connections costing req/s against a server that takes the streams on one.
+//! (The `h2` crate reports the server's limit, `SendRequest::current_max_send_streams`;
+//! following it by default is not done yet.)
 //!
 //! The choice (`pick`, `keep`) is pure and tested with simulated time; `MuxSlot` applies it
 //! under the slot's lock and dials.
