@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod body;
 pub mod certs;
 pub mod config;
 pub mod discover;

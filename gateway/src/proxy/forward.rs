@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::body::IncomingBody;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use service_kit::request_id::{self, RequestId};
 use service_kit::ApiError;
@@ -26,7 +26,7 @@ use crate::policy::websocket;
 use crate::runtime::{RouteTarget, UpstreamRuntime};
 use crate::upstream::{
     BodyFault, BodyHold, Checkout, ConnectError, PeerGuard, QueueRefusal, QueueSeat, RequestBody,
-    SendFailure, ServerConns, UpstreamBody, UpstreamIncoming,
+    SendFailure, ServerConns, UpstreamBody,
 };
 
 /// Sends the request to the route's upstream, trying servers until one answers or the retry
@@ -34,7 +34,7 @@ use crate::upstream::{
 pub(super) async fn forward<H: Host>(
     ctx: &mut Ctx<'_, H>,
     target: &RouteTarget,
-    req: Request<Incoming>,
+    req: Request<IncomingBody>,
     path: &str,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let upstream = &target.upstream;
@@ -108,7 +108,7 @@ struct Rules<'t> {
 impl<'t> Rules<'t> {
     fn of(
         target: &'t RouteTarget,
-        req: &Request<Incoming>,
+        req: &Request<IncomingBody>,
         client_ip: std::net::IpAddr,
         websocket: bool,
     ) -> Self {
@@ -163,7 +163,7 @@ struct Outgoing {
     headers: Option<HeaderMap>,
     /// The client's body (none: it was whole, empty, at the head). Taken by the try that
     /// streams it; a streamed body cannot go again.
-    body: Option<Incoming>,
+    body: Option<IncomingBody>,
     whole_body: bool,
     hold: Option<BodyHold>,
     /// The client's side of a WebSocket upgrade.
@@ -175,7 +175,7 @@ struct Outgoing {
 impl Outgoing {
     fn new<H>(
         ctx: &Ctx<'_, H>,
-        mut req: Request<Incoming>,
+        mut req: Request<IncomingBody>,
         path: &str,
         websocket: bool,
     ) -> Result<Self, ApiError> {
@@ -458,7 +458,7 @@ async fn send_with_stale_retry(
     request: Request<RequestBody>,
     server: &ServerConns,
     upstream: &UpstreamRuntime,
-) -> Result<Response<UpstreamIncoming>, SendFailure> {
+) -> Result<Response<IncomingBody>, SendFailure> {
     let mut first = match checkout.sender.try_send_request(request).await {
         Ok(response) => return Ok(response),
         Err(failure) => failure,

@@ -15,11 +15,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+use crate::body::IncomingBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use service_kit::request_id::{self, RequestId};
 use service_kit::ApiError;
 use tokio::sync::watch;
@@ -155,7 +155,7 @@ struct Ctx<'a, H> {
 pub async fn handle<H: Host>(
     host: &H,
     snapshot: &Snapshot,
-    req: Request<Incoming>,
+    req: Request<IncomingBody>,
     client: ClientConn,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
@@ -229,7 +229,7 @@ pub async fn handle<H: Host>(
 }
 
 /// Request-line and header limits (414, 431), before anything else looks at the request.
-fn check_head(snapshot: &Snapshot, req: &Request<Incoming>) -> Result<(), ApiError> {
+fn check_head(snapshot: &Snapshot, req: &Request<IncomingBody>) -> Result<(), ApiError> {
     let limits = &snapshot.config.limits;
     let target_len = req
         .uri()
@@ -266,7 +266,7 @@ fn check_head(snapshot: &Snapshot, req: &Request<Incoming>) -> Result<(), ApiErr
 
 fn route<'s>(
     snapshot: &'s Snapshot,
-    req: &Request<Incoming>,
+    req: &Request<IncomingBody>,
 ) -> Result<(&'s RouteTarget, String), ApiError> {
     let path = normalize_path(req.uri().path())
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", format!("{e}")))?;

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::body::IncomingBody;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
-use hyper::body::Incoming;
 use service_kit::request_id::{self, RequestId};
 use service_kit::ApiError;
 
@@ -60,7 +60,7 @@ fn rate_limit_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, reset
 pub(super) async fn apply_policies<H: Host>(
     ctx: &mut Ctx<'_, H>,
     target: &RouteTarget,
-    req: Request<Incoming>,
+    req: Request<IncomingBody>,
     path: &str,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let (snapshot, client_ip, id) = (ctx.snapshot, ctx.client_ip, ctx.id);

@@ -1,6 +1,6 @@
 //! One client connection: accepted on the control runtime, handed to the least loaded
 //! worker, PROXY header and connection limits, TLS handshake, the h2 preface read under a
-//! timer, HTTP/1.1 or h2 served by hyper, and a lingering close.
+//! timer, HTTP/1.1 served by hyper or h2 by `server::h2`, and a lingering close.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use service_kit::server::linger;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::{Gateway, ListenerKind, HANDSHAKE_TIMEOUT};
+use crate::body::IncomingBody;
 use crate::config::any_contains;
 use crate::policy::proxy_protocol::{self, PrefixedIo, Start};
 use crate::proxy::{self, ClientConn, Held, Scheme};
@@ -246,8 +246,8 @@ async fn serve_client(
     }
 }
 
-/// Serves HTTP on `stream`; hands the connection back for a lingering close when hyper is
-/// done with it (not after an upgrade).
+/// Serves HTTP on `stream`: HTTP/1.1 with hyper, h2 with [`super::h2`]. Hands the
+/// connection back for a lingering close when it is done (not after an upgrade).
 async fn serve_http<S>(
     gateway: Arc<Gateway>,
     stream: S,
@@ -260,11 +260,11 @@ where
     let limits = gateway.snapshot.load().config.limits.clone();
     // Fired at each answer: a connection is wound down only once it has answered one.
     let answered = Arc::new(tokio::sync::Notify::new());
-    let answered_in_service = answered.clone();
-    let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+    let answered_in_handler = answered.clone();
+    let handler = move |mut req: http::Request<IncomingBody>| {
         let snapshot = gateway.snapshot.load_full();
         let gateway = gateway.clone();
-        let answered = answered_in_service.clone();
+        let answered = answered_in_handler.clone();
         // h2: a request body left unread by an early answer (413) stays open until the
         // response is sent, so the stream ends with NO_ERROR rather than CANCEL.
         let hold =
@@ -273,9 +273,8 @@ where
                 req.extensions_mut().insert(hold.clone());
                 hold
             });
-        // Boxed: the request future is about 8 KB (8,160 bytes measured), and hyper's h2
-        // server spawns one task per stream, moving the future into it by value: a memcpy per
-        // move that showed as the top symbol of the h2 profile. A box moves a pointer.
+        // Boxed: the request future is about 8 KB (8,160 bytes measured); a box moves a
+        // pointer into the connection's state or its stream set.
         Box::pin(async move {
             let response = match client.scheme {
                 Scheme::Https => proxy::handle(&*gateway, &snapshot, req, client).await,
@@ -298,10 +297,9 @@ where
                 },
             };
             answered.notify_one();
-            Ok::<_, std::convert::Infallible>(response.map(|body| Held::new(body, hold)))
+            response.map(|body| Held::new(body, hold))
         })
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    };
     // hyper's own limits sit far above ours so that ours answer first, as JSON (a head past
     // hyper's HTTP/1.1 buffer gets its bare 431; past h2's header list, 431 + REFUSED_STREAM,
     // which clients retry); its header timer also runs while an idle keep-alive connection
@@ -311,37 +309,49 @@ where
         .saturating_add(limits.max_uri_length)
         .saturating_mul(4)
         .max(HYPER_DEFAULT_BUFFER);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.0)
-        .max_buf_size(head_buffer)
-        .max_headers(limits.max_headers.saturating_mul(4).max(400));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .keep_alive_interval(limits.keepalive_timeout.0 / 3)
-        .keep_alive_timeout(limits.keepalive_timeout.0 / 3)
-        .max_header_list_size(u32::try_from(head_buffer).unwrap_or(u32::MAX));
-    let stream = read_preface(stream, limits.header_read_timeout.0).await?;
+    let (stream, is_h2) = read_preface(stream, limits.header_read_timeout.0).await?;
     let (io, returned) = linger::track(stream);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher
-        .watch(conn, |conn| conn.graceful_shutdown(), &answered)
-        .await
-    {
+    let served = if is_h2 {
+        let settings = super::h2::Settings {
+            max_concurrent_streams: limits.h2_max_concurrent_streams,
+            max_header_list_size: u32::try_from(head_buffer).unwrap_or(u32::MAX),
+            keepalive: limits.keepalive_timeout.0 / 3,
+        };
+        let wind_down = tokio::sync::Notify::new();
+        let conn = super::h2::serve(io, settings, handler, &wind_down);
+        watcher
+            .watch(conn, |_| wind_down.notify_one(), &answered)
+            .await
+            .map_err(crate::body::WireError::from)
+    } else {
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let response = handler(req.map(IncomingBody::Http1));
+            async move { Ok::<_, std::convert::Infallible>(response.await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout.0)
+            .max_buf_size(head_buffer)
+            .max_headers(limits.max_headers.saturating_mul(4).max(400))
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        watcher
+            .watch(conn, |conn| conn.graceful_shutdown(), &answered)
+            .await
+            .map_err(crate::body::WireError::from)
+    };
+    if let Err(e) = served {
         tracing::debug!(peer = %client.peer, error = %e, "client connection ended with an error");
     }
     linger::take_back(returned)
 }
 
-/// Reads what hyper-util's protocol sniffing reads (the h2 preface, or fewer bytes once they
-/// stop matching it) within `limit`, and hands back a stream that replays them. hyper-util
-/// waits for those bytes without a timer and HTTP/1.1's header timer starts only after them,
-/// so without this a client that sends nothing after the TLS handshake, or half a preface,
-/// would hold its connection forever (slowloris). `None`: too slow, closed, or failed.
-async fn read_preface<S>(mut stream: S, limit: Duration) -> Option<PrefixedIo<S>>
+/// Reads what tells h2 from HTTP/1.1 (the h2 preface, or fewer bytes once they stop
+/// matching it) within `limit`, and hands back a stream that replays them, and whether it
+/// is h2. HTTP/1.1's header timer starts only after the first bytes, so without this a
+/// client that sends nothing after the TLS handshake, or half a preface, would hold its
+/// connection forever (slowloris). `None`: too slow, closed, or failed.
+async fn read_preface<S>(mut stream: S, limit: Duration) -> Option<(PrefixedIo<S>, bool)>
 where
     S: AsyncRead + Unpin,
 {
@@ -361,7 +371,8 @@ where
     if !tokio::time::timeout(limit, read).await.unwrap_or(false) {
         return None;
     }
-    Some(PrefixedIo::new(buf[..filled].to_vec(), stream))
+    let is_h2 = buf[..filled] == *H2_PREFACE;
+    Some((PrefixedIo::new(buf[..filled].to_vec(), stream), is_h2))
 }
 
 /// hyper's default HTTP/1.1 read buffer (8 KiB + 100 × 4 KiB).

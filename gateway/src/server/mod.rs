@@ -32,6 +32,7 @@ use crate::proxy;
 use crate::runtime::Snapshot;
 
 mod conn;
+mod h2;
 mod handover;
 
 use conn::accept_loop;

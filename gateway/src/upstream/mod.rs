@@ -31,6 +31,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::metrics::{GatewayMetrics, TryOutcome};
 
+mod liveness;
 mod mux;
 mod request_body;
 mod response_body;
@@ -39,8 +40,8 @@ mod shared;
 
 pub use mux::StreamCount;
 pub use request_body::{BodyFault, BodyHold, BodyTooLarge, RequestBody, StreamBody};
-pub use response_body::{UpstreamBody, UpstreamIncoming};
-pub use sender::{Http2Sender, SendError, SendFailure, Sender};
+pub use response_body::UpstreamBody;
+pub use sender::{Http1Sender, Http2Sender, SendFailure, Sender};
 pub use shared::{PeerGuard, QueueRefusal, QueueSeat, ServerStatus, UpstreamShared};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -123,8 +124,12 @@ impl Transport {
                 .await
                 .map_err(|source| ConnectError::Tcp { addr, source })?;
             let _ = tcp.set_nodelay(true);
+            let liveness = match protocol {
+                UpstreamProtocol::Http1 => liveness::Liveness::of(&tcp),
+                UpstreamProtocol::Http2 => None,
+            };
             let Some(connectors) = &self.tls else {
-                return handshake(tcp, addr, protocol, Scheme::HTTP).await;
+                return handshake(tcp, addr, protocol, Scheme::HTTP, liveness).await;
             };
             let name = self
                 .server_name
@@ -145,7 +150,7 @@ impl Transport {
             {
                 return Err(ConnectError::NoHttp2 { addr });
             }
-            handshake(tls, addr, protocol, Scheme::HTTPS).await
+            handshake(tls, addr, protocol, Scheme::HTTPS, liveness).await
         };
         tokio::time::timeout(timeout, work)
             .await
@@ -377,6 +382,7 @@ async fn handshake<T>(
     addr: SocketAddr,
     protocol: UpstreamProtocol,
     scheme: Scheme,
+    liveness: Option<liveness::Liveness>,
 ) -> Result<Sender, ConnectError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -392,7 +398,10 @@ where
                     tracing::debug!(%addr, error = %e, "upstream connection closed with an error");
                 }
             });
-            Ok(Sender::Http1(sender))
+            Ok(Sender::Http1(Http1Sender {
+                send: sender,
+                liveness,
+            }))
         }
         UpstreamProtocol::Http2 => {
             let (send, mut conn) = h2::client::Builder::new()

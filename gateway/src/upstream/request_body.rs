@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use crate::body::IncomingBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::BoxError;
 
@@ -19,11 +19,11 @@ use super::BoxError;
 /// response body is done, the body's drop comes after the response's end, and h2 then ends
 /// the stream with RST_STREAM(NO_ERROR) as RFC 9113 §8.1 asks of an early response.
 #[derive(Clone, Default)]
-pub struct BodyHold(Arc<Mutex<Option<Incoming>>>);
+pub struct BodyHold(Arc<Mutex<Option<IncomingBody>>>);
 
 impl BodyHold {
     /// Keeps `body` until every clone of this hold is dropped.
-    pub fn keep(&self, body: Incoming) {
+    pub fn keep(&self, body: IncomingBody) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(body);
     }
 
@@ -66,7 +66,7 @@ pub enum RequestBody {
 
 /// The client's body on its way upstream.
 pub struct StreamBody {
-    body: Incoming,
+    body: IncomingBody,
     /// Bytes still allowed (`client_max_body_size`).
     remaining: u64,
     /// Set when the client's body is at fault (too large, or broken).
@@ -100,7 +100,11 @@ impl BodyFault {
 }
 
 impl RequestBody {
-    pub fn limited(body: Incoming, limit: u64, hold: Option<BodyHold>) -> (Self, Arc<BodyFault>) {
+    pub fn limited(
+        body: IncomingBody,
+        limit: u64,
+        hold: Option<BodyHold>,
+    ) -> (Self, Arc<BodyFault>) {
         let fault = Arc::new(BodyFault::default());
         (
             RequestBody::Stream(Box::new(StreamBody {
@@ -114,7 +118,7 @@ impl RequestBody {
     }
 
     /// The client body, if this is one (to reuse it for another try).
-    pub fn into_stream(self) -> Option<Incoming> {
+    pub fn into_stream(self) -> Option<IncomingBody> {
         match self {
             RequestBody::Empty => None,
             RequestBody::Stream(stream) => Some(stream.body),

@@ -7,67 +7,15 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
-use super::{Checkout, PeerGuard, SendError, Sender, ServerConns, StreamCount, UpstreamShared};
-
-/// An upstream response body as the connection delivers it.
-pub enum UpstreamIncoming {
-    Http1(Incoming),
-    /// Each chunk read gives its bytes back to the stream's and the connection's flow-control
-    /// windows at once: the body is not buffered here, it goes on to the client.
-    Http2(h2::RecvStream),
-}
-
-impl Body for UpstreamIncoming {
-    type Data = Bytes;
-    type Error = SendError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, SendError>>> {
-        match self.get_mut() {
-            UpstreamIncoming::Http1(body) => Pin::new(body).poll_frame(cx).map_err(SendError::from),
-            UpstreamIncoming::Http2(body) => match body.poll_data(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Some(Ok(data))) => {
-                    let _ = body.flow_control().release_capacity(data.len());
-                    Poll::Ready(Some(Ok(Frame::data(data))))
-                }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(None) => match body.poll_trailers(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(Ok(Some(trailers))) => {
-                        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-                    }
-                    Poll::Ready(Ok(None)) => Poll::Ready(None),
-                    Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-                },
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamIncoming::Http1(body) => body.is_end_stream(),
-            UpstreamIncoming::Http2(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamIncoming::Http1(body) => body.size_hint(),
-            UpstreamIncoming::Http2(_) => SizeHint::default(),
-        }
-    }
-}
+use super::{Checkout, PeerGuard, Sender, ServerConns, StreamCount, UpstreamShared};
+use crate::body::{IncomingBody, WireError};
 
 /// The upstream response body streamed to the client. When it has been read to the end the
 /// connection goes back to the cache; when it is dropped the balancer is told the request
 /// ended (least_conn counts requests until their body is done, as NGINX does).
 pub struct UpstreamBody {
-    inner: UpstreamIncoming,
+    inner: IncomingBody,
     checkin: Option<Checkin>,
     finished: bool,
     _peer: PeerGuard,
@@ -86,7 +34,7 @@ struct Checkin {
 
 impl UpstreamBody {
     pub fn new(
-        inner: UpstreamIncoming,
+        inner: IncomingBody,
         checkout: Checkout,
         server: Arc<ServerConns>,
         peer: PeerGuard,
@@ -118,12 +66,12 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = SendError;
+    type Error = WireError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, SendError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, WireError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => {

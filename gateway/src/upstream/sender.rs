@@ -19,32 +19,29 @@ use http::header::{self, HeaderName};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
-use http_body_util::BodyExt;
 use hyper::client::conn::http1;
 
-use super::response_body::UpstreamIncoming;
 use super::RequestBody;
-
-/// Why a connection could not carry a request.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error(transparent)]
-    Http1(#[from] hyper::Error),
-    #[error("HTTP/2: {0}")]
-    Http2(#[from] h2::Error),
-}
+use crate::body::{IncomingBody, WireError};
 
 /// A request a connection could not carry: the error, and the request when none of it was
 /// sent (it may go again as it is).
 pub struct SendFailure {
-    pub error: SendError,
+    pub error: WireError,
     pub request: Option<Request<RequestBody>>,
 }
 
 /// The sending half of one upstream connection.
 pub enum Sender {
-    Http1(http1::SendRequest<RequestBody>),
+    Http1(Http1Sender),
     Http2(Http2Sender),
+}
+
+/// An HTTP/1.1 connection's sending half.
+pub struct Http1Sender {
+    pub(super) send: http1::SendRequest<RequestBody>,
+    /// Asked before the connection is reused (`None`: not probed).
+    pub(super) liveness: Option<super::liveness::Liveness>,
 }
 
 /// An HTTP/2 connection's sending half: cheap to clone, shared by every request that the
@@ -63,15 +60,18 @@ impl Sender {
     /// The connection is gone: nothing more can be sent on it.
     pub fn is_closed(&self) -> bool {
         match self {
-            Sender::Http1(s) => s.is_closed(),
+            Sender::Http1(s) => s.send.is_closed(),
             Sender::Http2(s) => s.is_closed(),
         }
     }
 
-    /// The connection can take a request now.
+    /// The connection can take a request now: for HTTP/1.1, hyper's dispatch waits for one
+    /// and the server has not closed the socket meanwhile (`liveness`).
     pub fn is_ready(&self) -> bool {
         match self {
-            Sender::Http1(s) => s.is_ready(),
+            Sender::Http1(s) => {
+                s.send.is_ready() && s.liveness.as_ref().is_none_or(|l| l.idle_and_open())
+            }
             Sender::Http2(s) => !s.is_closed(),
         }
     }
@@ -84,10 +84,10 @@ impl Sender {
     pub async fn try_send_request(
         &mut self,
         request: Request<RequestBody>,
-    ) -> Result<Response<UpstreamIncoming>, SendFailure> {
+    ) -> Result<Response<IncomingBody>, SendFailure> {
         match self {
-            Sender::Http1(s) => match s.try_send_request(request).await {
-                Ok(response) => Ok(response.map(UpstreamIncoming::Http1)),
+            Sender::Http1(s) => match s.send.try_send_request(request).await {
+                Ok(response) => Ok(response.map(IncomingBody::Http1)),
                 Err(mut e) => Err(SendFailure {
                     request: e.take_message(),
                     error: e.into_error().into(),
@@ -101,7 +101,7 @@ impl Sender {
     pub async fn send_request(
         &mut self,
         request: Request<RequestBody>,
-    ) -> Result<Response<UpstreamIncoming>, SendError> {
+    ) -> Result<Response<IncomingBody>, WireError> {
         self.try_send_request(request).await.map_err(|f| f.error)
     }
 }
@@ -114,7 +114,7 @@ impl Http2Sender {
     async fn send(
         &self,
         mut request: Request<RequestBody>,
-    ) -> Result<Response<UpstreamIncoming>, SendFailure> {
+    ) -> Result<Response<IncomingBody>, SendFailure> {
         // A connection that is closing (GOAWAY received, or broken) fails here, before the
         // request is taken: it goes back to the caller whole.
         let mut send = match self.send.clone().ready().await {
@@ -137,50 +137,12 @@ impl Http2Sender {
             .send_request(Request::from_parts(head, ()), end)
             .map_err(sent)?;
         if !end {
-            tokio::spawn(pipe(body, stream));
+            tokio::spawn(crate::body::pipe(body, stream, h2::Reason::CANCEL));
         }
         let response = response.await.map_err(sent)?;
-        Ok(response.map(UpstreamIncoming::Http2))
-    }
-}
-
-/// Streams a request body to its HTTP/2 stream as the server's flow control allows; a body
-/// that fails resets the stream.
-async fn pipe(mut body: RequestBody, mut stream: h2::SendStream<Bytes>) {
-    loop {
-        match body.frame().await {
-            None => {
-                let _ = stream.send_data(Bytes::new(), true);
-                return;
-            }
-            Some(Err(_)) => {
-                stream.send_reset(h2::Reason::CANCEL);
-                return;
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(mut data) => {
-                    while !data.is_empty() {
-                        stream.reserve_capacity(data.len());
-                        let granted =
-                            match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
-                                Some(Ok(n)) => n,
-                                // The stream was reset or the connection is gone.
-                                _ => return,
-                            };
-                        let chunk = data.split_to(granted.min(data.len()));
-                        if stream.send_data(chunk, false).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        let _ = stream.send_trailers(trailers);
-                        return;
-                    }
-                }
-            },
-        }
+        let (head, body) = response.into_parts();
+        let body = IncomingBody::http2(body, &head.headers);
+        Ok(Response::from_parts(head, body))
     }
 }
 
