@@ -164,6 +164,9 @@ struct Outgoing {
     /// The client's body (none: it was whole, empty, at the head). Taken by the try that
     /// streams it; a streamed body cannot go again.
     body: Option<IncomingBody>,
+    /// A body a try handed back (never sent, or refused unprocessed and replayable): the
+    /// next try sends it as it is.
+    resend: Option<RequestBody>,
     whole_body: bool,
     hold: Option<BodyHold>,
     /// The client's side of a WebSocket upgrade.
@@ -195,6 +198,7 @@ impl Outgoing {
             uri,
             headers: Some(headers),
             body: (!whole_body).then_some(body),
+            resend: None,
             whole_body,
             hold: parts.extensions.remove::<BodyHold>(),
             upgrade,
@@ -210,7 +214,9 @@ impl Outgoing {
         tries: usize,
         max_body: u64,
     ) -> Option<Request<RequestBody>> {
-        let body = if self.whole_body {
+        let body = if let Some(body) = self.resend.take() {
+            body
+        } else if self.whole_body {
             RequestBody::Empty
         } else {
             let (limited, fault) =
@@ -235,7 +241,9 @@ impl Outgoing {
     fn unsent(&mut self, request: Request<RequestBody>) {
         let (head, body) = request.into_parts();
         self.headers = Some(head.headers);
-        self.body = body.into_stream();
+        if let RequestBody::Stream(_) = body {
+            self.resend = Some(body);
+        }
     }
 
     /// The client's fault, if its body broke the limit or its framing.

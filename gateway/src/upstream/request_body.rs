@@ -64,8 +64,16 @@ pub enum RequestBody {
     Stream(Box<StreamBody>),
 }
 
+/// The most of a body kept to send it again (`RequestBody::record`).
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
 /// The client's body on its way upstream.
 pub struct StreamBody {
+    /// Chunks sent once already, going again first (a replayed body), last one first.
+    again: Vec<Bytes>,
+    /// What has been yielded, while it may have to go again (`None`: not recorded, or past
+    /// `REPLAY_LIMIT`, or it had trailers).
+    recorded: Option<Recording>,
     body: IncomingBody,
     /// Bytes still allowed (`client_max_body_size`).
     remaining: u64,
@@ -73,6 +81,12 @@ pub struct StreamBody {
     fault: Arc<BodyFault>,
     /// Where the client body goes when it exceeds the limit (h2 clients).
     hold: Option<BodyHold>,
+}
+
+#[derive(Default)]
+struct Recording {
+    chunks: Vec<Bytes>,
+    bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +122,8 @@ impl RequestBody {
         let fault = Arc::new(BodyFault::default());
         (
             RequestBody::Stream(Box::new(StreamBody {
+                again: Vec::new(),
+                recorded: None,
                 body,
                 remaining: limit,
                 fault: fault.clone(),
@@ -117,11 +133,41 @@ impl RequestBody {
         )
     }
 
-    /// The client body, if this is one (to reuse it for another try).
-    pub fn into_stream(self) -> Option<IncomingBody> {
+    /// From now on, keeps what is sent (up to `REPLAY_LIMIT`), for `replay`.
+    pub fn record(&mut self) {
+        if let RequestBody::Stream(stream) = self {
+            stream.recorded = Some(Recording::default());
+        }
+    }
+
+    /// The body again from its start, for a try on another connection after the server
+    /// refused the stream unprocessed: what was recorded first, then the rest of the
+    /// client's body. `None` when what was sent was not all recorded.
+    pub fn replay(self) -> Option<Self> {
         match self {
-            RequestBody::Empty => None,
-            RequestBody::Stream(stream) => Some(stream.body),
+            RequestBody::Empty => Some(RequestBody::Empty),
+            RequestBody::Stream(mut stream) => {
+                let recorded = stream.recorded.take()?;
+                // `again` is a stack (last first): what is still to go again goes under
+                // what was sent.
+                stream.again.extend(recorded.chunks.into_iter().rev());
+                Some(RequestBody::Stream(stream))
+            }
+        }
+    }
+}
+
+impl StreamBody {
+    fn note_sent(&mut self, frame: &Frame<Bytes>) {
+        let Some(recording) = &mut self.recorded else {
+            return;
+        };
+        match frame.data_ref() {
+            Some(data) if recording.bytes + data.len() <= REPLAY_LIMIT => {
+                recording.bytes += data.len();
+                recording.chunks.push(data.clone());
+            }
+            _ => self.recorded = None,
         }
     }
 }
@@ -137,6 +183,12 @@ impl Body for RequestBody {
         let this = self.get_mut();
         match this {
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Stream(stream) if !stream.again.is_empty() => {
+                // Counted against the limit the first time it went.
+                let frame = Frame::data(stream.again.pop().unwrap_or_default());
+                stream.note_sent(&frame);
+                Poll::Ready(Some(Ok(frame)))
+            }
             RequestBody::Stream(stream) => match Pin::new(&mut stream.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let len = frame.data_ref().map_or(0, |d| d.len() as u64);
@@ -152,6 +204,7 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     stream.remaining -= len;
+                    stream.note_sent(&frame);
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -167,14 +220,23 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
-            RequestBody::Stream(stream) => stream.body.is_end_stream(),
+            RequestBody::Stream(stream) => stream.again.is_empty() && stream.body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
-            RequestBody::Stream(stream) => stream.body.size_hint(),
+            RequestBody::Stream(stream) => {
+                let again = stream.again.iter().map(|c| c.len() as u64).sum::<u64>();
+                let rest = stream.body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + again);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + again);
+                }
+                hint
+            }
         }
     }
 }

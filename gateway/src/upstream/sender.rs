@@ -115,8 +115,8 @@ impl Http2Sender {
         &self,
         mut request: Request<RequestBody>,
     ) -> Result<Response<IncomingBody>, SendFailure> {
-        // A connection that is closing (GOAWAY received, or broken) fails here, before the
-        // request is taken: it goes back to the caller whole.
+        // A connection that failed comes back here, before the request is taken: it goes
+        // back to the caller whole.
         let mut send = match self.send.clone().ready().await {
             Ok(send) => send,
             Err(error) => {
@@ -126,8 +126,14 @@ impl Http2Sender {
                 })
             }
         };
+        // Kept to build the request again should the server refuse the stream unprocessed.
+        let original = (
+            request.method().clone(),
+            request.uri().clone(),
+            request.headers().clone(),
+        );
         as_http2(&mut request, &self.scheme, &self.authority);
-        let (head, body) = request.into_parts();
+        let (head, mut body) = request.into_parts();
         let end = body.is_end_stream();
         let sent = |error: h2::Error| SendFailure {
             error: error.into(),
@@ -136,14 +142,55 @@ impl Http2Sender {
         let (response, stream) = send
             .send_request(Request::from_parts(head, ()), end)
             .map_err(sent)?;
-        if !end {
-            tokio::spawn(crate::body::pipe(body, stream, h2::Reason::CANCEL));
-        }
-        let response = response.await.map_err(sent)?;
+        // The body comes back from its pipe when it is done, recorded for a replay.
+        let (body, piped) = if end {
+            (Some(body), None)
+        } else {
+            body.record();
+            let (back, piped) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let _ = crate::body::pipe(&mut body, stream, h2::Reason::CANCEL).await;
+                let _ = back.send(body);
+            });
+            (None, Some(piped))
+        };
+        let response = match response.await {
+            Ok(response) => response,
+            Err(error) if refused_unprocessed(&error) => {
+                // No more streams on a connection that is going away.
+                self.open.store(false, Ordering::Relaxed);
+                let body = match piped {
+                    None => body,
+                    Some(piped) => piped.await.ok().and_then(RequestBody::replay),
+                };
+                let request = body.map(|body| {
+                    let (method, uri, headers) = original;
+                    let mut request = Request::new(body);
+                    *request.method_mut() = method;
+                    *request.uri_mut() = uri;
+                    *request.headers_mut() = headers;
+                    request
+                });
+                return Err(SendFailure {
+                    error: error.into(),
+                    request,
+                });
+            }
+            Err(error) => return Err(sent(error)),
+        };
         let (head, body) = response.into_parts();
         let body = IncomingBody::http2(body, &head.headers);
         Ok(Response::from_parts(head, body))
     }
+}
+
+/// The server did not process the stream, so the request may go again whatever its
+/// method (RFC 9113 §8.7): it reset it with REFUSED_STREAM, or its GOAWAY named a last
+/// stream below it (`h2` fails exactly those streams with the GOAWAY's error).
+fn refused_unprocessed(error: &h2::Error) -> bool {
+    error.is_remote()
+        && (error.is_go_away()
+            || (error.is_reset() && error.reason() == Some(h2::Reason::REFUSED_STREAM)))
 }
 
 /// Connection-specific fields, which HTTP/2 forbids (RFC 9113 §8.2.2).
