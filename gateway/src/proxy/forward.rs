@@ -125,6 +125,8 @@ impl<'t> Rules<'t> {
                     .max(1),
                 deadline: upstream.next_upstream_timeout.map(|t| Instant::now() + t),
                 replayable: is_idempotent(req.method()) && req.body().is_end_stream(),
+                refusable: upstream.transport.protocol == gateway_config::UpstreamProtocol::Http2
+                    && !websocket,
             },
             key: upstream
                 .hash_key
@@ -340,13 +342,18 @@ async fn try_server<H: Host>(
         Ok(Err(unsent)) => {
             server.count(TryOutcome::Error);
             tracing::warn!(request_id = %id, server = %server.key, error = %unsent.error, "upstream request failed");
-            let failure = match unsent.request {
+            let failure = match (unsent.request, unsent.refused) {
                 // Nothing reached the server: the request goes on as it is.
-                Some(request) => {
+                (Some(request), _) => {
                     out.unsent(request);
                     TryFailure::NotSent
                 }
-                None => TryFailure::SentThenFailed,
+                // The server refused it unprocessed: the kept head and the replayed body.
+                (None, Some(body)) if out.headers.is_some() => {
+                    out.resend = Some(body);
+                    TryFailure::NotSent
+                }
+                (None, _) => TryFailure::SentThenFailed,
             };
             let error = bad_gateway("the upstream server failed to answer");
             return Ok(failed(&mut peer, failure, error));
@@ -490,6 +497,7 @@ async fn send_with_stale_retry(
         _ => Err(SendFailure {
             error: first.error,
             request: Some(request),
+            refused: None,
         }),
     }
 }

@@ -6,7 +6,9 @@
 //! - A try is started only while fewer than `max_tries` were made and the deadline has not
 //!   passed.
 //! - A failure before anything reached the server (connect error, a request hyper handed
-//!   back unsent) may go to the next server, whatever the method: nothing was sent.
+//!   back unsent) may go to the next server, whatever the method: nothing was sent. So may a
+//!   request an HTTP/2 server refused unprocessed (REFUSED_STREAM, above its GOAWAY's last
+//!   stream), when its body could be recorded: what was sent was never acted on.
 //! - After something was sent (a timeout, a connection that broke mid-exchange, a 502-504
 //!   answer) only a replayable request goes again: an idempotent method whose body was
 //!   complete before the first try (a streamed body cannot be sent twice).
@@ -21,6 +23,9 @@ pub struct RetryPolicy {
     pub deadline: Option<Instant>,
     /// Idempotent method and a body held whole (or none): safe to send again.
     pub replayable: bool,
+    /// The upstream says when it did not process a request (HTTP/2): any request may then
+    /// go again, so its head is kept for that.
+    pub refusable: bool,
 }
 
 /// How a try failed.
@@ -58,7 +63,7 @@ impl RetryPolicy {
     /// Whether try number `tries` (counting it) may be followed by another one that needs
     /// the request again: the headers are then cloned instead of moved into the try.
     pub fn keep_copy(&self, tries: usize) -> bool {
-        self.replayable && tries < self.max_tries
+        (self.replayable || self.refusable) && tries < self.max_tries
     }
 
     /// What follows a failed try, `tries` tries made so far (this one included).
@@ -84,6 +89,7 @@ mod tests {
             max_tries,
             deadline: None,
             replayable,
+            refusable: false,
         }
     }
 
@@ -141,5 +147,11 @@ mod tests {
             !policy(3, false).keep_copy(1),
             "a streamed body is never resent"
         );
+        let refusable = RetryPolicy {
+            refusable: true,
+            ..policy(3, false)
+        };
+        assert!(refusable.keep_copy(1), "HTTP/2 may refuse it unprocessed");
+        assert!(!refusable.keep_copy(3));
     }
 }

@@ -25,10 +25,12 @@ use super::RequestBody;
 use crate::body::{IncomingBody, WireError};
 
 /// A request a connection could not carry: the error, and the request when none of it was
-/// sent (it may go again as it is).
+/// sent (it may go again as it is), or the body to send again when the server refused the
+/// request unprocessed (the head went; the caller kept a copy if it wants one).
 pub struct SendFailure {
     pub error: WireError,
     pub request: Option<Request<RequestBody>>,
+    pub refused: Option<RequestBody>,
 }
 
 /// The sending half of one upstream connection.
@@ -91,6 +93,7 @@ impl Sender {
                 Err(mut e) => Err(SendFailure {
                     request: e.take_message(),
                     error: e.into_error().into(),
+                    refused: None,
                 }),
             },
             Sender::Http2(s) => s.send(request).await,
@@ -123,21 +126,17 @@ impl Http2Sender {
                 return Err(SendFailure {
                     error: error.into(),
                     request: Some(request),
+                    refused: None,
                 })
             }
         };
-        // Kept to build the request again should the server refuse the stream unprocessed.
-        let original = (
-            request.method().clone(),
-            request.uri().clone(),
-            request.headers().clone(),
-        );
         as_http2(&mut request, &self.scheme, &self.authority);
         let (head, mut body) = request.into_parts();
         let end = body.is_end_stream();
         let sent = |error: h2::Error| SendFailure {
             error: error.into(),
             request: None,
+            refused: None,
         };
         let (response, stream) = send
             .send_request(Request::from_parts(head, ()), end)
@@ -159,21 +158,14 @@ impl Http2Sender {
             Err(error) if refused_unprocessed(&error) => {
                 // No more streams on a connection that is going away.
                 self.open.store(false, Ordering::Relaxed);
-                let body = match piped {
+                let refused = match piped {
                     None => body,
                     Some(piped) => piped.await.ok().and_then(RequestBody::replay),
                 };
-                let request = body.map(|body| {
-                    let (method, uri, headers) = original;
-                    let mut request = Request::new(body);
-                    *request.method_mut() = method;
-                    *request.uri_mut() = uri;
-                    *request.headers_mut() = headers;
-                    request
-                });
                 return Err(SendFailure {
                     error: error.into(),
-                    request,
+                    request: None,
+                    refused,
                 });
             }
             Err(error) => return Err(sent(error)),
