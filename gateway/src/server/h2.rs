@@ -115,14 +115,18 @@ where
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
 {
-    let mut response = pin!(response);
-    let response = poll_fn(|cx| {
-        if let Poll::Ready(response) = response.as_mut().poll(cx) {
-            return Poll::Ready(Some(response));
-        }
-        respond.poll_reset(cx).map(|_| None)
-    })
-    .await;
+    // The handler (boxed, ~8 KB) is dropped as soon as it has answered, not kept while the
+    // body streams.
+    let response = {
+        let mut response = pin!(response);
+        poll_fn(|cx| {
+            if let Poll::Ready(response) = response.as_mut().poll(cx) {
+                return Poll::Ready(Some(response));
+            }
+            respond.poll_reset(cx).map(|_| None)
+        })
+        .await
+    };
     let Some(response) = response else {
         return;
     };
