@@ -348,10 +348,17 @@ async fn try_server<H: Host>(
                     out.unsent(request);
                     TryFailure::NotSent
                 }
-                // The server refused it unprocessed: the kept head and the replayed body.
+                // The server refused it unprocessed: the kept head and the replayed body go
+                // on. Not a server failure (passive health): a server recycling or draining
+                // its connections does this while it is well (NGINX's `NGX_PEER_NEXT`).
                 (None, Some(body)) if out.headers.is_some() => {
                     out.resend = Some(body);
-                    TryFailure::NotSent
+                    return Ok(Tried::Failed {
+                        next: rules
+                            .retry
+                            .after(TryFailure::NotSent, tries, Instant::now()),
+                        error: bad_gateway("the upstream server refused the request"),
+                    });
                 }
                 (None, _) => TryFailure::SentThenFailed,
             };

@@ -324,7 +324,8 @@ async fn refusing_server(
 
 /// A stream the server refused unprocessed (REFUSED_STREAM, or above the last stream a
 /// GOAWAY names) may go again whatever its method: a POST's body, already sent, is sent
-/// again from what the gateway recorded, to the other server.
+/// again from what the gateway recorded, to the other server. The refusal does not count
+/// against the server (passive health).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_stream_goes_again_with_its_body() {
     let fx = Fixture::new();
@@ -354,9 +355,11 @@ async fn a_refused_stream_goes_again_with_its_body() {
         answered += 1;
     }
     assert_eq!(answered, 4);
+    // A refusal is no failure for passive health: the server still gets its turn.
     assert!(
-        refusing_streams.load(Ordering::SeqCst) >= 1,
-        "the refusing server saw the first POST"
+        refusing_streams.load(Ordering::SeqCst) >= 2,
+        "the refusing server was taken out: {}",
+        refusing_streams.load(Ordering::SeqCst)
     );
     // The refused one plus every answered one: nothing was sent twice to be processed.
     assert_eq!(
