@@ -78,7 +78,13 @@ keep_workdir() {
   [ "${KEEP_WORKDIR:-0}" = 1 ] || return 0
   local keep
   keep=/tmp/$1-$(date +%Y%m%d-%H%M%S)
-  cp -r "$work" "$keep" && rm -rf "$keep/data-"* && echo "configs, logs and raw load-tool output kept in $keep"
+  cp -r "$work" "$keep" && rm -rf "$keep/data-"* || return 0
+  # The kept configs name the kept files (certificates), so they run as they are.
+  local f
+  for f in "$keep"/*.toml "$keep"/*.conf "$keep"/*.cfg; do
+    [ -f "$f" ] && sed -i "s#$work#$keep#g" "$f"
+  done
+  echo "configs, logs and raw load-tool output kept in $keep"
 }
 
 # Stops one process we started (TERM, then KILL after 10 s).
