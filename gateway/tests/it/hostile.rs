@@ -1,5 +1,5 @@
 //! Hostile clients: TLS garbage, HTTP/2 floods (rapid reset, CONTINUATION, PING, SETTINGS,
-//! stream-limit abuse), slowloris on both protocols, HTTP/1.1 request smuggling shapes and path
+//! stream-limit abuse), h2 clients that stop answering pings, slowloris on both protocols, HTTP/1.1 request smuggling shapes and path
 //! tricks. Every case asserts that the gateway process is still up, that its RSS grew by less
 //! than [`RSS_GROWTH_KIB`], and that a well-behaved client is served during and after the
 //! attack. All traffic goes to 127.0.0.1 and every loop is bounded (count and time).
@@ -790,4 +790,66 @@ async fn path_tricks() {
         eprintln!("hostile path {path:?}: {outcome}");
     }
     t.check("path tricks").await;
+}
+
+/// Reads frames from a raw h2 connection for `within`, answering PINGs when `answer`, and
+/// returns the PINGs it received and whether the gateway sent GOAWAY and closed.
+async fn pinged(
+    mut s: TlsStream<TcpStream>,
+    answer: bool,
+    within: Duration,
+) -> (usize, bool, bool) {
+    let (mut pings, mut goaway) = (0, false);
+    let closed = tokio::time::timeout(within, async {
+        loop {
+            match read_frame(&mut s).await {
+                Err(_) => return,
+                Ok((PING, flags, payload)) if flags & ACK == 0 => {
+                    pings += 1;
+                    if answer {
+                        let _ = s.write_all(&frame(PING, ACK, 0, &payload)).await;
+                    }
+                }
+                Ok((GOAWAY, _, _)) => goaway = true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (pings, goaway, closed)
+}
+
+/// An h2 client that stops answering (a dead peer, or one hoarding a connection) is pinged
+/// every third of `keepalive_timeout` (3 s here) and closed, with GOAWAY, once a ping goes
+/// unanswered for as long; a client that answers its pings keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_keepalive_pings_close_a_silent_client() {
+    let t = Target::start().await;
+    let (mut silent, mut answering) = (t.tls(b"h2").await, t.tls(b"h2").await);
+    for s in [&mut silent, &mut answering] {
+        s.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &[])].concat())
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let ((pings, goaway, closed), (answered, answering_goaway, answering_closed)) = tokio::join!(
+        pinged(silent, false, Duration::from_secs(6)),
+        pinged(answering, true, Duration::from_secs(5)),
+    );
+    assert!(pings >= 1, "the silent client was never pinged");
+    assert!(
+        closed && goaway,
+        "the silent client was not closed with GOAWAY"
+    );
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(
+        answered >= 3,
+        "the answering client saw {answered} pings in 5 s"
+    );
+    assert!(
+        !answering_goaway && !answering_closed,
+        "the answering client lost its connection"
+    );
+    t.check("h2 keep-alive").await;
 }
