@@ -1,8 +1,8 @@
 //! Hostile clients: TLS garbage, HTTP/2 floods (rapid reset, CONTINUATION, PING, SETTINGS,
 //! stream-limit abuse), h2 clients that stop answering pings, slowloris on both protocols,
-//! HTTP/1.1 request smuggling shapes and path tricks. Every case asserts that the gateway process is still up, that its RSS grew by less
-//! than [`RSS_GROWTH_KIB`], and that a well-behaved client is served during and after the
-//! attack. All traffic goes to 127.0.0.1 and every loop is bounded (count and time).
+//! HTTP/1.1 request smuggling shapes and path tricks. Every case asserts that the gateway
+//! process is still up, that its RSS grew by less than [`RSS_GROWTH_KIB`], and that a
+//! well-behaved client is served during and after the attack. All traffic goes to 127.0.0.1 and every loop is bounded (count and time).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
