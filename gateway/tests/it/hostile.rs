@@ -2,7 +2,8 @@
 //! stream-limit abuse), h2 clients that stop answering pings, slowloris on both protocols,
 //! HTTP/1.1 request smuggling shapes and path tricks. Every case asserts that the gateway
 //! process is still up, that its RSS grew by less than [`RSS_GROWTH_KIB`], and that a
-//! well-behaved client is served during and after the attack. All traffic goes to 127.0.0.1 and every loop is bounded (count and time).
+//! well-behaved client is served during and after the attack. All traffic goes to 127.0.0.1
+//! and every loop is bounded (count and time).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
