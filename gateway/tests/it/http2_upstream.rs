@@ -367,3 +367,67 @@ async fn a_refused_stream_goes_again_with_its_body() {
         4
     );
 }
+
+/// A plain-text HTTP/2 server that answers each stream after 5 s, unless the stream is
+/// reset first: `cancelled` counts those.
+async fn slow_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let count = cancelled.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = conn.accept().await {
+                    let count = count.clone();
+                    tokio::spawn(async move {
+                        let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
+                        tokio::select! {
+                            _ = reset => {
+                                count.fetch_add(1, Ordering::SeqCst);
+                            }
+                            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                                let _ = respond.send_response(http::Response::new(()), true);
+                            }
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (addr, cancelled)
+}
+
+/// An h2 client that gives up on a request (RST_STREAM) cancels it upstream at once: the
+/// gateway drops the request's handler, and with it the upstream stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reset_cancels_the_upstream_request() {
+    let fx = Fixture::new();
+    let (slow, cancelled) = slow_server().await;
+    let gw = fx.start_gateway(&format!(
+        "[upstreams.pool]\nprotocol = \"http2\"\ntls = false\n\
+         servers = [{{ address = \"{slow}\" }}]\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"pool\"\n"
+    ));
+    let mut conn = gw.connect().await;
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), conn.get("/slow")).await;
+    assert!(gave_up.is_err(), "the slow server answered: {gave_up:?}");
+    let started = std::time::Instant::now();
+    while cancelled.load(Ordering::SeqCst) == 0 && started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        cancelled.load(Ordering::SeqCst),
+        1,
+        "the upstream stream outlived the client's"
+    );
+}
