@@ -1,47 +1,110 @@
 #!/usr/bin/env bash
-# Two (or more) gateway binaries against each other, alternating, on the configs a
-# `KEEP_WORKDIR=1 bash bench/proxies.sh` run kept: the same origin, the same gateway.toml, the
-# same h2load line. For a change whose effect is smaller than the VM's own drift between
-# proxies.sh runs (bench/PROFILE.md, Noise): each round runs every binary once, back to back.
+# Two gateway builds side by side (A/B), same config, same run: is a change faster?
 #
-#   KEEP_WORKDIR=1 SKIP_BUILD=1 DURATION=1 ROUNDS=1 PROTOS=h2 CONNS_LIST=64 UPSTREAMS=tls \
-#     UPSTREAM_PROTO=http2 bash bench/proxies.sh        # prints the kept directory
-#   WORKDIR=/tmp/proxies-... ROUNDS=4 bash bench/ab.sh /tmp/gateway-old /tmp/gateway-new
+# Same setup and load as gateway_vs_nginx.sh (5 customer-services backends over HTTPS on
+# loopback, GET /health, wrk TLS HTTP/1.1 keep-alive then h2load h2, interleaved ABBA rounds
+# after a warm-up, medians over rounds); both gateways run the bench config, LOG_LEVEL=warn.
 #
-# Environment (defaults): WORKDIR (required), ROUNDS=3, DURATION=5, LOAD="h2load -c64 -m10
-# -t1" (an h2load line without its duration and URL). Prints per round and binary
-# req/s, the gateway's CPU per request (utime + stime from /proc) and its RSS after the run.
+#   GATEWAY_B=/tmp/other/gateway bash bench/ab.sh
+#   GATEWAY_A=old GATEWAY_B=new NAME_A=glibc NAME_B=mimalloc SKIP_BUILD=1 bash bench/ab.sh
+#   GATEWAY_B=target/x86_64-unknown-linux-gnu/release/gateway NAME_A=per_core \
+#     NAME_B=stealing RUNTIME_B='model = "work_stealing"' bash bench/ab.sh
+#
+# Environment (defaults): GATEWAY_A=target/x86_64-unknown-linux-gnu/release/gateway (built
+# unless SKIP_BUILD=1), GATEWAY_B (required), NAME_A=a, NAME_B=b, DURATION=10, WARMUP=2,
+# ROUNDS=4, WORKERS=$(nproc), CONNS=64, WRK_THREADS=2, H2_STREAMS=10, H2_THREADS=1,
+# PROTOCOLS="h1 h2", RUNTIME_A/RUNTIME_B (extra [runtime] lines per side), RESTART=1 (both restarted before every round; 0: one process each for
+# the whole run), KEEP_WORKDIR=0.
 set -euo pipefail
-: "${WORKDIR:?set WORKDIR to a directory kept by KEEP_WORKDIR=1 bash bench/proxies.sh}"
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-5}
-LOAD=${LOAD:-h2load -c64 -m10 -t1}
-[ $# -ge 1 ] || { echo "usage: WORKDIR=... bash bench/ab.sh GATEWAY_BINARY..." >&2; exit 2; }
-port=$(sed -n 's/^listen = \["127.0.0.1:\([0-9]*\)"\]/\1/p' "$WORKDIR/gateway.toml" | head -1)
-[ -n "$port" ] || { echo "no HTTPS listen address in $WORKDIR/gateway.toml" >&2; exit 1; }
-url=https://127.0.0.1:$port/health
+cd "$(dirname "$0")/.."
 
-nginx -c "$WORKDIR/origin.conf" -p "$WORKDIR/origin" -e "$WORKDIR/origin/error.log" -g 'daemon off;' >/dev/null 2>&1 &
-origin=$!
-gw=
-trap 'kill $origin ${gw:-} 2>/dev/null || true' EXIT
-sleep 0.5
-tck=$(getconf CLK_TCK)
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-for r in $(seq "$ROUNDS"); do
-  for bin in "$@"; do
-    LOG_LEVEL=warn "$bin" --config "$WORKDIR/gateway.toml" >"$WORKDIR/ab-gateway.log" 2>&1 &
-    gw=$!
-    for _ in $(seq 100); do curl -skf "$url" >/dev/null && break; sleep 0.1; done
-    $LOAD -D 1 "$url" >/dev/null 2>&1 || true
-    c0=$(cpu "$gw")
-    out=$($LOAD -D "$DURATION" "$url" 2>&1)
-    c1=$(cpu "$gw")
-    rss=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$gw/status")
-    rps=$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); print $4}')
-    n=$(echo "$out" | awk '/^requests:/ {print $8}')
-    printf 'round %s %-40s %10s req/s %8s µs/req CPU %6s MB RSS\n' "$r" "$bin" "$rps" \
-      "$(awk -v c=$((c1 - c0)) -v t="$tck" -v n="$n" 'BEGIN {printf "%.1f", n ? c / t * 1e6 / n : 0}')" "$rss"
-    kill "$gw"; wait "$gw" 2>/dev/null || true
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-4}
+WORKERS=${WORKERS:-$(nproc)}
+CONNS=${CONNS:-64}
+WRK_THREADS=${WRK_THREADS:-2}
+H2_STREAMS=${H2_STREAMS:-10}
+H2_THREADS=${H2_THREADS:-1}
+PROTOCOLS=${PROTOCOLS:-h1 h2}
+RESTART=${RESTART:-1}
+SKIP_BUILD=${SKIP_BUILD:-0}
+NAME_A=${NAME_A:-a}
+NAME_B=${NAME_B:-b}
+RUNTIME_A=${RUNTIME_A:-}
+RUNTIME_B=${RUNTIME_B:-}
+BACKENDS=5
+. bench/lib.sh
+
+require_positive DURATION ROUNDS WORKERS CONNS WRK_THREADS H2_STREAMS H2_THREADS
+[[ $WARMUP =~ ^[0-9]+$ ]] || { echo "WARMUP must be a number of seconds" >&2; exit 2; }
+[ -n "${GATEWAY_B:-}" ] || die "set GATEWAY_B to the gateway binary to compare"
+[ "$NAME_A" != "$NAME_B" ] || die "NAME_A and NAME_B must differ"
+
+ensure_tools wrk:wrk h2load:nghttp2-client curl:curl
+build_release customer-services gateway
+GATEWAY_A=${GATEWAY_A:-$bin/gateway}
+for g in "$GATEWAY_A" "$GATEWAY_B"; do [ -x "$g" ] || die "$g is not an executable"; done
+
+setup_workdir gw-ab
+# Copies: a build running meanwhile cannot swap the binaries under the run.
+cp "$GATEWAY_A" "$work/gateway-a"; cp "$GATEWAY_B" "$work/gateway-b"
+issue_certs
+start_backends
+free_port A_PORT 28443
+free_port B_PORT 28444
+free_port A_ADMIN 29901
+free_port B_ADMIN 29902
+runtime_extra=$RUNTIME_A write_gateway_config "$work/gateway-a.toml" "$A_PORT" "$A_ADMIN"
+runtime_extra=$RUNTIME_B write_gateway_config "$work/gateway-b.toml" "$B_PORT" "$B_ADMIN"
+# Both restarted before every round (RESTART=1), in alternating start order: two processes
+# of the same binary can differ by a few percent for as long as they run (see policies.sh).
+A_PID= B_PID=
+start_both() { # $1 = round number (odd: A starts first)
+  stop_pid "$A_PID"; stop_pid "$B_PID"
+  local order=(a b) x
+  if (( ${1:-1} % 2 == 0 )); then order=(b a); fi
+  for x in "${order[@]}"; do
+    if [ "$x" = a ]; then
+      start_gateway "$work/gateway-a.toml" "$A_PORT" "$work/gateway-$NAME_A.log" warn "$work/gateway-a"
+      A_PID=$started_pid
+    else
+      start_gateway "$work/gateway-b.toml" "$B_PORT" "$work/gateway-$NAME_B.log" warn "$work/gateway-b"
+      B_PID=$started_pid
+    fi
   done
+}
+start_both 1
+started_round=1
+before_round() { # lib.sh's run_pair hook
+  [ "$RESTART" = 1 ] || return 0
+  (( $1 == started_round )) || start_both "$1"
+  started_round=0
+}
+
+proxy_pids() { if [ "$1" = "$NAME_A" ]; then echo "$A_PID"; else echo "$B_PID"; fi; }
+port_of() { if [ "$1" = "$NAME_A" ]; then echo "$A_PORT"; else echo "$B_PORT"; fi; }
+alive_or_die() {
+  kill -0 "$(proxy_pids "$1")" 2>/dev/null && return
+  echo "gateway $1 died during the benchmark; log tail:" >&2
+  tail -n 30 "$work/gateway-$1.log" >&2
+  exit 1
+}
+
+machine_line
+echo "== $NAME_A: $GATEWAY_A ($(stat -c %y "$GATEWAY_A" | cut -d. -f1))"
+echo "== $NAME_B: $GATEWAY_B ($(stat -c %y "$GATEWAY_B" | cut -d. -f1))"
+echo "== $WORKERS worker threads each; $BACKENDS customer-services backends on 127.0.0.1:${backend_ports[*]} (HTTPS)"
+echo "== load: $(wrk_cmd "$DURATION" PORT); $(h2_cmd "$DURATION" PORT)"
+echo "== $ROUNDS measured rounds of ${DURATION}s per build and protocol, interleaved ABBA, each after ${WARMUP}s of warm-up; figures are medians over rounds"
+echo
+mode=ab
+for proto in $PROTOCOLS; do
+  echo "running $proto..." >&2
+  run_pair "$proto" "$NAME_A" "$NAME_B"
+  echo "### $(proto_title "$proto"): $NAME_A vs $NAME_B"
+  pair_table "$proto" "$NAME_A" "$NAME_B"
+  echo
 done
+for name in "$NAME_A" "$NAME_B"; do summarize_gateway_log "$work/gateway-$name.log" "gateway $name log"; done
+keep_workdir gw-ab
