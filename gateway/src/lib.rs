@@ -17,6 +17,7 @@ pub mod drain;
 pub mod forward;
 pub mod ha;
 pub mod health_check;
+pub mod keepalive;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -216,7 +216,7 @@ impl Outgoing {
         tries: usize,
         max_body: u64,
     ) -> Option<Request<RequestBody>> {
-        let body = if let Some(body) = self.resend.take() {
+        let mut body = if let Some(body) = self.resend.take() {
             body
         } else if self.whole_body {
             RequestBody::Empty
@@ -227,6 +227,11 @@ impl Outgoing {
             limited
         };
         let headers = if retry.keep_copy(tries) {
+            // An HTTP/2 server may refuse the stream unprocessed: the body is then sent again
+            // from what this try records of it.
+            if retry.refusable {
+                body.record();
+            }
             self.headers.clone()
         } else {
             self.headers.take()

@@ -15,7 +15,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 
 use crate::body::{pipe, IncomingBody};
+use crate::keepalive::KeepAlive;
 
 /// Flow-control windows, per stream and per connection (hyper's defaults, 1 MiB).
 const WINDOW: u32 = 1024 * 1024;
@@ -75,7 +76,7 @@ where
     let mut keepalive = conn
         .ping_pong()
         .filter(|_| !settings.keepalive.is_zero())
-        .map(|ping| KeepAlive::new(ping, settings.keepalive));
+        .map(|ping| KeepAlive::new(ping, settings.keepalive, settings.keepalive));
     let mut streams = FuturesUnordered::new();
     let mut winding_down = false;
     poll_fn(|cx| {
@@ -179,53 +180,6 @@ fn as_http2(headers: &mut HeaderMap, exact_length: Option<u64>) {
         if !headers.contains_key(header::CONTENT_LENGTH) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         }
-    }
-}
-
-/// Pings the client every interval and tells when one goes unanswered for an interval.
-struct KeepAlive {
-    ping: h2::PingPong,
-    interval: Duration,
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-    awaiting_pong: bool,
-}
-
-impl KeepAlive {
-    fn new(ping: h2::PingPong, interval: Duration) -> Self {
-        KeepAlive {
-            ping,
-            interval,
-            timer: Box::pin(tokio::time::sleep(interval)),
-            awaiting_pong: false,
-        }
-    }
-
-    fn poll_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            if self.awaiting_pong {
-                if let Poll::Ready(Ok(_)) = self.ping.poll_pong(cx) {
-                    self.awaiting_pong = false;
-                    self.restart();
-                }
-            }
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            if self.awaiting_pong {
-                return true;
-            }
-            if self.ping.send_ping(h2::Ping::opaque()).is_err() {
-                // The connection is closing.
-                return false;
-            }
-            self.awaiting_pong = true;
-            self.restart();
-        }
-    }
-
-    fn restart(&mut self) {
-        let next = tokio::time::Instant::now() + self.interval;
-        self.timer.as_mut().reset(next);
     }
 }
 

@@ -14,6 +14,7 @@
 //! - `response_body`: the upstream's body on its way down (`UpstreamBody`), which checks the
 //!   connection back in when read to the end.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +30,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::keepalive::KeepAlive;
 use crate::metrics::{GatewayMetrics, TryOutcome};
 
 mod liveness;
@@ -442,34 +444,20 @@ async fn drive<T>(
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut conn = std::pin::pin!(conn);
-    let ended = |result: Result<(), h2::Error>| {
-        if let Err(e) = result {
-            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection closed with an error");
+    let mut keepalive =
+        ping.map(|ping| KeepAlive::new(ping, HTTP2_PING_INTERVAL, HTTP2_PING_TIMEOUT));
+    std::future::poll_fn(|cx| {
+        if keepalive.as_mut().is_some_and(|k| k.poll_timed_out(cx)) {
+            tracing::debug!(%addr, "upstream HTTP/2 connection did not answer a ping; closing it");
+            return std::task::Poll::Ready(());
         }
-    };
-    match ping {
-        None => ended(conn.await),
-        Some(mut ping) => loop {
-            tokio::select! {
-                result = conn.as_mut() => {
-                    ended(result);
-                    break;
-                }
-                () = tokio::time::sleep(HTTP2_PING_INTERVAL) => {}
+        Future::poll(conn.as_mut(), cx).map(|result| {
+            if let Err(e) = result {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection closed with an error");
             }
-            let pong = tokio::time::timeout(HTTP2_PING_TIMEOUT, ping.ping(h2::Ping::opaque()));
-            tokio::select! {
-                result = conn.as_mut() => {
-                    ended(result);
-                    break;
-                }
-                answered = pong => if !matches!(answered, Ok(Ok(_))) {
-                    tracing::debug!(%addr, "upstream HTTP/2 connection did not answer a ping; closing it");
-                    break;
-                }
-            }
-        },
-    }
+        })
+    })
+    .await;
     open.store(false, Ordering::Relaxed);
 }
 

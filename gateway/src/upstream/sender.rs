@@ -141,11 +141,11 @@ impl Http2Sender {
         let (response, stream) = send
             .send_request(Request::from_parts(head, ()), end)
             .map_err(sent)?;
-        // The body comes back from its pipe when it is done, recorded for a replay.
+        // The body comes back from its pipe when it is done (recorded for a replay if the
+        // caller asked, `RequestBody::record`).
         let (body, piped) = if end {
             (Some(body), None)
         } else {
-            body.record();
             let (back, piped) = tokio::sync::oneshot::channel();
             tokio::spawn(async move {
                 let _ = crate::body::pipe(&mut body, stream, h2::Reason::CANCEL).await;
@@ -157,7 +157,9 @@ impl Http2Sender {
             Ok(response) => response,
             Err(error) if refused_unprocessed(&error) => {
                 // No more streams on a connection that is going away.
-                self.open.store(false, Ordering::Relaxed);
+                if error.is_go_away() {
+                    self.open.store(false, Ordering::Relaxed);
+                }
                 let refused = match piped {
                     None => body,
                     Some(piped) => piped.await.ok().and_then(RequestBody::replay),
