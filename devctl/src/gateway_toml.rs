@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use gateway_config::{
     AcmeConfig, AdminConfig, AuthJwtConfig, Cidr, ClientIpConfig, Config, HaConfig, HttpConfig,
     HttpsConfig, LimitsConfig, PolicyConfig, RateLimitSetting, RouteAuthJwt, RouteCacheConfig,
-    RouteConfig, RuntimeConfig, ServerConfig, StickyConfig, UpstreamConfig, UpstreamProtocol,
-    UpstreamTlsConfig,
+    RouteConfig, RuntimeConfig, ServerConfig, StickyConfig, UpstreamConfig, UpstreamTlsConfig,
 };
 
 use crate::plan::{GatewayView, Net, RuntimeKind, Secrets};
@@ -220,9 +219,6 @@ fn upstream(up: &Upstream<'_>, secrets: &Secrets) -> UpstreamConfig {
     config.read_timeout = p.read_timeout.unwrap_or(config.read_timeout);
     config.tries = p.tries;
     config.protocol = p.protocol;
-    // The backends are ours: the gateway opens another connection exactly when theirs is full.
-    config.max_streams = (p.protocol == UpstreamProtocol::Http2)
-        .then_some(service_kit::server::HTTP2_MAX_CONCURRENT_STREAMS);
     config.health_check = Some(p.health_check.clone());
     config.sticky = p.sticky.as_ref().map(|sticky| StickyConfig {
         cookie: sticky.cookie.clone(),

@@ -235,8 +235,8 @@ pub enum UpstreamProtocol {
     #[default]
     Http1,
     /// HTTP/2: multiplexed connections shared per worker thread and server, another one
-    /// opened when `max_streams` (if set) are in flight on each (ALPN `h2` over TLS, prior knowledge in
-    /// plain text). WebSocket upgrades still go over HTTP/1.1.
+    /// opened when one carries as many streams as the server takes (or `max_streams`) (ALPN
+    /// `h2` over TLS, prior knowledge in plain text). WebSocket upgrades still go over HTTP/1.1.
     Http2,
 }
 
@@ -354,11 +354,11 @@ pub struct UpstreamConfig {
     #[serde(default, skip_serializing_if = "UpstreamProtocol::is_http1")]
     pub protocol: UpstreamProtocol,
     /// `http2` only: streams in flight on one connection before a worker opens another to the
-    /// same server (default: no limit of ours, one connection per worker and server; streams
-    /// past the server's `SETTINGS_MAX_CONCURRENT_STREAMS` wait for one to end). Set it to the
-    /// servers' limit when one worker may have more than that in flight to one server (NGINX
-    /// allows 128, hyper 200, Go 250): more connections cost throughput when the server
-    /// would take the streams on one.
+    /// same server, when lower than the server's own limit. By default a connection takes
+    /// what the server's `SETTINGS_MAX_CONCURRENT_STREAMS` allows (NGINX 128, hyper 200, Go
+    /// 250; unlimited when it names none): one connection per worker and server until that
+    /// many are in flight. Lower it to spread a worker's streams over more connections; more
+    /// connections cost throughput when the server would take the streams on one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_streams: Option<u32>,
     /// Name verified in the servers' certificates (default: each server's IP).

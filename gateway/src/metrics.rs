@@ -322,15 +322,20 @@ pub enum TryOutcome {
     ConnectError,
     Timeout,
     Error,
+    /// An HTTP/2 server refused the stream unprocessed (REFUSED_STREAM, or above its GOAWAY's
+    /// last stream): the request went to another server. Not an error: servers recycling
+    /// or draining connections do it while well.
+    Refused,
 }
 
 impl TryOutcome {
-    pub const ALL: [TryOutcome; 5] = [
+    pub const ALL: [TryOutcome; 6] = [
         TryOutcome::Ok,
         TryOutcome::Http5xx,
         TryOutcome::ConnectError,
         TryOutcome::Timeout,
         TryOutcome::Error,
+        TryOutcome::Refused,
     ];
 
     pub fn label(self) -> &'static str {
@@ -340,6 +345,7 @@ impl TryOutcome {
             TryOutcome::ConnectError => "connect_error",
             TryOutcome::Timeout => "timeout",
             TryOutcome::Error => "error",
+            TryOutcome::Refused => "refused",
         }
     }
 

@@ -43,8 +43,8 @@ pub const MAX_HEADERS: usize = 200;
 /// answers first. Past them hyper answers itself (bare 431, or 431 + REFUSED_STREAM on h2).
 const PARSER_HEAD_BYTES: usize = 4 * MAX_HEAD_BYTES;
 /// HTTP/2 streams a client may have open on one connection (`SETTINGS_MAX_CONCURRENT_STREAMS`;
-/// hyper's default, stated so that devctl can give the gateway the same figure as its
-/// `max_streams`).
+/// hyper's default, stated: the gateway opens another connection once this many are in
+/// flight on one).
 pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 200;
 
 #[derive(Debug, Clone)]

@@ -226,15 +226,10 @@ fn a_pool_protocol_reaches_the_gateway_config() {
             let parsed = ::gateway::config::parse(&text(g, "gateway.toml")).unwrap();
             assert_eq!(parsed.upstreams["customer"].protocol, customer);
             assert_eq!(parsed.upstreams["admin"].protocol, UpstreamProtocol::Http2);
-            // HTTP/2: another connection once the backends' stream limit is reached.
-            let limit = Some(service_kit::server::HTTP2_MAX_CONCURRENT_STREAMS);
-            assert_eq!(parsed.upstreams["admin"].max_streams, limit);
-            let customer_limit = if customer == UpstreamProtocol::Http2 {
-                limit
-            } else {
-                None
-            };
-            assert_eq!(parsed.upstreams["customer"].max_streams, customer_limit);
+            // HTTP/2: the gateway opens another connection once the backends' own stream
+            // limit (their SETTINGS) is reached; the config sets no other.
+            assert_eq!(parsed.upstreams["admin"].max_streams, None);
+            assert_eq!(parsed.upstreams["customer"].max_streams, None);
         }
     }
 }

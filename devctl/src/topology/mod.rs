@@ -224,8 +224,8 @@ pub struct Pool {
     pub tries: Option<u32>,
     /// `http1` (default, as the seed's `proxy_http_version 1.1`) or `http2`: one multiplexed
     /// connection per gateway worker and instance (the backends negotiate h2 by ALPN), another
-    /// once the backends' stream limit is in flight on it (the gateway's `max_streams`, set to
-    /// `service_kit::server::HTTP2_MAX_CONCURRENT_STREAMS`).
+    /// once the backends' stream limit is in flight on it (the gateway follows the limit their
+    /// SETTINGS announce, `service_kit::server::HTTP2_MAX_CONCURRENT_STREAMS`).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// The gateway's health check section as is (unset keys take the gateway's defaults).

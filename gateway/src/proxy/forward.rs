@@ -345,18 +345,14 @@ async fn try_server<H: Host>(
             return Ok(failed(&mut peer, TryFailure::Timeout, error));
         }
         Ok(Err(unsent)) => {
-            server.count(TryOutcome::Error);
-            tracing::warn!(request_id = %id, server = %server.key, error = %unsent.error, "upstream request failed");
             let failure = match (unsent.request, unsent.refused) {
-                // Nothing reached the server: the request goes on as it is.
-                (Some(request), _) => {
-                    out.unsent(request);
-                    TryFailure::NotSent
-                }
                 // The server refused it unprocessed: the kept head and the replayed body go
-                // on. Not a server failure (passive health): a server recycling or draining
-                // its connections does this while it is well (NGINX's `NGX_PEER_NEXT`).
+                // on. Not a server failure (passive health, the error ratio, a warning): a
+                // server recycling or draining its connections does this while it is well
+                // (NGINX's `NGX_PEER_NEXT`).
                 (None, Some(body)) if out.headers.is_some() => {
+                    server.count(TryOutcome::Refused);
+                    tracing::info!(request_id = %id, server = %server.key, error = %unsent.error, "upstream refused the request unprocessed");
                     out.resend = Some(body);
                     return Ok(Tried::Failed {
                         next: rules
@@ -365,7 +361,18 @@ async fn try_server<H: Host>(
                         error: bad_gateway("the upstream server refused the request"),
                     });
                 }
-                (None, _) => TryFailure::SentThenFailed,
+                (request, _) => {
+                    server.count(TryOutcome::Error);
+                    tracing::warn!(request_id = %id, server = %server.key, error = %unsent.error, "upstream request failed");
+                    match request {
+                        // Nothing reached the server: the request goes on as it is.
+                        Some(request) => {
+                            out.unsent(request);
+                            TryFailure::NotSent
+                        }
+                        None => TryFailure::SentThenFailed,
+                    }
+                }
             };
             let error = bad_gateway("the upstream server failed to answer");
             return Ok(failed(&mut peer, failure, error));

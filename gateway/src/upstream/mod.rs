@@ -69,6 +69,8 @@ pub enum ConnectError {
     },
     #[error("HTTP/2 handshake with {addr}: {source}")]
     Http2 { addr: SocketAddr, source: h2::Error },
+    #[error("HTTP/2 handshake with {addr}: the server closed the connection")]
+    Http2Closed { addr: SocketAddr },
     #[error("{addr} did not agree to HTTP/2 in the TLS handshake (ALPN); set protocol = \"http1\" for this upstream")]
     NoHttp2 { addr: SocketAddr },
 }
@@ -202,7 +204,7 @@ pub struct ServerConns {
     multiplexed: Box<[mux::MuxSlot]>,
     /// Bumped when the cache is flushed (reload); older connections are not taken back.
     generation: AtomicU64,
-    outcomes: [IntCounter; 5],
+    outcomes: [IntCounter; TryOutcome::ALL.len()],
     /// Flips to true when a reload removes the server: its WebSocket tunnels close.
     removed: tokio::sync::watch::Sender<bool>,
 }
@@ -416,8 +418,24 @@ where
                 .handshake::<_, Bytes>(io)
                 .await
                 .map_err(|source| ConnectError::Http2 { addr, source })?;
+            let mut ping = conn.ping_pong();
+            // The server's SETTINGS are its first frame (RFC 9113 §3.4) and are applied before
+            // later frames are read: once a PING comes back, the connection knows how many
+            // streams the server takes, and `mux` fills it up to that many, not past it.
+            if let Some(ping) = ping.as_mut() {
+                tokio::select! {
+                    pong = ping.ping(h2::Ping::opaque()) => {
+                        pong.map_err(|source| ConnectError::Http2 { addr, source })?;
+                    }
+                    ended = &mut conn => {
+                        return Err(match ended {
+                            Err(source) => ConnectError::Http2 { addr, source },
+                            Ok(()) => ConnectError::Http2Closed { addr },
+                        });
+                    }
+                }
+            }
             let open = Arc::new(AtomicBool::new(true));
-            let ping = conn.ping_pong();
             tokio::spawn(drive(conn, ping, open.clone(), addr));
             // A socket address is always a valid authority.
             let authority = Authority::try_from(addr.to_string().as_str())

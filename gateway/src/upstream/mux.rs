@@ -1,17 +1,18 @@
 //! HTTP/2 upstream connections shared by the requests of one worker thread.
 //!
 //! Each worker keeps, per server, a short list of multiplexed connections. A request goes on
-//! the first one with fewer than `max_streams` streams in flight (fill-first), and a new one
-//! is dialled only when all are full, one dial at a time per worker. Filling the first
-//! connections first lets the extra ones a burst opened fall idle; an extra connection with
-//! no stream for `keepalive_timeout` is closed. The first one stays (its pings keep it
-//! alive), so a quiet server costs one connection per worker.
+//! the first one with room (fill-first), and a new one is dialled only when all are full, one
+//! dial at a time per worker. A connection has room while it carries fewer streams than the
+//! server takes on one connection (its `SETTINGS_MAX_CONCURRENT_STREAMS`, known before the
+//! connection is used: `upstream::handshake` waits for it) and fewer than the upstream's
+//! `max_streams`, when set. Filling the first connections first lets the extra ones a burst
+//! opened fall idle; an extra connection with no stream for `keepalive_timeout` is closed. The
+//! first one stays (its pings keep it alive), so a quiet server costs one connection per
+//! worker.
 //!
-//! Without `max_streams` (the default) the list holds one connection, and streams past the
-//! server's `SETTINGS_MAX_CONCURRENT_STREAMS` wait in it for one to end: `bench/proxies.sh`
-//! measured extra connections costing req/s against a server that takes the streams on one.
-//! (The `h2` crate reports the server's limit, `SendRequest::current_max_send_streams`;
-//! following it by default is not done yet.)
+//! A server that takes as many streams as come (the `bench/proxies.sh` origin takes 1,024)
+//! keeps one connection per worker: the benchmark measured extra connections costing req/s
+//! there.
 //!
 //! The choice (`pick`, `keep`) is pure and tested with simulated time; `MuxSlot` applies it
 //! under the slot's lock and dials.
@@ -58,14 +59,16 @@ struct Load {
     /// Open, and dialled in the current generation.
     usable: bool,
     streams: usize,
+    /// Streams it takes: the server's limit, or the upstream's `max_streams` if lower.
+    room: usize,
     idle_for: Duration,
 }
 
 /// The connection the next stream goes on: the first usable one with room. `None`: dial.
-fn pick(loads: impl IntoIterator<Item = Load>, max_streams: usize) -> Option<usize> {
+fn pick(loads: impl IntoIterator<Item = Load>) -> Option<usize> {
     loads
         .into_iter()
-        .position(|l| l.usable && l.streams < max_streams)
+        .position(|l| l.usable && l.streams < l.room)
 }
 
 /// Whether the connection at `index` (among those kept so far) stays in the list: it is
@@ -115,6 +118,7 @@ impl MuxSlot {
         let load = |c: &Shared| Load {
             usable: c.generation == generation && !c.sender.is_closed(),
             streams: c.streams.load(Ordering::Relaxed),
+            room: c.sender.max_streams().min(transport.max_streams),
             idle_for: now.saturating_duration_since(c.last_used),
         };
         let mut conns = lock(&self.conns);
@@ -124,7 +128,7 @@ impl MuxSlot {
             kept += usize::from(keep);
             keep
         });
-        let chosen = pick(conns.iter().map(load), transport.max_streams)?;
+        let chosen = pick(conns.iter().map(load))?;
         let c = &mut conns[chosen];
         c.last_used = now;
         c.streams.fetch_add(1, Ordering::Relaxed);
@@ -163,23 +167,46 @@ mod tests {
         Load {
             usable: true,
             streams,
+            room: 100,
             idle_for: Duration::from_secs(idle_secs),
         }
     }
 
     #[test]
     fn streams_fill_the_first_connection_with_room() {
-        assert_eq!(pick([], 100), None);
-        assert_eq!(pick([load(0, 0)], 100), Some(0));
-        assert_eq!(pick([load(99, 0), load(0, 0)], 100), Some(0));
-        assert_eq!(pick([load(100, 0), load(3, 0)], 100), Some(1));
-        assert_eq!(pick([load(100, 0), load(100, 0)], 100), None);
+        assert_eq!(pick([]), None);
+        assert_eq!(pick([load(0, 0)]), Some(0));
+        assert_eq!(pick([load(99, 0), load(0, 0)]), Some(0));
+        assert_eq!(pick([load(100, 0), load(3, 0)]), Some(1));
+        assert_eq!(pick([load(100, 0), load(100, 0)]), None);
         let closed = Load {
             usable: false,
             ..load(0, 0)
         };
-        assert_eq!(pick([closed, load(100, 0)], 100), None);
-        assert_eq!(pick([closed, load(5, 0)], 100), Some(1));
+        assert_eq!(pick([closed, load(100, 0)]), None);
+        assert_eq!(pick([closed, load(5, 0)]), Some(1));
+    }
+
+    #[test]
+    fn each_connection_has_the_room_its_server_gave_it() {
+        // A server that lowered its limit on the first connection (a later SETTINGS) sends
+        // streams to the second; one that raised it takes more on the first.
+        let lowered = Load {
+            room: 10,
+            ..load(10, 0)
+        };
+        assert_eq!(pick([lowered, load(50, 0)]), Some(1));
+        let raised = Load {
+            room: 1_000,
+            ..load(100, 0)
+        };
+        assert_eq!(pick([raised, load(0, 0)]), Some(0));
+        // A server that takes no stream at the moment (limit 0) gets none.
+        let none = Load {
+            room: 0,
+            ..load(0, 0)
+        };
+        assert_eq!(pick([none]), None);
     }
 
     #[test]
@@ -202,10 +229,9 @@ mod tests {
     fn a_burst_spreads_then_shrinks_back_to_one_connection() {
         // Simulated: 250 streams at once with room for 100 per connection need 3
         // connections; once the burst is over and the idle timeout passed, one is left.
-        let max = 100;
         let mut conns: Vec<Load> = Vec::new();
         for _ in 0..250 {
-            match pick(conns.iter().copied(), max) {
+            match pick(conns.iter().copied()) {
                 Some(i) => conns[i].streams += 1,
                 None => conns.push(load(1, 0)),
             }

@@ -114,6 +114,12 @@ impl Http2Sender {
         !self.open.load(Ordering::Relaxed)
     }
 
+    /// Streams the server takes at once on this connection (its latest
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`; unlimited when it names none).
+    pub fn max_streams(&self) -> usize {
+        self.send.current_max_send_streams()
+    }
+
     async fn send(
         &self,
         mut request: Request<RequestBody>,

@@ -217,21 +217,34 @@ async fn a_server_draining_mid_load_costs_no_request() {
     }
 }
 
-/// Past `max_streams` streams in flight on a connection a worker opens another to the same
-/// server, instead of queueing behind the server's stream limit; once the burst is over the
-/// extra connections close after `keepalive_timeout` and one per worker is left.
+/// Once a connection carries as many streams as the server takes (its
+/// SETTINGS_MAX_CONCURRENT_STREAMS, here 4), a worker opens another to the same server
+/// instead of queueing behind the limit; once the burst is over the extra connections close
+/// after `keepalive_timeout` and one per worker is left. No `max_streams` in the config: the
+/// server's own limit is the default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_connection_makes_room_on_another() {
+    spreads_past_a_full_connection("").await;
+}
+
+/// The same with `max_streams` below the server's limit: the lower one counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_streams_below_the_servers_limit_counts() {
+    spreads_past_a_full_connection("max_streams = 4\n").await;
+}
+
+async fn spreads_past_a_full_connection(max_streams: &str) {
     const MAX: usize = 4;
     let fx = Fixture::new();
     let behaviour = Behaviour {
         delay: Duration::from_millis(200),
-        max_streams: Some(MAX as u32),
+        // With a config limit of 4 the server takes more, so only the config's can count.
+        max_streams: Some(if max_streams.is_empty() { MAX } else { 100 } as u32),
         ..Behaviour::default()
     };
     let backend = Backend::start_with("b0", &fx.pki, behaviour).await;
     let gw = fx.start_gateway(&format!(
-        "[upstreams.pool]\nprotocol = \"http2\"\nmax_streams = {MAX}\nkeepalive_timeout = \"1s\"\n\
+        "[upstreams.pool]\nprotocol = \"http2\"\n{max_streams}keepalive_timeout = \"1s\"\n\
          servers = [{{ address = \"{}\" }}]\n\
          [[routes]]\nprefix = \"/\"\nupstream = \"pool\"\n",
         backend.addr
@@ -246,7 +259,8 @@ async fn a_full_connection_makes_room_on_another() {
 
     // 24 requests at once, 200 ms each, on 2 workers with room for 4 streams per connection:
     // at least 24 / 4 = 6 connections, and every request answered within about one delay
-    // (queued behind 4 streams, the last would wait 6 delays).
+    // (queued behind 4 streams, the last would wait 6 delays). A cold gateway: each worker's
+    // first connection learns the server's limit before it takes a stream.
     let mut clients = Vec::new();
     for _ in 0..24 {
         clients.push(gw.connect().await);
@@ -265,9 +279,10 @@ async fn a_full_connection_makes_room_on_another() {
     assert!(took < Duration::from_millis(900), "took {took:?}");
     assert_eq!(open().await, accepted);
 
-    // Idle past keepalive_timeout: the next request on each worker closes its extra ones.
+    // Idle past keepalive_timeout: the next request on each worker closes its extra ones
+    // (16 connections, so that both workers take one whichever way they are spread).
     tokio::time::sleep(Duration::from_millis(1_300)).await;
-    for _ in 0..4 {
+    for _ in 0..16 {
         let mut conn = gw.connect().await;
         assert_eq!(conn.get("/whoami").await.unwrap().status, StatusCode::OK);
     }
@@ -366,6 +381,17 @@ async fn a_refused_stream_goes_again_with_its_body() {
         refusing_streams.load(Ordering::SeqCst) - 1 + answering_streams.load(Ordering::SeqCst),
         4
     );
+    // Counted as a refusal, not as an error (the error ratio and its alert leave it out).
+    let metrics = gw.admin_get("/metrics").await.text();
+    let tries = |outcome: &str| {
+        let label = format!("outcome=\"{outcome}\"");
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("gateway_upstream_requests_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    assert_eq!((tries("refused"), tries("error"), tries("ok")), (1, 0, 4));
 }
 
 /// A plain-text HTTP/2 server that answers each stream after 5 s, unless the stream is
