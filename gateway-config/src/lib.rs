@@ -238,6 +238,10 @@ pub enum UpstreamProtocol {
     /// opened when one carries as many streams as the server takes (or `max_streams`) (ALPN
     /// `h2` over TLS, prior knowledge in plain text). WebSocket upgrades still go over HTTP/1.1.
     Http2,
+    /// TLS only: the gateway offers `h2` and `http/1.1` and each server picks (ALPN, what
+    /// HAProxy's `alpn h2,http/1.1` does); a server that picked `h2` is then dialled as
+    /// `http2`, one that picked `http/1.1` as `http1`, until a new connection says otherwise.
+    Auto,
 }
 
 impl UpstreamProtocol {
@@ -828,6 +832,12 @@ impl UpstreamConfig {
         } else if self.servers.iter().all(|s| s.backup) {
             return Err(invalid(format!(
                 "upstream {name}: needs at least one server that is not a backup (or discover)"
+            )));
+        }
+        if self.protocol == UpstreamProtocol::Auto && !self.tls {
+            return Err(invalid(format!(
+                "upstream {name}: protocol = \"auto\" needs tls = true (the servers pick the \
+                 protocol in the TLS handshake; in plain text set http1 or http2)"
             )));
         }
         if self.max_streams == Some(0) {

@@ -333,4 +333,17 @@ fn checks_without_gateway_internals_happen_here() {
         err,
         "config: upstream other: max_streams must be at least 1"
     );
+    let err = Config::parse(&EVERYTHING.replace("protocol = \"http2\"", "protocol = \"auto\""))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "config: upstream other: protocol = \"auto\" needs tls = true (the servers pick the \
+         protocol in the TLS handshake; in plain text set http1 or http2)"
+    );
+    let auto = EVERYTHING
+        .replace("protocol = \"http2\"", "protocol = \"auto\"")
+        .replace("tls = false\n", "");
+    let config = Config::parse(&auto).unwrap();
+    assert_eq!(config.upstreams["other"].protocol, UpstreamProtocol::Auto);
 }

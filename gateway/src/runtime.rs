@@ -332,9 +332,13 @@ fn upstream_connector(config: &Config) -> Result<Option<TlsConnectors>, BuildErr
     http2.alpn_protocols = vec![b"h2".to_vec()];
     // Sessions are resumed with the ALPN they were made with: one store per offer.
     http2.resumption = rustls::client::Resumption::in_memory_sessions(1024);
+    let mut either = http1.clone();
+    either.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    either.resumption = rustls::client::Resumption::in_memory_sessions(1024);
     Ok(Some(TlsConnectors {
         http1: TlsConnector::from(Arc::new(http1)),
         http2: TlsConnector::from(Arc::new(http2)),
+        either: TlsConnector::from(Arc::new(either)),
     }))
 }
 

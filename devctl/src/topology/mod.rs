@@ -222,7 +222,8 @@ pub struct Pool {
     pub connect_timeout: Option<Dur>,
     pub read_timeout: Option<Dur>,
     pub tries: Option<u32>,
-    /// `http1` (default, as the seed's `proxy_http_version 1.1`) or `http2`: one multiplexed
+    /// `http1` (default, as the seed's `proxy_http_version 1.1`), `auto` (what each backend
+    /// picks by ALPN) or `http2`: one multiplexed
     /// connection per gateway worker and instance (the backends negotiate h2 by ALPN), another
     /// once the backends' stream limit is in flight on it (the gateway follows the limit their
     /// SETTINGS announce, `service_kit::server::HTTP2_MAX_CONCURRENT_STREAMS`).

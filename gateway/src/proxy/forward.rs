@@ -125,7 +125,7 @@ impl<'t> Rules<'t> {
                     .max(1),
                 deadline: upstream.next_upstream_timeout.map(|t| Instant::now() + t),
                 replayable: is_idempotent(req.method()) && req.body().is_end_stream(),
-                refusable: upstream.transport.protocol == gateway_config::UpstreamProtocol::Http2
+                refusable: upstream.transport.protocol != gateway_config::UpstreamProtocol::Http1
                     && !websocket,
             },
             key: upstream

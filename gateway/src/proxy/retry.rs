@@ -23,8 +23,8 @@ pub struct RetryPolicy {
     pub deadline: Option<Instant>,
     /// Idempotent method and a body held whole (or none): safe to send again.
     pub replayable: bool,
-    /// The upstream says when it did not process a request (HTTP/2): any request may then
-    /// go again, so its head is kept for that.
+    /// The upstream may say when it did not process a request (HTTP/2, or `auto`, which may
+    /// pick it): any request may then go again, so its head is kept for that.
     pub refusable: bool,
 }
 

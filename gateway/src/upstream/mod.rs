@@ -71,7 +71,7 @@ pub enum ConnectError {
     Http2 { addr: SocketAddr, source: h2::Error },
     #[error("HTTP/2 handshake with {addr}: the server closed the connection")]
     Http2Closed { addr: SocketAddr },
-    #[error("{addr} did not agree to HTTP/2 in the TLS handshake (ALPN); set protocol = \"http1\" for this upstream")]
+    #[error("{addr} did not agree to HTTP/2 in the TLS handshake (ALPN); set protocol = \"http1\" or \"auto\" for this upstream")]
     NoHttp2 { addr: SocketAddr },
 }
 
@@ -82,6 +82,8 @@ pub struct TlsConnectors {
     pub http1: TlsConnector,
     /// Offers `h2` alone.
     pub http2: TlsConnector,
+    /// Offers `h2`, then `http/1.1`: the server picks (`protocol = "auto"`).
+    pub either: TlsConnector,
 }
 
 /// How to reach servers of one upstream; part of a config snapshot.
@@ -129,11 +131,13 @@ impl Transport {
                 .map_err(|source| ConnectError::Tcp { addr, source })?;
             let _ = tcp.set_nodelay(true);
             let liveness = match protocol {
-                UpstreamProtocol::Http1 => liveness::Liveness::of(&tcp),
                 UpstreamProtocol::Http2 => None,
+                UpstreamProtocol::Http1 | UpstreamProtocol::Auto => liveness::Liveness::of(&tcp),
             };
             let Some(connectors) = &self.tls else {
-                return handshake(tcp, addr, protocol, Scheme::HTTP, liveness).await;
+                // Plain text has nothing to negotiate with (the config refuses `auto` there).
+                let http2 = protocol == UpstreamProtocol::Http2;
+                return handshake(tcp, addr, http2, Scheme::HTTP, liveness).await;
             };
             let name = self
                 .server_name
@@ -142,6 +146,7 @@ impl Transport {
             let connector = match protocol {
                 UpstreamProtocol::Http1 => &connectors.http1,
                 UpstreamProtocol::Http2 => &connectors.http2,
+                UpstreamProtocol::Auto => &connectors.either,
             };
             let tls = connector.connect(name, tcp).await.map_err(|source| {
                 if protocol == UpstreamProtocol::Http2 && refused_alpn(&source) {
@@ -150,11 +155,16 @@ impl Transport {
                     ConnectError::Tls { addr, source }
                 }
             })?;
-            if protocol == UpstreamProtocol::Http2 && tls.get_ref().1.alpn_protocol() != Some(b"h2")
-            {
-                return Err(ConnectError::NoHttp2 { addr });
-            }
-            handshake(tls, addr, protocol, Scheme::HTTPS, liveness).await
+            let agreed_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let http2 = match protocol {
+                UpstreamProtocol::Http1 => false,
+                UpstreamProtocol::Http2 if !agreed_h2 => {
+                    return Err(ConnectError::NoHttp2 { addr });
+                }
+                UpstreamProtocol::Http2 => true,
+                UpstreamProtocol::Auto => agreed_h2,
+            };
+            handshake(tls, addr, http2, Scheme::HTTPS, liveness).await
         };
         tokio::time::timeout(timeout, work)
             .await
@@ -207,7 +217,14 @@ pub struct ServerConns {
     outcomes: [IntCounter; TryOutcome::ALL.len()],
     /// Flips to true when a reload removes the server: its WebSocket tunnels close.
     removed: tokio::sync::watch::Sender<bool>,
+    /// `protocol = "auto"`: what the server picked on the last connection dialled
+    /// (`SPEAKS_*`).
+    speaks: std::sync::atomic::AtomicU8,
 }
+
+const SPEAKS_UNKNOWN: u8 = 0;
+const SPEAKS_HTTP1: u8 = 1;
+const SPEAKS_HTTP2: u8 = 2;
 
 /// A connection checked out for one request.
 pub struct Checkout {
@@ -252,6 +269,7 @@ impl ServerConns {
             generation: AtomicU64::new(0),
             outcomes,
             removed: tokio::sync::watch::Sender::new(false),
+            speaks: std::sync::atomic::AtomicU8::new(SPEAKS_UNKNOWN),
         }
     }
 
@@ -298,9 +316,18 @@ impl ServerConns {
         idle_total: &AtomicUsize,
     ) -> Result<Checkout, ConnectError> {
         let generation = self.generation.load(Ordering::Relaxed);
-        if transport.protocol == UpstreamProtocol::Http2 {
-            let slot = &self.multiplexed[idle_slot(self.multiplexed.len())];
-            return Box::pin(slot.checkout(transport, self.addr, generation)).await;
+        let slot = &self.multiplexed[idle_slot(self.multiplexed.len())];
+        let auto = transport.protocol == UpstreamProtocol::Auto;
+        if transport.protocol == UpstreamProtocol::Http2
+            || (auto && self.speaks.load(Ordering::Relaxed) == SPEAKS_HTTP2)
+        {
+            match Box::pin(slot.checkout(transport, self.addr, generation)).await {
+                // `auto`: the server no longer picks h2; ask again below.
+                Err(ConnectError::NoHttp2 { .. }) if auto => {
+                    self.speaks.store(SPEAKS_UNKNOWN, Ordering::Relaxed);
+                }
+                checkout => return checkout,
+            }
         }
         loop {
             let Some(idle) = self.idle().pop() else { break };
@@ -322,6 +349,18 @@ impl ServerConns {
         // on the request path, and inline it would make every request's future carry its
         // size, cache hit or not (the h2 server moves that future into a task per stream).
         let sender = Box::pin(transport.connect(self.addr)).await?;
+        if auto {
+            // The server picked: remembered for the next checkouts, and an h2 connection
+            // joins this worker's shared ones.
+            let speaks = match sender {
+                Sender::Http1(_) => SPEAKS_HTTP1,
+                Sender::Http2(_) => SPEAKS_HTTP2,
+            };
+            self.speaks.store(speaks, Ordering::Relaxed);
+            if let Sender::Http2(sender) = sender {
+                return Ok(slot.adopt(sender, generation));
+            }
+        }
         Ok(Checkout {
             sender,
             reused: false,
@@ -381,18 +420,19 @@ fn refused_alpn(error: &std::io::Error) -> bool {
         })
 }
 
+/// Starts HTTP/1.1, or HTTP/2 when `http2`, on a connected (and TLS-secured) socket.
 async fn handshake<T>(
     io: T,
     addr: SocketAddr,
-    protocol: UpstreamProtocol,
+    http2: bool,
     scheme: Scheme,
     liveness: Option<liveness::Liveness>,
 ) -> Result<Sender, ConnectError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    match protocol {
-        UpstreamProtocol::Http1 => {
+    match http2 {
+        false => {
             let (sender, conn) = http1::Builder::new()
                 .handshake(TokioIo::new(io))
                 .await
@@ -407,7 +447,7 @@ where
                 liveness,
             }))
         }
-        UpstreamProtocol::Http2 => {
+        true => {
             let (send, mut conn) = h2::client::Builder::new()
                 .enable_push(false)
                 // hyper's client defaults: room for large responses without a window update

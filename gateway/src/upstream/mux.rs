@@ -94,6 +94,11 @@ impl MuxSlot {
             return Ok(checkout);
         }
         let sender = transport.connect_http2(addr).await?;
+        Ok(self.adopt(sender, generation))
+    }
+
+    /// Adds a new connection to the list, with a first stream on it for the caller.
+    pub(super) fn adopt(&self, sender: Http2Sender, generation: u64) -> Checkout {
         let serial = SERIALS.fetch_add(1, Ordering::Relaxed);
         let streams = Arc::new(AtomicUsize::new(1));
         lock(&self.conns).push(Shared {
@@ -103,13 +108,13 @@ impl MuxSlot {
             streams: streams.clone(),
             last_used: Instant::now(),
         });
-        Ok(Checkout {
+        Checkout {
             sender: Sender::Http2(sender),
             reused: false,
             generation,
             serial,
             stream: Some(StreamCount(streams)),
-        })
+        }
     }
 
     /// Drops the connections not worth keeping, then opens a stream on the one `pick` names.

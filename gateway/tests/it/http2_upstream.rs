@@ -136,6 +136,86 @@ async fn a_server_without_h2_is_a_clear_bad_gateway() {
         .any(|l| l.contains("did not agree to HTTP/2") && l.contains("set protocol")));
 }
 
+/// The HTTP version each server saw, by `x-served-by`, over 8 requests.
+async fn versions_seen(gw: &crate::util::Gateway) -> std::collections::BTreeMap<String, String> {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut conn = gw.connect().await;
+    for _ in 0..8 {
+        let resp = conn.get("/api/headers").await.unwrap();
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+        let by = resp.header("x-served-by").unwrap_or_default().to_string();
+        let json = resp.json().unwrap();
+        seen.insert(by, json["version"].as_str().unwrap_or_default().to_string());
+    }
+    seen
+}
+
+/// `protocol = "auto"`: each server picks in the TLS handshake. One that picks h2 shares
+/// connections like `http2`, one that only speaks HTTP/1.1 gets HTTP/1.1, and a server that
+/// comes back without h2 is asked again instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_upstreams_speak_what_each_server_picks() {
+    let fx = Fixture::new();
+    let h2 = Backend::start("h2", &fx.pki).await;
+    let http1_only = Behaviour {
+        http1_only: true,
+        ..Behaviour::default()
+    };
+    let h1 = Backend::start_with("h1", &fx.pki, http1_only.clone()).await;
+    let gw = fx.start_gateway(&format!(
+        "[upstreams.pool]\nprotocol = \"auto\"\nalgorithm = \"round_robin\"\n\
+         servers = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"pool\"\n",
+        h2.addr, h1.addr
+    ));
+    let seen = versions_seen(&gw).await;
+    assert_eq!(
+        seen.get("h2").map(String::as_str),
+        Some("HTTP/2.0"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.get("h1").map(String::as_str),
+        Some("HTTP/1.1"),
+        "{seen:?}"
+    );
+
+    // Under load the h2 server keeps one shared connection per worker; the HTTP/1.1 one
+    // gets a connection per request in flight.
+    let before = h2.accepted.load(Ordering::SeqCst);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let mut conn = gw.connect().await;
+        tasks.spawn(async move {
+            for _ in 0..REQUESTS {
+                let resp = conn.get("/whoami").await.unwrap();
+                assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let h2_conns = h2.accepted.load(Ordering::SeqCst);
+    assert!(
+        h2_conns <= before + 2,
+        "{before} then {h2_conns} connections"
+    );
+    assert!(h1.accepted.load(Ordering::SeqCst) > 2);
+
+    // The h2 server comes back speaking HTTP/1.1 only: no request fails, and it is spoken
+    // to in HTTP/1.1.
+    h2.kill();
+    let back = Backend::start_at("h2", &fx.pki, h2.addr, http1_only).await;
+    let seen = versions_seen(&gw).await;
+    assert_eq!(
+        seen.get("h2").map(String::as_str),
+        Some("HTTP/1.1"),
+        "{seen:?}"
+    );
+    assert!(back.accepted.load(Ordering::SeqCst) >= 1);
+}
+
 /// A server that shuts down cleanly while requests are in flight (hyper's graceful shutdown:
 /// GOAWAY on HTTP/2, `Connection: close` on HTTP/1.1, then no more connections) costs no
 /// request: what it started it answers, what it never saw goes to the other server. Over
