@@ -49,6 +49,13 @@ done
 
 # devctl's end-to-end tests run the static release binaries in FROM-scratch images; build them
 # here, once, so no test waits on a cold LTO build (devctl skips it when they are up to date).
+# Under CI (a fresh clone, built once) the images skip the fat LTO that production's get: the
+# same code, built in 7.3 min instead of 9.9 on 2 cores. Exported, so devctl's own build in the
+# tests finds these binaries up to date. On a workstation the tests share `devctl up`'s build.
+if [ -n "${CI:-}" ]; then
+  export CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
+fi
+echo "== static release binaries for the images (at ${SECONDS} s)"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
   --target x86_64-unknown-linux-gnu -p admin-server -p customer-services -p gateway
 
@@ -59,4 +66,5 @@ fi
 
 profile=default
 [ -n "${CI:-}" ] && profile=ci
+echo "== cargo nextest run (at ${SECONDS} s)"
 cargo nextest run --workspace --locked --profile "$profile" "$@"
