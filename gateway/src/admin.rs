@@ -93,6 +93,7 @@ async fn upstreams(State(gw): State<Arc<Gateway>>) -> Json<Value> {
                     "active": p.conns,
                     "idle": s.idle,
                     "http2_connections": s.http2,
+                    "picked_protocol": s.picked,
                     "max_conns": p.max_conns,
                     "fails": p.fails,
                     "max_fails": p.max_fails,
@@ -106,6 +107,7 @@ async fn upstreams(State(gw): State<Arc<Gateway>>) -> Json<Value> {
             json!({
                 "algorithm": config.map(|c| c.algorithm.as_str()),
                 "keepalive": upstream.transport.keepalive,
+                "protocol": upstream.transport.protocol,
                 "servers": servers,
             }),
         );

@@ -291,6 +291,16 @@ impl ServerConns {
         self.idle.iter().map(|slot| lock(slot).len()).sum()
     }
 
+    /// `protocol = "auto"`: the protocol the server picked on the last connection dialled
+    /// (`None` before the first one).
+    pub fn picked(&self) -> Option<&'static str> {
+        match self.speaks.load(Ordering::Relaxed) {
+            SPEAKS_HTTP1 => Some("http1"),
+            SPEAKS_HTTP2 => Some("http2"),
+            _ => None,
+        }
+    }
+
     /// Open shared HTTP/2 connections, over all workers.
     pub fn http2_count(&self) -> usize {
         self.multiplexed.iter().map(mux::MuxSlot::len).sum()

@@ -273,6 +273,7 @@ impl UpstreamShared {
                 ServerStatus {
                     idle: conns.map_or(0, |s| s.idle_count()),
                     http2: conns.map_or(0, |s| s.http2_count()),
+                    picked: conns.and_then(|s| s.picked()),
                     peer: p,
                 }
             })
@@ -297,6 +298,8 @@ pub struct ServerStatus {
     pub idle: usize,
     /// Open shared HTTP/2 connections (`protocol = "http2"`).
     pub http2: usize,
+    /// `protocol = "auto"`: what the server picked on the last connection dialled.
+    pub picked: Option<&'static str>,
 }
 
 fn server_map(

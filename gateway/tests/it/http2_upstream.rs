@@ -179,6 +179,19 @@ async fn auto_upstreams_speak_what_each_server_picks() {
         Some("HTTP/1.1"),
         "{seen:?}"
     );
+    // `/-/upstreams` says what each server picked.
+    let status = gw.admin_get("/-/upstreams").await.json().unwrap();
+    let pool = &status["upstreams"]["pool"];
+    assert_eq!(pool["protocol"], "auto", "{status}");
+    let picked = |addr: std::net::SocketAddr| {
+        let servers = pool["servers"].as_array().cloned().unwrap_or_default();
+        servers
+            .iter()
+            .find(|s| s["server"] == addr.to_string())
+            .map(|s| s["picked_protocol"].clone())
+    };
+    assert_eq!(picked(h2.addr), Some("http2".into()), "{status}");
+    assert_eq!(picked(h1.addr), Some("http1".into()), "{status}");
 
     // Under load the h2 server keeps one shared connection per worker; the HTTP/1.1 one
     // gets a connection per request in flight.
