@@ -357,7 +357,7 @@ impl ServerConns {
         }
         // Boxed: the dial (TCP, TLS handshake, HTTP handshake, timer) is the largest future
         // on the request path, and inline it would make every request's future carry its
-        // size, cache hit or not (the h2 server moves that future into a task per stream).
+        // size, cache hit or not (the h2 server keeps one such future per stream in flight).
         let sender = Box::pin(transport.connect(self.addr)).await?;
         if auto {
             // The server picked: remembered for the next checkouts, and an h2 connection
