@@ -21,9 +21,9 @@
 # once, the rest queue: the gateway's `max_conns` + `queue`, HAProxy's `maxconn` + its queue;
 # NGINX has no queue, so it stays unlimited), UPSTREAM_PROTO=http1 (http2: the gateway and
 # HAProxy speak HTTP/2 to the origin, h2c on plain upstreams and ALPN h2 on TLS ones; NGINX
-# cannot proxy over HTTP/2 and stays on HTTP/1.1), MAX_STREAMS (unset: one gateway connection
-# per worker and origin port; N, with UPSTREAM_PROTO=http2: the gateway opens another once N
-# streams are in flight on each; the origin allows 1024, HAProxy follows its SETTINGS). Run as root on Debian: installs nginx, haproxy, wrk,
+# cannot proxy over HTTP/2 and stays on HTTP/1.1), MAX_STREAMS (unset: the gateway, like
+# HAProxy, follows the origin's SETTINGS, 1024 streams: one connection per worker and origin
+# port; N, with UPSTREAM_PROTO=http2: the gateway opens another once N are in flight on each). Run as root on Debian: installs nginx, haproxy, wrk,
 # nghttp2-client and curl when missing. Traffic goes only to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
