@@ -361,19 +361,15 @@ async fn try_server<H: Host>(
                         error: bad_gateway("the upstream server refused the request"),
                     });
                 }
-                (request, _) => {
-                    server.count(TryOutcome::Error);
-                    tracing::warn!(request_id = %id, server = %server.key, error = %unsent.error, "upstream request failed");
-                    match request {
-                        // Nothing reached the server: the request goes on as it is.
-                        Some(request) => {
-                            out.unsent(request);
-                            TryFailure::NotSent
-                        }
-                        None => TryFailure::SentThenFailed,
-                    }
+                // Nothing reached the server: the request goes on as it is.
+                (Some(request), _) => {
+                    out.unsent(request);
+                    TryFailure::NotSent
                 }
+                (None, _) => TryFailure::SentThenFailed,
             };
+            server.count(TryOutcome::Error);
+            tracing::warn!(request_id = %id, server = %server.key, error = %unsent.error, "upstream request failed");
             let error = bad_gateway("the upstream server failed to answer");
             return Ok(failed(&mut peer, failure, error));
         }

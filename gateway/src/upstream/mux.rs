@@ -120,20 +120,23 @@ impl MuxSlot {
     /// Drops the connections not worth keeping, then opens a stream on the one `pick` names.
     fn take(&self, transport: &Transport, generation: u64) -> Option<Checkout> {
         let now = Instant::now();
-        let load = |c: &Shared| Load {
+        // `keep` does not look at `room`, which takes the connection's lock in `h2`: it is
+        // read in the `pick` pass only, which stops at the first connection with room.
+        let load = |c: &Shared, room: usize| Load {
             usable: c.generation == generation && !c.sender.is_closed(),
             streams: c.streams.load(Ordering::Relaxed),
-            room: c.sender.max_streams().min(transport.max_streams),
+            room,
             idle_for: now.saturating_duration_since(c.last_used),
         };
         let mut conns = lock(&self.conns);
         let mut kept = 0;
         conns.retain(|c| {
-            let keep = keep(kept, load(c), transport.keepalive_timeout);
+            let keep = keep(kept, load(c, 0), transport.keepalive_timeout);
             kept += usize::from(keep);
             keep
         });
-        let chosen = pick(conns.iter().map(load))?;
+        let room = |c: &Shared| c.sender.max_streams().min(transport.max_streams);
+        let chosen = pick(conns.iter().map(|c| load(c, room(c))))?;
         let c = &mut conns[chosen];
         c.last_used = now;
         c.streams.fetch_add(1, Ordering::Relaxed);

@@ -383,50 +383,66 @@ async fn spreads_past_a_full_connection(max_streams: &str) {
     assert!((1..=2).contains(&left), "{left} connections left");
 }
 
-/// A plain-text HTTP/2 server (prior knowledge) that refuses its first stream with
-/// REFUSED_STREAM once it has read the whole request body, and echoes the body of every
-/// other one. `streams` counts the streams it saw, `refused` those it refused.
+/// A plain-text HTTP/2 server (prior knowledge) on loopback that runs `stream` on each
+/// stream it accepts, on every connection.
+async fn h2_server<F, Fut>(stream: F) -> std::net::SocketAddr
+where
+    F: Fn(http::Request<h2::RecvStream>, h2::server::SendResponse<bytes::Bytes>) -> Fut
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stream = std::sync::Arc::new(stream);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let stream = stream.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((request, respond))) = conn.accept().await {
+                    tokio::spawn(stream(request, respond));
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An `h2_server` that refuses its first stream with REFUSED_STREAM once it has read the
+/// whole request body, and echoes the body of every other one. The count is of the streams
+/// it saw.
 async fn refusing_server(
     refuse_first: bool,
 ) -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::Arc;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let streams = Arc::new(AtomicUsize::new(0));
+    let streams = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = streams.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(tcp).await else {
-                    return;
-                };
-                while let Some(Ok((request, mut respond))) = conn.accept().await {
-                    let number = seen.fetch_add(1, Ordering::SeqCst);
-                    tokio::spawn(async move {
-                        let mut body = request.into_body();
-                        let mut echoed = Vec::new();
-                        while let Some(Ok(chunk)) = body.data().await {
-                            let _ = body.flow_control().release_capacity(chunk.len());
-                            echoed.extend_from_slice(&chunk);
-                        }
-                        if refuse_first && number == 0 {
-                            respond.send_reset(h2::Reason::REFUSED_STREAM);
-                            return;
-                        }
-                        let response = http::Response::new(());
-                        if let Ok(mut send) = respond.send_response(response, false) {
-                            let _ = send.send_data(echoed.into(), true);
-                        }
-                    });
-                }
-            });
+    let addr = h2_server(move |request, mut respond| {
+        let number = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut body = request.into_body();
+            let mut echoed = Vec::new();
+            while let Some(Ok(chunk)) = body.data().await {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                echoed.extend_from_slice(&chunk);
+            }
+            if refuse_first && number == 0 {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                return;
+            }
+            let response = http::Response::new(());
+            if let Ok(mut send) = respond.send_response(response, false) {
+                let _ = send.send_data(echoed.into(), true);
+            }
         }
-    });
+    })
+    .await;
     (addr, streams)
 }
 
@@ -474,7 +490,7 @@ async fn a_refused_stream_goes_again_with_its_body() {
         refusing_streams.load(Ordering::SeqCst) - 1 + answering_streams.load(Ordering::SeqCst),
         4
     );
-    // Counted as a refusal, not as an error (the error ratio and its alert leave it out).
+    // Counted as a refusal, not as an error (the error ratio leaves it out).
     let metrics = gw.admin_get("/metrics").await.text();
     let tries = |outcome: &str| {
         let label = format!("outcome=\"{outcome}\"");
@@ -487,42 +503,29 @@ async fn a_refused_stream_goes_again_with_its_body() {
     assert_eq!((tries("refused"), tries("error"), tries("ok")), (1, 0, 4));
 }
 
-/// A plain-text HTTP/2 server that answers each stream after 5 s, unless the stream is
-/// reset first: `cancelled` counts those.
+/// An `h2_server` that answers each stream after 5 s, unless the stream is reset first:
+/// the count is of those.
 async fn slow_server() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::Arc;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cancelled = Arc::new(AtomicUsize::new(0));
+    let cancelled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = cancelled.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let count = count.clone();
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(tcp).await else {
-                    return;
-                };
-                while let Some(Ok((_, mut respond))) = conn.accept().await {
-                    let count = count.clone();
-                    tokio::spawn(async move {
-                        let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
-                        tokio::select! {
-                            _ = reset => {
-                                count.fetch_add(1, Ordering::SeqCst);
-                            }
-                            _ = tokio::time::sleep(Duration::from_secs(5)) => {
-                                let _ = respond.send_response(http::Response::new(()), true);
-                            }
-                        }
-                    });
+    let addr = h2_server(move |_, mut respond| {
+        let count = count.clone();
+        async move {
+            let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
+            tokio::select! {
+                _ = reset => {
+                    count.fetch_add(1, Ordering::SeqCst);
                 }
-            });
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                    let _ = respond.send_response(http::Response::new(()), true);
+                }
+            }
         }
-    });
+    })
+    .await;
     (addr, cancelled)
 }
 
