@@ -110,21 +110,23 @@ pub enum PipeEnd {
 /// allows, trailers included. A body that fails resets the stream with `on_error`; a peer
 /// that resets it stops the pipe at once, even while the body has nothing to give (the
 /// caller drops the body, which cancels whatever produces it).
+///
+/// `B: Unpin` so the body is polled where it lies: pinning it here would move it into a
+/// second slot of this future, which the h2 server keeps once per stream in flight.
 pub async fn pipe<B>(
-    body: B,
+    mut body: B,
     mut stream: h2::SendStream<Bytes>,
     on_error: h2::Reason,
 ) -> Result<(), PipeEnd>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Unpin,
 {
-    let mut body = std::pin::pin!(body);
     loop {
         let frame = std::future::poll_fn(|cx| {
             if stream.poll_reset(cx).is_ready() {
                 return Poll::Ready(Err(PipeEnd::Peer));
             }
-            body.as_mut().poll_frame(cx).map(Ok)
+            std::pin::Pin::new(&mut body).poll_frame(cx).map(Ok)
         })
         .await?;
         let frame = match frame {

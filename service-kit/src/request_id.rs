@@ -50,8 +50,15 @@ impl RequestId {
         self.0.to_str().unwrap_or("")
     }
 
+    /// The id as a header value, marked sensitive: HTTP/2 (HPACK) sends it as a literal
+    /// never indexed. Every request has its own id, so indexing it in a connection's header
+    /// table would only evict the fields that do repeat, and make the encoder compare each
+    /// new id with every one still in the table (`bench/PROFILE.md`, "HPACK and the request
+    /// id"). HTTP/1.1 ignores the mark.
     pub fn header_value(&self) -> HeaderValue {
-        self.0.clone()
+        let mut value = self.0.clone();
+        value.set_sensitive(true);
+        value
     }
 
     /// The id of the request this task is serving, if any.
@@ -117,5 +124,14 @@ mod tests {
         assert_ne!(a, b);
         assert!(RequestId::parse(a.as_str().as_bytes()).is_some());
         assert_eq!(a.as_str().len(), 36);
+    }
+
+    #[test]
+    fn the_header_value_is_never_indexed_and_equal_to_the_id() {
+        let id = RequestId::generate();
+        let value = id.header_value();
+        assert!(value.is_sensitive());
+        assert_eq!(value, id.as_str());
+        assert_eq!(RequestId::parse(value.as_bytes()), Some(id));
     }
 }

@@ -14,7 +14,7 @@
 //! fields removed, `date` added and `content-length` set from an exact body size.
 
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -59,8 +59,8 @@ pub(super) async fn serve<T, H, F, B>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
     H: FnMut(Request<IncomingBody>) -> F,
-    F: Future<Output = Response<B>>,
-    B: Body<Data = Bytes>,
+    F: Future<Output = Response<B>> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
 {
     let mut wind_down = pin!(wind_down.notified());
     let mut conn = h2::server::Builder::new()
@@ -113,24 +113,37 @@ where
 /// then dropped, and the upstream request with it), then the response's body.
 async fn stream<F, B>(response: F, mut respond: h2::server::SendResponse<Bytes>)
 where
-    F: Future<Output = Response<B>>,
-    B: Body<Data = Bytes>,
+    F: Future<Output = Response<B>> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
 {
     // The handler (boxed, ~8 KB) is dropped as soon as it has answered, not kept while the
     // body streams.
     let response = {
-        let mut response = pin!(response);
+        let mut response = response;
         poll_fn(|cx| {
-            if let Poll::Ready(response) = response.as_mut().poll(cx) {
+            if let Poll::Ready(response) = Pin::new(&mut response).poll(cx) {
                 return Poll::Ready(Some(response));
             }
             respond.poll_reset(cx).map(|_| None)
         })
         .await
     };
-    let Some(response) = response else {
-        return;
-    };
+    // The head goes out from a plain function: its locals take no room in this future,
+    // which the connection keeps once per stream in flight.
+    if let Some((body, stream)) = response.and_then(|response| send_head(response, respond)) {
+        let _ = pipe(body, stream, h2::Reason::INTERNAL_ERROR).await;
+    }
+}
+
+/// Sends a response's head; the body and the stream to write it to, unless the head ended
+/// the stream or could not be sent (the stream is then reset).
+fn send_head<B>(
+    response: Response<B>,
+    mut respond: h2::server::SendResponse<Bytes>,
+) -> Option<(B, h2::SendStream<Bytes>)>
+where
+    B: Body<Data = Bytes>,
+{
     let (mut head, body) = response.into_parts();
     let end = body.is_end_stream();
     as_http2(
@@ -138,13 +151,12 @@ where
         (!end).then(|| body.size_hint().exact()).flatten(),
     );
     match respond.send_response(Response::from_parts(head, ()), end) {
-        Ok(stream) if !end => {
-            let _ = pipe(body, stream, h2::Reason::INTERNAL_ERROR).await;
-        }
-        Ok(_) => {}
+        Ok(stream) if !end => Some((body, stream)),
+        Ok(_) => None,
         Err(e) => {
             tracing::debug!(error = %e, "h2 response head not sent");
             respond.send_reset(h2::Reason::INTERNAL_ERROR);
+            None
         }
     }
 }

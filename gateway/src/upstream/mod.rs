@@ -331,7 +331,7 @@ impl ServerConns {
         if transport.protocol == UpstreamProtocol::Http2
             || (auto && self.speaks.load(Ordering::Relaxed) == SPEAKS_HTTP2)
         {
-            match Box::pin(slot.checkout(transport, self.addr, generation)).await {
+            match slot.checkout(transport, self.addr, generation).await {
                 // `auto`: the server no longer picks h2; ask again below.
                 Err(ConnectError::NoHttp2 { .. }) if auto => {
                     self.speaks.store(SPEAKS_UNKNOWN, Ordering::Relaxed);

@@ -93,7 +93,9 @@ impl MuxSlot {
         if let Some(checkout) = self.take(transport, generation) {
             return Ok(checkout);
         }
-        let sender = transport.connect_http2(addr).await?;
+        // Boxed: the dial (TCP, TLS, the h2 handshake) is a large future and the cold path;
+        // inline, every checkout's future would carry its size.
+        let sender = Box::pin(transport.connect_http2(addr)).await?;
         Ok(self.adopt(sender, generation))
     }
 
