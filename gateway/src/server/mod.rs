@@ -212,6 +212,7 @@ impl Gateway {
             workers,
         });
         tokio::spawn(forget_idle_clients(Arc::downgrade(&gateway)));
+        tokio::spawn(close_idle_upstream_connections(Arc::downgrade(&gateway)));
         gateway.start_certificates();
         if discovers {
             gateway.start_discovery();
@@ -501,6 +502,24 @@ async fn forget_idle_clients(gateway: std::sync::Weak<Gateway>) {
             }
         }
         gateway.metrics.rate_limit_clients.set(tracked as i64);
+    }
+}
+
+/// Closes upstream connections that idled past their upstream's `keepalive_timeout`, every
+/// second. A checkout closes its own worker's on the way, but after the last request nothing
+/// else would, and each would stay open until the server closed it.
+async fn close_idle_upstream_connections(gateway: std::sync::Weak<Gateway>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(gateway) = gateway.upgrade() else {
+            return;
+        };
+        let snapshot = gateway.snapshot.load_full();
+        for upstream in snapshot.upstreams.values() {
+            upstream.shared.close_idle(&upstream.transport);
+        }
     }
 }
 

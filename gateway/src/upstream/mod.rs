@@ -393,6 +393,27 @@ impl ServerConns {
     }
 
     /// Returns a connection whose response was read to the end.
+    /// Closes the connections, every worker's, that a checkout would not hand out: HTTP/1.1
+    /// ones idle for `keepalive_timeout` or closed by the server, and the HTTP/2 ones `mux`
+    /// lets go. A checkout does this for its own worker on the way; without requests only
+    /// this sweep does.
+    fn close_idle(&self, transport: &Transport, idle_totals: &[AtomicUsize]) {
+        let now = Instant::now();
+        for (slot, total) in self.idle.iter().zip(idle_totals) {
+            let mut idle = lock(slot);
+            let before = idle.len();
+            idle.retain(|c| {
+                now.saturating_duration_since(c.since) < transport.keepalive_timeout
+                    && !c.sender.is_closed()
+            });
+            total.fetch_sub(before - idle.len(), Ordering::Relaxed);
+        }
+        let generation = self.generation.load(Ordering::Relaxed);
+        for slot in self.multiplexed.iter() {
+            slot.close_idle(transport.keepalive_timeout, generation);
+        }
+    }
+
     fn checkin(&self, sender: Sender, generation: u64, limit: usize, idle_total: &AtomicUsize) {
         // A shared HTTP/2 connection stays in its slot.
         if sender.is_http2()

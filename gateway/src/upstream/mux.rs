@@ -6,8 +6,8 @@
 //! server takes on one connection (its `SETTINGS_MAX_CONCURRENT_STREAMS`, known before the
 //! connection is used: `upstream::handshake` waits for it) and fewer than the upstream's
 //! `max_streams`, when set. Filling the first connections first lets the extra ones a burst
-//! opened fall idle; an extra connection with no stream for `keepalive_timeout` is closed. The
-//! first one stays (its pings keep it alive), so a quiet server costs one connection per
+//! opened fall idle; an extra connection with no stream for `keepalive_timeout` is closed, by
+//! the next checkout on its worker or by the gateway's sweep each second. The first one stays (its pings keep it alive), so a quiet server costs one connection per
 //! worker.
 //!
 //! A server that takes as many streams as come (the `bench/proxies.sh` origin takes 1,024)
@@ -78,6 +78,29 @@ fn keep(index: usize, load: Load, idle_timeout: Duration) -> bool {
     load.usable && (index == 0 || load.streams > 0 || load.idle_for < idle_timeout)
 }
 
+impl Shared {
+    fn load(&self, now: Instant, generation: u64, room: usize) -> Load {
+        Load {
+            usable: self.generation == generation && !self.sender.is_closed(),
+            streams: self.streams.load(Ordering::Relaxed),
+            room,
+            idle_for: now.saturating_duration_since(self.last_used),
+        }
+    }
+}
+
+/// Drops the connections `keep` does not keep; dropping the last sender closes one. `keep`
+/// does not look at `room`, which takes the connection's lock in `h2`: it is read in the
+/// `pick` pass only, which stops at the first connection with room.
+fn retain_kept(conns: &mut Vec<Shared>, now: Instant, generation: u64, idle_timeout: Duration) {
+    let mut kept = 0;
+    conns.retain(|c| {
+        let keep = keep(kept, c.load(now, generation, 0), idle_timeout);
+        kept += usize::from(keep);
+        keep
+    });
+}
+
 impl MuxSlot {
     /// A stream on a connection with room, or on a new one.
     pub(super) async fn checkout(
@@ -122,21 +145,9 @@ impl MuxSlot {
     /// Drops the connections not worth keeping, then opens a stream on the one `pick` names.
     fn take(&self, transport: &Transport, generation: u64) -> Option<Checkout> {
         let now = Instant::now();
-        // `keep` does not look at `room`, which takes the connection's lock in `h2`: it is
-        // read in the `pick` pass only, which stops at the first connection with room.
-        let load = |c: &Shared, room: usize| Load {
-            usable: c.generation == generation && !c.sender.is_closed(),
-            streams: c.streams.load(Ordering::Relaxed),
-            room,
-            idle_for: now.saturating_duration_since(c.last_used),
-        };
+        let load = |c: &Shared, room: usize| c.load(now, generation, room);
         let mut conns = lock(&self.conns);
-        let mut kept = 0;
-        conns.retain(|c| {
-            let keep = keep(kept, load(c, 0), transport.keepalive_timeout);
-            kept += usize::from(keep);
-            keep
-        });
+        retain_kept(&mut conns, now, generation, transport.keepalive_timeout);
         let room = |c: &Shared| c.sender.max_streams().min(transport.max_streams);
         let chosen = pick(conns.iter().map(|c| load(c, room(c))))?;
         let c = &mut conns[chosen];
@@ -149,6 +160,18 @@ impl MuxSlot {
             serial: c.serial,
             stream: Some(StreamCount(c.streams.clone())),
         })
+    }
+
+    /// Closes the connections `keep` lets go (extra ones idle past `idle_timeout`, closed or
+    /// outdated ones) without waiting for a request to find them: the gateway runs this
+    /// every second (`server::close_idle_upstream_connections`).
+    pub(super) fn close_idle(&self, idle_timeout: Duration, generation: u64) {
+        retain_kept(
+            &mut lock(&self.conns),
+            Instant::now(),
+            generation,
+            idle_timeout,
+        );
     }
 
     /// Forgets the connection numbered `serial`, if this slot holds it.

@@ -260,6 +260,16 @@ impl UpstreamShared {
         self.state().pool.set_healthy(key, healthy);
     }
 
+    /// Closes every server's idle connections that outlived `transport`'s keep-alive
+    /// timeout (`ServerConns::close_idle`).
+    pub fn close_idle(&self, transport: &super::Transport) {
+        // Not under the state's lock: each server's slots take their own.
+        let servers: Vec<Arc<ServerConns>> = self.state().servers.values().cloned().collect();
+        for server in servers {
+            server.close_idle(transport, &self.idle_totals);
+        }
+    }
+
     /// Per-server state for `/-/upstreams` and metrics.
     pub fn snapshot(&self) -> Vec<ServerStatus> {
         let state = self.state();

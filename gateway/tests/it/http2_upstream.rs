@@ -10,7 +10,7 @@ use http::StatusCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::policies::{next_text, websocket};
-use crate::util::{Backend, Behaviour, Fixture};
+use crate::util::{poll_until, Backend, Behaviour, Fixture};
 
 const CLIENTS: usize = 16;
 const REQUESTS: usize = 20;
@@ -372,9 +372,22 @@ async fn spreads_past_a_full_connection(max_streams: &str) {
     assert!(took < Duration::from_millis(900), "took {took:?}");
     assert_eq!(open().await, accepted);
 
-    // Idle past keepalive_timeout: the next request on each worker closes its extra ones
-    // (16 connections, so that both workers take one whichever way they are spread).
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    // Idle past keepalive_timeout, with no request to notice: the gateway's sweep closes the
+    // extra ones within a second more, and the server sees them close. The first of each
+    // worker stays.
+    let swept = poll_until(Duration::from_secs(4), || async {
+        (1..=2).contains(&open().await) && backend.open.load(Ordering::SeqCst) <= 2
+    })
+    .await;
+    assert!(
+        swept,
+        "{} connections kept, {} open at the server",
+        open().await,
+        backend.open.load(Ordering::SeqCst)
+    );
+
+    // Requests still go (16 connections, so that both workers take one whichever way they
+    // are spread), on the connections kept.
     for _ in 0..16 {
         let mut conn = gw.connect().await;
         assert_eq!(conn.get("/whoami").await.unwrap().status, StatusCode::OK);

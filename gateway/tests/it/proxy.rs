@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::util::{servers, Backend, Behaviour, Fixture, GATEWAY};
+use crate::util::{poll_until, servers, Backend, Behaviour, Fixture, GATEWAY};
 use bytes::Bytes;
 use gateway::balance::{Algorithm, Attempt, Outcome, Pool, ServerSpec};
 use http::{Method, StatusCode};
@@ -1015,4 +1015,70 @@ async fn the_upstream_queue_holds_requests_while_every_server_is_busy() {
         .contains("gateway_upstream_queue_rejected_total{reason=\"timeout\",upstream=\"pool\"} 1"));
     assert!(metrics
         .contains("gateway_upstream_queue_rejected_total{reason=\"full\",upstream=\"pool\"} 2"));
+}
+
+/// Idle HTTP/1.1 upstream connections close once they idled for `keepalive_timeout`, even
+/// when no request comes to find them stale: the server sees them close, and the next
+/// request dials anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_close_after_keepalive_timeout_without_traffic() {
+    const CLIENTS: usize = 8;
+    let fx = Fixture::new();
+    let backend = Backend::start_with(
+        "b0",
+        &fx.pki,
+        Behaviour {
+            delay: Duration::from_millis(200),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let gw = fx.start_gateway(&format!(
+        "[upstreams.pool]\nkeepalive = 64\nkeepalive_timeout = \"1s\"\n\
+         servers = [{{ address = \"{}\" }}]\n{}",
+        backend.addr,
+        route("/", "pool")
+    ));
+    let idle = || async {
+        gw.admin_get("/-/upstreams").await.json().unwrap()["upstreams"]["pool"]["servers"][0]
+            ["idle"]
+            .as_u64()
+            .unwrap()
+    };
+
+    // 8 requests at once, 200 ms each: one upstream connection each, idle afterwards.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let mut conn = gw.connect().await;
+        tasks.spawn(async move { conn.get("/whoami").await.unwrap().status });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    let idled_at = Instant::now();
+    let accepted = backend.accepted.load(Ordering::SeqCst);
+    assert!(accepted >= 2, "{accepted} upstream connections");
+    assert_eq!(idle().await, accepted as u64);
+    assert_eq!(backend.open.load(Ordering::SeqCst), accepted);
+
+    // No request comes. Within a second past the timeout every one is closed, not before.
+    let closed = poll_until(Duration::from_secs(4), || async {
+        backend.open.load(Ordering::SeqCst) == 0 && idle().await == 0
+    })
+    .await;
+    assert!(
+        closed,
+        "{} open at the server, {} idle in the gateway",
+        backend.open.load(Ordering::SeqCst),
+        idle().await
+    );
+    let after = idled_at.elapsed();
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}"
+    );
+
+    let mut conn = gw.connect().await;
+    assert_eq!(conn.get("/whoami").await.unwrap().status, StatusCode::OK);
+    assert_eq!(backend.accepted.load(Ordering::SeqCst), accepted + 1);
 }

@@ -207,6 +207,8 @@ pub struct Backend {
     pub hits: Arc<AtomicUsize>,
     /// TCP connections accepted.
     pub accepted: Arc<AtomicUsize>,
+    /// TCP connections open now (accepted, not yet closed by either side).
+    pub open: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
     drain: tokio::sync::watch::Sender<bool>,
 }
@@ -262,10 +264,12 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let name = name.to_string();
         let (drain, draining) = tokio::sync::watch::channel(false);
         let task = {
-            let (name, hits, accepted) = (name.clone(), hits.clone(), accepted.clone());
+            let (name, hits, accepted, open) =
+                (name.clone(), hits.clone(), accepted.clone(), open.clone());
             let mut stop = draining.clone();
             tokio::spawn(async move {
                 let mut conns = JoinSet::new();
@@ -276,7 +280,9 @@ impl Backend {
                             let acceptor = acceptor.clone();
                             let (name, hits, behaviour) = (name.clone(), hits.clone(), behaviour.clone());
                             let draining = draining.clone();
+                            let open = OpenGuard::new(open.clone());
                             conns.spawn(async move {
+                                let _open = open;
                                 if behaviour.plain {
                                     serve(TokioIo::new(stream), (name, hits, behaviour), draining).await;
                                     return;
@@ -299,6 +305,7 @@ impl Backend {
             addr,
             hits,
             accepted,
+            open,
             task,
             drain,
         }
@@ -317,6 +324,40 @@ impl Backend {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `within` has passed; whether it held.
+pub async fn poll_until<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Counts a connection open until dropped (when its task ends, whoever closed it).
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        OpenGuard(open)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
