@@ -242,10 +242,7 @@ async fn a_server_draining_mid_load_costs_no_request() {
     const PER_CLIENT: usize = 12;
     for protocol in ["http2", "http1"] {
         let fx = Fixture::new();
-        let behaviour = Behaviour {
-            delay: Duration::from_millis(100),
-            ..Behaviour::default()
-        };
+        let behaviour = Behaviour::delayed(Duration::from_millis(100));
         let b0 = Backend::start_with("b0", &fx.pki, behaviour.clone()).await;
         let b1 = Backend::start_with("b1", &fx.pki, behaviour).await;
         let gw = fx.start_gateway(&format!(

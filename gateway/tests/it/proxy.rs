@@ -88,10 +88,7 @@ async fn least_conn_sends_fewer_requests_to_a_slow_server() {
     let slow = Backend::start_with(
         "slow",
         &fx.pki,
-        Behaviour {
-            delay: Duration::from_millis(250),
-            ..Behaviour::default()
-        },
+        Behaviour::delayed(Duration::from_millis(250)),
     )
     .await;
     let fast = Backend::start("fast", &fx.pki).await;
@@ -909,10 +906,7 @@ async fn the_upstream_queue_holds_requests_while_every_server_is_busy() {
     let b = Backend::start_with(
         "queue-1",
         &fx.pki,
-        Behaviour {
-            delay: Duration::from_millis(200),
-            ..Behaviour::default()
-        },
+        Behaviour::delayed(Duration::from_millis(200)),
     )
     .await;
     let gw = fx.start_gateway(&format!(
@@ -1027,10 +1021,7 @@ async fn idle_upstream_connections_close_after_keepalive_timeout_without_traffic
     let backend = Backend::start_with(
         "b0",
         &fx.pki,
-        Behaviour {
-            delay: Duration::from_millis(200),
-            ..Behaviour::default()
-        },
+        Behaviour::delayed(Duration::from_millis(200)),
     )
     .await;
     let gw = fx.start_gateway(&format!(

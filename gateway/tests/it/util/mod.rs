@@ -225,6 +225,16 @@ pub struct Behaviour {
     pub max_streams: Option<u32>,
 }
 
+impl Behaviour {
+    /// Answers `/whoami` after `delay`, otherwise the defaults.
+    pub fn delayed(delay: Duration) -> Self {
+        Behaviour {
+            delay,
+            ..Behaviour::default()
+        }
+    }
+}
+
 impl Backend {
     pub async fn start(name: &str, pki: &TestPki) -> Backend {
         Self::start_at(
