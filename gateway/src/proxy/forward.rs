@@ -2,6 +2,7 @@
 //! pin), the upstream queue, connection checkout, sending, the retry rules of `retry`, and
 //! the answer: a streamed response, or a 101 handed to a WebSocket tunnel.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,68 +32,74 @@ use crate::upstream::{
 
 /// Sends the request to the route's upstream, trying servers until one answers or the retry
 /// rules say stop.
-pub(super) async fn forward<H: Host>(
-    ctx: &mut Ctx<'_, H>,
-    target: &RouteTarget,
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its future"
+)]
+pub(super) fn forward<'a, 'c, H: Host>(
+    ctx: &'a mut Ctx<'c, H>,
+    target: &'a RouteTarget,
     req: Request<IncomingBody>,
-    path: &str,
-) -> Result<Response<ResponseBody>, ApiError> {
-    let upstream = &target.upstream;
-    let websocket = is_websocket(&req);
-    let rules = Rules::of(target, &req, ctx.client_ip, websocket);
-    let mut out = Outgoing::new(ctx, req, path, websocket)?;
-    let mut attempt = Attempt::new();
-    let mut last_error = None;
+    path: &'a str,
+) -> impl Future<Output = Result<Response<ResponseBody>, ApiError>> + use<'a, 'c, H> {
+    async move {
+        let upstream = &target.upstream;
+        let websocket = is_websocket(&req);
+        let rules = Rules::of(target, &req, ctx.client_ip, websocket);
+        let mut out = Outgoing::new(ctx, req, path, websocket)?;
+        let mut attempt = Attempt::new();
+        let mut last_error = None;
 
-    // The upstream queue: first come, first served. A request arriving while others wait
-    // joins behind them instead of taking a freed slot first; it leaves once it has a server.
-    let mut seat = None;
-    if let Some(queue) = upstream.queue.filter(|_| upstream.shared.has_queue()) {
-        queue_turn(upstream, queue, &mut seat).await?;
-    }
-    while rules
-        .retry
-        .may_start(ctx.trace.tries as usize, Instant::now())
-    {
-        let Some((peer, server)) =
-            upstream
-                .shared
-                .select(&mut attempt, rules.key.as_deref(), rules.pin.as_deref())
-        else {
-            if ctx.trace.tries == 0 {
-                if let Some(queue) = upstream.queue.filter(|_| upstream.shared.busy(&attempt)) {
-                    queue_turn(upstream, queue, &mut seat).await?;
-                    continue;
+        // The upstream queue: first come, first served. A request arriving while others wait
+        // joins behind them instead of taking a freed slot first; it leaves once it has a server.
+        let mut seat = None;
+        if let Some(queue) = upstream.queue.filter(|_| upstream.shared.has_queue()) {
+            queue_turn(upstream, queue, &mut seat).await?;
+        }
+        while rules
+            .retry
+            .may_start(ctx.trace.tries as usize, Instant::now())
+        {
+            let Some((peer, server)) =
+                upstream
+                    .shared
+                    .select(&mut attempt, rules.key.as_deref(), rules.pin.as_deref())
+            else {
+                if ctx.trace.tries == 0 {
+                    if let Some(queue) = upstream.queue.filter(|_| upstream.shared.busy(&attempt)) {
+                        queue_turn(upstream, queue, &mut seat).await?;
+                        continue;
+                    }
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no_live_upstream",
+                        "no upstream server is available",
+                    ));
                 }
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no_live_upstream",
-                    "no upstream server is available",
-                ));
+                break;
+            };
+            // It has a server: out of the queue (the next in it is woken).
+            drop(seat.take());
+            if ctx.trace.tries > 0 {
+                upstream.retries.inc();
             }
-            break;
-        };
-        // It has a server: out of the queue (the next in it is woken).
-        drop(seat.take());
-        if ctx.trace.tries > 0 {
-            upstream.retries.inc();
-        }
-        ctx.trace.tries += 1;
-        if ctx.trace.logged {
-            ctx.trace.server = Some(server.key.clone());
-        }
-        match try_server(ctx, target, &rules, &mut out, peer, server).await? {
-            Tried::Answered(response) => return Ok(response),
-            Tried::Spent => break,
-            Tried::Failed { next, error } => {
-                last_error = Some(error);
-                if next != Next::Retry {
-                    break;
+            ctx.trace.tries += 1;
+            if ctx.trace.logged {
+                ctx.trace.server = Some(server.key.clone());
+            }
+            match try_server(ctx, target, &rules, &mut out, peer, server).await? {
+                Tried::Answered(response) => return Ok(response),
+                Tried::Spent => break,
+                Tried::Failed { next, error } => {
+                    last_error = Some(error);
+                    if next != Next::Retry {
+                        break;
+                    }
                 }
             }
         }
+        Err(last_error.unwrap_or_else(|| bad_gateway("no upstream server could take the request")))
     }
-    Err(last_error.unwrap_or_else(|| bad_gateway("no upstream server could take the request")))
 }
 
 /// What holds for every try of one request.
@@ -483,36 +490,42 @@ fn queue_refused(upstream: &UpstreamRuntime, refusal: QueueRefusal) -> ApiError 
 /// Sends on a checked-out connection. A reused keep-alive connection that the server closed
 /// meanwhile fails before sending; that is not the server's fault, so the request goes once
 /// more on a fresh connection to the same server.
-async fn send_with_stale_retry(
-    checkout: &mut Checkout,
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its future"
+)]
+fn send_with_stale_retry<'a>(
+    checkout: &'a mut Checkout,
     request: Request<RequestBody>,
-    server: &ServerConns,
-    upstream: &UpstreamRuntime,
-) -> Result<Response<IncomingBody>, SendFailure> {
-    let mut first = match checkout.sender.try_send_request(request).await {
-        Ok(response) => return Ok(response),
-        Err(failure) => failure,
-    };
-    if !checkout.reused {
-        return Err(first);
-    }
-    let Some(request) = first.request.take() else {
-        return Err(first);
-    };
-    // A shared HTTP/2 connection that failed is not handed out again.
-    server.forget(checkout);
-    match server
-        .checkout(&upstream.transport, upstream.shared.idle_total())
-        .await
-    {
-        Ok(fresh) if !fresh.reused => {
-            *checkout = fresh;
-            checkout.sender.try_send_request(request).await
+    server: &'a ServerConns,
+    upstream: &'a UpstreamRuntime,
+) -> impl Future<Output = Result<Response<IncomingBody>, SendFailure>> + 'a {
+    async move {
+        let mut first = match checkout.sender.try_send_request(request).await {
+            Ok(response) => return Ok(response),
+            Err(failure) => failure,
+        };
+        if !checkout.reused {
+            return Err(first);
         }
-        _ => Err(SendFailure {
-            error: first.error,
-            request: Some(request),
-            refused: None,
-        }),
+        let Some(request) = first.request.take() else {
+            return Err(first);
+        };
+        // A shared HTTP/2 connection that failed is not handed out again.
+        server.forget(checkout);
+        match server
+            .checkout(&upstream.transport, upstream.shared.idle_total())
+            .await
+        {
+            Ok(fresh) if !fresh.reused => {
+                *checkout = fresh;
+                checkout.sender.try_send_request(request).await
+            }
+            _ => Err(SendFailure {
+                error: first.error,
+                request: Some(request),
+                refused: None,
+            }),
+        }
     }
 }

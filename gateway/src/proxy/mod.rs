@@ -12,6 +12,7 @@
 //! request whose body was already streamed upstream is never replayed, and non-idempotent
 //! methods are retried only when the failure happened before anything was sent.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -152,80 +153,86 @@ struct Ctx<'a, H> {
 }
 
 /// Serves one proxied request against `snapshot`.
-pub async fn handle<H: Host>(
-    host: &H,
-    snapshot: &Snapshot,
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its future"
+)]
+pub fn handle<'a, H: Host>(
+    host: &'a H,
+    snapshot: &'a Snapshot,
     req: Request<IncomingBody>,
     client: ClientConn,
-) -> Response<ResponseBody> {
-    let started = Instant::now();
-    let id = RequestId::from_headers(req.headers());
-    // The access log's copies of the request line are made only when it is on.
-    let access_log = tracing::enabled!(target: "access", tracing::Level::INFO);
-    let request_line = access_log.then(|| (req.method().clone(), req.uri().path().to_string()));
-    let mut trace = UpstreamTrace {
-        logged: access_log,
-        ..UpstreamTrace::default()
-    };
-    let https = client.scheme == Scheme::Https;
-    let client_ip = client_ip::resolve(
-        client.conn_client,
-        req.headers()
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok()),
-        &snapshot.config.client_ip.trusted_proxies,
-    );
-
-    let (mut response, target) =
-        match check_head(snapshot, &req).and_then(|()| route(snapshot, &req)) {
-            Err(err) => (error_response(&err, &id), None),
-            Ok((target, path)) => {
-                let mut ctx = Ctx {
-                    host,
-                    snapshot,
-                    client,
-                    client_ip,
-                    id: &id,
-                    trace,
-                };
-                let response = match apply_policies(&mut ctx, target, req, &path).await {
-                    Ok(response) => response,
-                    Err(err) => error_response(&err, &id),
-                };
-                trace = ctx.trace;
-                (response, Some(target))
-            }
+) -> impl Future<Output = Response<ResponseBody>> + 'a {
+    async move {
+        let started = Instant::now();
+        let id = RequestId::from_headers(req.headers());
+        // The access log's copies of the request line are made only when it is on.
+        let access_log = tracing::enabled!(target: "access", tracing::Level::INFO);
+        let request_line = access_log.then(|| (req.method().clone(), req.uri().path().to_string()));
+        let mut trace = UpstreamTrace {
+            logged: access_log,
+            ..UpstreamTrace::default()
         };
-    let headers = target.map_or(&snapshot.default_headers, |t| &t.policy.headers);
-    headers.apply(response.headers_mut(), https);
+        let https = client.scheme == Scheme::Https;
+        let client_ip = client_ip::resolve(
+            client.conn_client,
+            req.headers()
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok()),
+            &snapshot.config.client_ip.trusted_proxies,
+        );
 
-    let elapsed = started.elapsed();
-    let status = response.status().as_u16();
-    // Streamed bodies of unknown length log 0: the line is written at response head time.
-    let bytes = content_length(response.headers()).unwrap_or(0);
-    match target {
-        Some(target) => target.metrics.observe(status, elapsed),
-        None => snapshot.unrouted.observe(status, elapsed),
+        let (mut response, target) =
+            match check_head(snapshot, &req).and_then(|()| route(snapshot, &req)) {
+                Err(err) => (error_response(&err, &id), None),
+                Ok((target, path)) => {
+                    let mut ctx = Ctx {
+                        host,
+                        snapshot,
+                        client,
+                        client_ip,
+                        id: &id,
+                        trace,
+                    };
+                    let response = match apply_policies(&mut ctx, target, req, &path).await {
+                        Ok(response) => response,
+                        Err(err) => error_response(&err, &id),
+                    };
+                    trace = ctx.trace;
+                    (response, Some(target))
+                }
+            };
+        let headers = target.map_or(&snapshot.default_headers, |t| &t.policy.headers);
+        headers.apply(response.headers_mut(), https);
+
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        // Streamed bodies of unknown length log 0: the line is written at response head time.
+        let bytes = content_length(response.headers()).unwrap_or(0);
+        match target {
+            Some(target) => target.metrics.observe(status, elapsed),
+            None => snapshot.unrouted.observe(status, elapsed),
+        }
+        let Some((method, raw_path)) = request_line else {
+            return response;
+        };
+        tracing::info!(
+            target: "access",
+            request_id = %id,
+            client = %client_ip,
+            method = %method,
+            path = %raw_path,
+            route = target.map_or("none", |t| t.label.as_str()),
+            status,
+            bytes,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream = trace.server.as_deref().unwrap_or("-"),
+            upstream_status = trace.status.unwrap_or(0),
+            tries = trace.tries,
+            "request"
+        );
+        response
     }
-    let Some((method, raw_path)) = request_line else {
-        return response;
-    };
-    tracing::info!(
-        target: "access",
-        request_id = %id,
-        client = %client_ip,
-        method = %method,
-        path = %raw_path,
-        route = target.map_or("none", |t| t.label.as_str()),
-        status,
-        bytes,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        upstream = trace.server.as_deref().unwrap_or("-"),
-        upstream_status = trace.status.unwrap_or(0),
-        tries = trace.tries,
-        "request"
-    );
-    response
 }
 
 /// Request-line and header limits (414, 431), before anything else looks at the request.

@@ -116,7 +116,7 @@ where
     F: Future<Output = Response<B>> + Unpin,
     B: Body<Data = Bytes> + Unpin,
 {
-    // The handler (boxed, ~8 KB) is dropped as soon as it has answered, not kept while the
+    // The handler (boxed, several KB) is dropped as soon as it has answered, not kept while the
     // body streams.
     let response = {
         let mut response = response;

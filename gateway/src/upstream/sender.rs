@@ -11,6 +11,7 @@
 //! dispatch task that spawns a task per request to await its response (`bench/PROFILE.md`,
 //! "h2 with HTTP/2 upstreams"); here the connection's task wakes the request's task directly.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -83,20 +84,29 @@ impl Sender {
     }
 
     /// Sends `request`; a request the connection could not send comes back in the error.
-    pub async fn try_send_request(
+    /// (Not an `async fn`: one keeps its arguments twice in its future, as arguments and as
+    /// locals; an `async move` block uses them where they are. The request path's functions
+    /// are written this way, see ARCHITECTURE.md on future sizes.)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its future"
+    )]
+    pub fn try_send_request(
         &mut self,
         request: Request<RequestBody>,
-    ) -> Result<Response<IncomingBody>, SendFailure> {
-        match self {
-            Sender::Http1(s) => match s.send.try_send_request(request).await {
-                Ok(response) => Ok(response.map(IncomingBody::Http1)),
-                Err(mut e) => Err(SendFailure {
-                    request: e.take_message(),
-                    error: e.into_error().into(),
-                    refused: None,
-                }),
-            },
-            Sender::Http2(s) => s.send(request).await,
+    ) -> impl Future<Output = Result<Response<IncomingBody>, SendFailure>> + '_ {
+        async move {
+            match self {
+                Sender::Http1(s) => match s.send.try_send_request(request).await {
+                    Ok(response) => Ok(response.map(IncomingBody::Http1)),
+                    Err(mut e) => Err(SendFailure {
+                        request: e.take_message(),
+                        error: e.into_error().into(),
+                        refused: None,
+                    }),
+                },
+                Sender::Http2(s) => s.send(request).await,
+            }
         }
     }
 
@@ -120,67 +130,72 @@ impl Http2Sender {
         self.send.current_max_send_streams()
     }
 
-    async fn send(
-        &self,
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its future"
+    )]
+    fn send(
+        &mut self,
         mut request: Request<RequestBody>,
-    ) -> Result<Response<IncomingBody>, SendFailure> {
-        // A connection that failed comes back here, before the request is taken: it goes
-        // back to the caller whole.
-        let mut send = match self.send.clone().ready().await {
-            Ok(send) => send,
-            Err(error) => {
+    ) -> impl Future<Output = Result<Response<IncomingBody>, SendFailure>> + '_ {
+        async move {
+            // A connection that failed comes back here, before the request is taken: it goes
+            // back to the caller whole. Polled on this checkout's own handle: `ready()` would
+            // take a clone, and each clone and drop of one takes the connection's lock.
+            if let Err(error) = std::future::poll_fn(|cx| self.send.poll_ready(cx)).await {
                 return Err(SendFailure {
                     error: error.into(),
                     request: Some(request),
                     refused: None,
-                })
-            }
-        };
-        as_http2(&mut request, &self.scheme, &self.authority);
-        let (head, mut body) = request.into_parts();
-        let end = body.is_end_stream();
-        let sent = |error: h2::Error| SendFailure {
-            error: error.into(),
-            request: None,
-            refused: None,
-        };
-        let (response, stream) = send
-            .send_request(Request::from_parts(head, ()), end)
-            .map_err(sent)?;
-        // The body comes back from its pipe when it is done (recorded for a replay if the
-        // caller asked, `RequestBody::record`).
-        let (body, piped) = if end {
-            (Some(body), None)
-        } else {
-            let (back, piped) = tokio::sync::oneshot::channel();
-            tokio::spawn(async move {
-                let _ = crate::body::pipe(&mut body, stream, h2::Reason::CANCEL).await;
-                let _ = back.send(body);
-            });
-            (None, Some(piped))
-        };
-        let response = match response.await {
-            Ok(response) => response,
-            Err(error) if refused_unprocessed(&error) => {
-                // No more streams on a connection that is going away.
-                if error.is_go_away() {
-                    self.open.store(false, Ordering::Relaxed);
-                }
-                let refused = match piped {
-                    None => body,
-                    Some(piped) => piped.await.ok().and_then(RequestBody::replay),
-                };
-                return Err(SendFailure {
-                    error: error.into(),
-                    request: None,
-                    refused,
                 });
             }
-            Err(error) => return Err(sent(error)),
-        };
-        let (head, body) = response.into_parts();
-        let body = IncomingBody::http2(body, &head.headers);
-        Ok(Response::from_parts(head, body))
+            let send = &mut self.send;
+            as_http2(&mut request, &self.scheme, &self.authority);
+            let (head, mut body) = request.into_parts();
+            let end = body.is_end_stream();
+            let sent = |error: h2::Error| SendFailure {
+                error: error.into(),
+                request: None,
+                refused: None,
+            };
+            let (response, stream) = send
+                .send_request(Request::from_parts(head, ()), end)
+                .map_err(sent)?;
+            // The body comes back from its pipe when it is done (recorded for a replay if the
+            // caller asked, `RequestBody::record`).
+            let (body, piped) = if end {
+                (Some(body), None)
+            } else {
+                let (back, piped) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    let _ = crate::body::pipe(&mut body, stream, h2::Reason::CANCEL).await;
+                    let _ = back.send(body);
+                });
+                (None, Some(piped))
+            };
+            let response = match response.await {
+                Ok(response) => response,
+                Err(error) if refused_unprocessed(&error) => {
+                    // No more streams on a connection that is going away.
+                    if error.is_go_away() {
+                        self.open.store(false, Ordering::Relaxed);
+                    }
+                    let refused = match piped {
+                        None => body,
+                        Some(piped) => piped.await.ok().and_then(RequestBody::replay),
+                    };
+                    return Err(SendFailure {
+                        error: error.into(),
+                        request: None,
+                        refused,
+                    });
+                }
+                Err(error) => return Err(sent(error)),
+            };
+            let (head, body) = response.into_parts();
+            let body = IncomingBody::http2(body, &head.headers);
+            Ok(Response::from_parts(head, body))
+        }
     }
 }
 
