@@ -1063,9 +1063,11 @@ async fn idle_upstream_connections_close_after_keepalive_timeout_without_traffic
         backend.open.load(Ordering::SeqCst),
         idle().await
     );
+    // Not closed at once. The timeout counts from each connection's last use, a little
+    // before `idled_at` (more so on a loaded machine).
     let after = idled_at.elapsed();
     assert!(
-        after >= Duration::from_millis(900),
+        after >= Duration::from_millis(500),
         "closed after {after:?}"
     );
 
