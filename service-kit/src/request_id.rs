@@ -17,6 +17,16 @@ pub const MAX_LEN: usize = 128;
 pub struct RequestId(HeaderValue);
 
 impl RequestId {
+    /// The value is marked sensitive: HTTP/2 (HPACK) sends it as a literal never indexed.
+    /// Every request has its own id, so indexing it in a connection's header table would only
+    /// evict the fields that do repeat, and make the encoder compare each new id with every
+    /// one still in the table (`bench/PROFILE.md`, "HPACK and the request id"). HTTP/1.1
+    /// ignores the mark.
+    fn new(mut value: HeaderValue) -> Self {
+        value.set_sensitive(true);
+        RequestId(value)
+    }
+
     /// Accepts a client-supplied id only if it is well formed.
     pub fn parse(raw: &[u8]) -> Option<Self> {
         let ok = !raw.is_empty()
@@ -27,14 +37,16 @@ impl RequestId {
         if !ok {
             return None;
         }
-        HeaderValue::from_bytes(raw).ok().map(RequestId)
+        HeaderValue::from_bytes(raw).ok().map(RequestId::new)
     }
 
     /// A fresh random id (UUID v4, hyphenated).
     pub fn generate() -> Self {
         let mut buf = uuid::Uuid::encode_buffer();
         let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        RequestId(HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+        RequestId::new(
+            HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+        )
     }
 
     /// The incoming header's id when well formed, else a new one.
@@ -50,15 +62,9 @@ impl RequestId {
         self.0.to_str().unwrap_or("")
     }
 
-    /// The id as a header value, marked sensitive: HTTP/2 (HPACK) sends it as a literal
-    /// never indexed. Every request has its own id, so indexing it in a connection's header
-    /// table would only evict the fields that do repeat, and make the encoder compare each
-    /// new id with every one still in the table (`bench/PROFILE.md`, "HPACK and the request
-    /// id"). HTTP/1.1 ignores the mark.
+    /// The id as a header value, never indexed by HPACK (see `new`).
     pub fn header_value(&self) -> HeaderValue {
-        let mut value = self.0.clone();
-        value.set_sensitive(true);
-        value
+        self.0.clone()
     }
 
     /// The id of the request this task is serving, if any.

@@ -111,23 +111,20 @@ where
 
 /// One stream: its response, unless the client resets the stream first (the handler is
 /// then dropped, and the upstream request with it), then the response's body.
-async fn stream<F, B>(response: F, mut respond: h2::server::SendResponse<Bytes>)
+async fn stream<F, B>(mut response: F, mut respond: h2::server::SendResponse<Bytes>)
 where
     F: Future<Output = Response<B>> + Unpin,
     B: Body<Data = Bytes> + Unpin,
 {
     // The handler (boxed, several KB) is dropped as soon as it has answered, not kept while the
     // body streams.
-    let response = {
-        let mut response = response;
-        poll_fn(|cx| {
-            if let Poll::Ready(response) = Pin::new(&mut response).poll(cx) {
-                return Poll::Ready(Some(response));
-            }
-            respond.poll_reset(cx).map(|_| None)
-        })
-        .await
-    };
+    let response = poll_fn(|cx| {
+        if let Poll::Ready(response) = Pin::new(&mut response).poll(cx) {
+            return Poll::Ready(Some(response));
+        }
+        respond.poll_reset(cx).map(|_| None)
+    })
+    .await;
     // The head goes out from a plain function: its locals take no room in this future,
     // which the connection keeps once per stream in flight.
     if let Some((body, stream)) = response.and_then(|response| send_head(response, respond)) {

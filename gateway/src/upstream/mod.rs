@@ -177,6 +177,14 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Idle for less than `timeout` and not closed by the server: worth keeping (a checkout
+    /// also asks the connection whether it can take a request now).
+    fn fresh(&self, now: Instant, timeout: Duration) -> bool {
+        now.saturating_duration_since(self.since) < timeout && !self.sender.is_closed()
+    }
+}
+
 /// How many idle caches each server keeps: one per proxy worker thread plus one for
 /// everything else. Set once at start, before any upstream exists.
 static IDLE_SLOTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -342,10 +350,7 @@ impl ServerConns {
         loop {
             let Some(idle) = self.idle().pop() else { break };
             idle_total.fetch_sub(1, Ordering::Relaxed);
-            if idle.since.elapsed() < transport.keepalive_timeout
-                && !idle.sender.is_closed()
-                && idle.sender.is_ready()
-            {
+            if idle.fresh(Instant::now(), transport.keepalive_timeout) && idle.sender.is_ready() {
                 return Ok(Checkout {
                     sender: idle.sender,
                     reused: true,
@@ -392,7 +397,6 @@ impl ServerConns {
         }
     }
 
-    /// Returns a connection whose response was read to the end.
     /// Closes the connections, every worker's, that a checkout would not hand out: HTTP/1.1
     /// ones idle for `keepalive_timeout` or closed by the server, and the HTTP/2 ones `mux`
     /// lets go. A checkout does this for its own worker on the way; without requests only
@@ -402,10 +406,7 @@ impl ServerConns {
         for (slot, total) in self.idle.iter().zip(idle_totals) {
             let mut idle = lock(slot);
             let before = idle.len();
-            idle.retain(|c| {
-                now.saturating_duration_since(c.since) < transport.keepalive_timeout
-                    && !c.sender.is_closed()
-            });
+            idle.retain(|c| c.fresh(now, transport.keepalive_timeout));
             total.fetch_sub(before - idle.len(), Ordering::Relaxed);
         }
         let generation = self.generation.load(Ordering::Relaxed);
@@ -414,6 +415,7 @@ impl ServerConns {
         }
     }
 
+    /// Returns a connection whose response was read to the end.
     fn checkin(&self, sender: Sender, generation: u64, limit: usize, idle_total: &AtomicUsize) {
         // A shared HTTP/2 connection stays in its slot.
         if sender.is_http2()

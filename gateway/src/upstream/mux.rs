@@ -7,8 +7,8 @@
 //! connection is used: `upstream::handshake` waits for it) and fewer than the upstream's
 //! `max_streams`, when set. Filling the first connections first lets the extra ones a burst
 //! opened fall idle; an extra connection with no stream for `keepalive_timeout` is closed, by
-//! the next checkout on its worker or by the gateway's sweep each second. The first one stays (its pings keep it alive), so a quiet server costs one connection per
-//! worker.
+//! the next checkout on its worker or by the gateway's sweep each second. The first one stays
+//! (its pings keep it alive), so a quiet server costs one connection per worker.
 //!
 //! A server that takes as many streams as come (the `bench/proxies.sh` origin takes 1,024)
 //! keeps one connection per worker: the benchmark measured extra connections costing req/s
@@ -145,11 +145,10 @@ impl MuxSlot {
     /// Drops the connections not worth keeping, then opens a stream on the one `pick` names.
     fn take(&self, transport: &Transport, generation: u64) -> Option<Checkout> {
         let now = Instant::now();
-        let load = |c: &Shared, room: usize| c.load(now, generation, room);
         let mut conns = lock(&self.conns);
         retain_kept(&mut conns, now, generation, transport.keepalive_timeout);
         let room = |c: &Shared| c.sender.max_streams().min(transport.max_streams);
-        let chosen = pick(conns.iter().map(|c| load(c, room(c))))?;
+        let chosen = pick(conns.iter().map(|c| c.load(now, generation, room(c))))?;
         let c = &mut conns[chosen];
         c.last_used = now;
         c.streams.fetch_add(1, Ordering::Relaxed);
